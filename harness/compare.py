@@ -1,0 +1,502 @@
+"""Verdicts: is a candidate run slower, faster, or the same as its baseline? Pure functions, no I/O.
+
+A verdict is data (`Verdict`): the call, the ratio of medians with its bootstrap CI, the one-sided
+Mann-Whitney p-value, the sample counts, a human reason and the thresholds used. Rendering reads
+these fields and never recomputes statistics.
+
+Latency design (`compare_latency`). Nightly phone timings have two kinds of noise: the spread of
+samples within one run (CV of 2-10%), and a shift of the whole run from night to night (thermal
+state, DVFS governor, background load) that no within-run test can see: two runs of the same build
+differ "significantly" by Mann-Whitney whenever the run-to-run shift exceeds the within-run standard
+error. A verdict therefore has to pass three gates, checked in this order:
+
+1. Data quality.
+   INCONCLUSIVE when either side has fewer than `min_samples` samples, or when the exact one-sided
+   Mann-Whitney test cannot reach `alpha` at these sizes (p_min = 1/C(n1+n2, n1); see
+   `harness.stats.mwu_min_achievable_p`): no amount of effect could be shown.
+   UNSTABLE when the device reported throttling, or either side's CV (std/mean) exceeds `cv_max`:
+   the run is too noisy to judge, fix the device or raise cv_max for it with an override.
+2. Within-run evidence (this run against the baseline run):
+   r = median(candidate) / median(baseline), CI = percentile bootstrap CI of r at `ci_level`,
+   p_slower / p_faster = one-sided Mann-Whitney U p-values.
+   "Significantly slower" means p_slower < alpha AND the CI lies above 1 (the rank test and the
+   bootstrap interval agree); "significantly faster" is the mirror image.
+3. Size and history:
+   the point estimate must matter, r >= 1 + min_effect (r <= 1 - min_effect for an improvement),
+   and the candidate must stand out from the night-to-night noise (the history gate):
+       (median(candidate) - median(H)) / median(baseline) > noise_k * robust_sigma(H) / median(baseline)
+   (the mirror image for an improvement), where H is the last `history_k` accepted nightly medians
+   of this cell and robust_sigma is 1.4826 * MAD. Both sides are expressed relative to the baseline
+   median and stored as `history_shift` and `noise_gate`. The candidate is measured against the
+   centre of H rather than against the one baseline run: the median of 10 runs carries about a
+   sixth (pi/2 / 10) of the run-to-run variance of a single run, so the gate is harder to pass by
+   chance, and it does not punish a real step for a baseline run that happened to be slow. Simulated
+   (20 samples/run, 10 history medians, 1% run-to-run CV, noise_k = 3, 20k draws; MWU and
+   min_effect conditions included): A/A regressions at 2% / 5% / 10% within-run CV are
+   0.63% / 0.61% / 0.27% with the centre of H, against 1.93% / 1.70% / 0.78% when the change
+   r - 1 is gated instead; a 10% step at 5% CV is detected 97.4% against 95.2%.
+   The gate is skipped (and the reason says so) with fewer than `min_history` medians, e.g. for a
+   one-off `harness compare A B`.
+
+Outcomes:
+  REGRESSION    significantly slower, r >= 1 + min_effect, beyond the history gate.
+  IMPROVEMENT   significantly faster, r <= 1 - min_effect, beyond the history gate.
+  INCONCLUSIVE  (besides the data-quality cases) the change is significant and >= min_effect but
+                within the nightly noise (history gate fails); or |r - 1| >= min_effect while the two
+                tests disagree or neither rejects (the CI straddles the min-effect boundary: the data
+                can neither show the change nor rule it out; more samples would decide).
+  NO CHANGE     |r - 1| < min_effect: either no significant change, or a significant one that is
+                smaller than what matters. The reason says whether the CI lies within
+                +/- min_effect (equivalence shown) or only that no change was detected.
+
+Why this meets the false-alarm target: under an A/A comparison a REGRESSION needs p_slower < alpha
+(at most 1% from within-run noise alone) AND r >= 1 + min_effect AND a shift beyond noise_k robust
+sigmas of the history, which is the gate that bounds alarms caused by run-to-run shifts. With only
+10 history medians the MAD is itself noisy, so the gate alone lets about 2.6% of normal nights
+through at noise_k = 3 (a heavy-tailed ratio: simulated, 400k draws); the conjunction with the
+other two conditions is what brings the rate under 1%. `bench/false_alarms.py` measures the rates
+on synthetic nightly series; its output is the evidence for the defaults. Where night-to-night
+drift is large (run-to-run CV >= 2%), keep more history (history_k = 20) or raise noise_k.
+
+Measured with these defaults (`python bench/false_alarms.py`: 20 samples/run, 10 history medians,
+1% run-to-run CV, 1000 trials per row, cv_max raised to 15% for the 10% CV level):
+  false alarms (A/A REGRESSION)    0.7% / 0.6% / 0.4% at 2% / 5% / 10% within-run CV
+  10% step detected (REGRESSION)   99.9% / 97.9% / 47.6%
+At 10% CV, 20 samples cannot resolve a 10% step against alpha = 0.01 (about half the runs end
+INCONCLUSIVE: "looks slower but not shown"); about 80 samples per run reach 95% (96% in the
+bench's sweep).
+
+Memory design (`compare_memory`): peak memory is close to deterministic, so no test: REGRESSION when
+the median peak rises by at least max(memory_rel * baseline median, memory_abs_bytes), IMPROVEMENT
+when it falls by at least that much, NO CHANGE otherwise.
+
+Threshold overrides (`resolve_thresholds`, `parse_threshold_overrides`): a list of
+(match, set) pairs, where match maps cell-key fields to regular expressions that must match the
+whole value (re.fullmatch; write "android:.*" for a prefix) and set maps Thresholds fields to new
+values. Every override whose match holds applies, in order; later ones win.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from harness import stats
+
+# ---------------------------------------------------------------------------------------------
+# Defaults: every threshold default lives here, and only here.
+# ---------------------------------------------------------------------------------------------
+# Significance level of each one-sided Mann-Whitney test (the false-alarm budget of that test).
+DEFAULT_ALPHA = 0.01
+# Smallest relative change of the median that matters (0.03 = 3% slower or faster).
+DEFAULT_MIN_EFFECT = 0.03
+# A change must exceed this many robust sigmas of the recent nightly medians (history gate).
+DEFAULT_NOISE_K = 3.0
+# How many of the most recent accepted nightly medians form the history.
+DEFAULT_HISTORY_K = 10
+# Fewer history medians than this and the history gate is skipped (robust sigma is meaningless).
+DEFAULT_MIN_HISTORY = 5
+# A side whose coefficient of variation (std/mean) exceeds this is UNSTABLE.
+DEFAULT_CV_MAX = 0.10
+# Fewer samples than this on either side and no latency verdict is attempted (INCONCLUSIVE).
+DEFAULT_MIN_SAMPLES = 5
+# Two-sided confidence level of the bootstrap interval of the median ratio.
+DEFAULT_CI_LEVEL = 0.95
+# Bootstrap resamples for that interval (see harness.stats.DEFAULT_N_RESAMPLES).
+DEFAULT_N_RESAMPLES = stats.DEFAULT_N_RESAMPLES
+# Relative rise of the median peak memory that counts as a memory regression (2%).
+DEFAULT_MEMORY_REL = 0.02
+# Absolute rise of the median peak memory that counts, whichever of the two is larger (10 MiB).
+DEFAULT_MEMORY_ABS_BYTES = 10 * 1024 * 1024
+# Seed of the bootstrap, so that a verdict is reproducible from the stored samples.
+DEFAULT_SEED = 0
+
+# Cell-key fields an override may match on (a cell is one device x workload x variant x options).
+CELL_KEY_FIELDS: tuple[str, ...] = ("device", "workload", "variant", "options_hash")
+
+# The verdicts.
+REGRESSION = "REGRESSION"
+IMPROVEMENT = "IMPROVEMENT"
+NO_CHANGE = "NO CHANGE"
+INCONCLUSIVE = "INCONCLUSIVE"
+UNSTABLE = "UNSTABLE"
+VERDICTS: tuple[str, ...] = (REGRESSION, IMPROVEMENT, NO_CHANGE, INCONCLUSIVE, UNSTABLE)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The knobs of a verdict; defaults are the module-level DEFAULT_* constants."""
+
+    # Significance level of each one-sided Mann-Whitney U test.
+    alpha: float = DEFAULT_ALPHA
+    # Smallest relative change of the median that matters (0.03 = 3%).
+    min_effect: float = DEFAULT_MIN_EFFECT
+    # The change must exceed noise_k robust sigmas of the recent nightly medians.
+    noise_k: float = DEFAULT_NOISE_K
+    # Number of most recent accepted nightly medians used for the history gate.
+    history_k: int = DEFAULT_HISTORY_K
+    # Below this many history medians the history gate is skipped.
+    min_history: int = DEFAULT_MIN_HISTORY
+    # Coefficient of variation (std/mean) above which a run is UNSTABLE.
+    cv_max: float = DEFAULT_CV_MAX
+    # Minimum samples per side for any latency verdict.
+    min_samples: int = DEFAULT_MIN_SAMPLES
+    # Confidence level of the bootstrap CI of the median ratio.
+    ci_level: float = DEFAULT_CI_LEVEL
+    # Bootstrap resamples for that CI.
+    n_resamples: int = DEFAULT_N_RESAMPLES
+    # Relative rise in median peak memory that is a regression (2%).
+    memory_rel: float = DEFAULT_MEMORY_REL
+    # Absolute rise in median peak memory that is a regression; the larger of the two applies.
+    memory_abs_bytes: int = DEFAULT_MEMORY_ABS_BYTES
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (0.0 < self.alpha < 0.5, f"alpha must be in (0, 0.5), got {self.alpha}"),
+            (0.0 <= self.min_effect < 1.0, f"min_effect must be in [0, 1), got {self.min_effect}"),
+            (self.noise_k >= 0.0, f"noise_k must be >= 0, got {self.noise_k}"),
+            (self.history_k >= 1, f"history_k must be >= 1, got {self.history_k}"),
+            (self.min_history >= 2, f"min_history must be >= 2, got {self.min_history}"),
+            (self.cv_max > 0.0, f"cv_max must be > 0, got {self.cv_max}"),
+            (self.min_samples >= 2, f"min_samples must be >= 2, got {self.min_samples}"),
+            (0.0 < self.ci_level < 1.0, f"ci_level must be in (0, 1), got {self.ci_level}"),
+            (self.n_resamples >= 100, f"n_resamples must be >= 100, got {self.n_resamples}"),
+            (self.memory_rel >= 0.0, f"memory_rel must be >= 0, got {self.memory_rel}"),
+            (self.memory_abs_bytes >= 0, f"memory_abs_bytes must be >= 0, got {self.memory_abs_bytes}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid threshold: {message}")
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Thresholds":
+        return replace(cls(), **_coerce_threshold_values(data, where="thresholds"))
+
+
+_THRESHOLD_TYPES: dict[str, type] = {f.name: (int if f.type in ("int", int) else float) for f in fields(Thresholds)}
+
+
+def _coerce_threshold_values(values: Mapping[str, Any], where: str) -> dict[str, float | int]:
+    unknown = sorted(set(values) - set(_THRESHOLD_TYPES))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown threshold field(s) {unknown}; known fields: {', '.join(_THRESHOLD_TYPES)}"
+        )
+    out: dict[str, float | int] = {}
+    for name, value in values.items():
+        want = _THRESHOLD_TYPES[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: threshold {name!r} must be a number, got {value!r}")
+        if want is int:
+            if float(value) != int(value):
+                raise ValueError(f"{where}: threshold {name!r} must be a whole number, got {value!r}")
+            out[name] = int(value)
+        else:
+            out[name] = float(value)
+    return out
+
+
+Override = tuple[dict[str, str], dict[str, Any]]
+
+
+def parse_threshold_overrides(raw: Any) -> list[Override]:
+    """Parse overrides as they come from YAML: a list of {match: {field: regex}, set: {threshold: value}}.
+
+    Raises ValueError naming the entry and the problem (unknown cell field, unknown threshold,
+    bad regex, wrong type).
+    """
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ValueError(
+            f"threshold overrides must be a list of {{match: {{...}}, set: {{...}}}} entries, got {type(raw).__name__}"
+        )
+    parsed: list[Override] = []
+    for i, entry in enumerate(raw):
+        where = f"threshold override #{i}"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where}: expected a mapping with keys 'match' and 'set', got {entry!r}")
+        extra = sorted(set(entry) - {"match", "set"})
+        if extra:
+            raise ValueError(f"{where}: unknown key(s) {extra}; an override has only 'match' and 'set'")
+        if "set" not in entry:
+            raise ValueError(f"{where}: missing 'set' (the thresholds to change)")
+        match = entry.get("match") or {}
+        if not isinstance(match, Mapping):
+            raise ValueError(f"{where}: 'match' must map cell fields to regexes, got {match!r}")
+        bad_fields = sorted(set(match) - set(CELL_KEY_FIELDS))
+        if bad_fields:
+            raise ValueError(
+                f"{where}: unknown cell field(s) {bad_fields} in 'match'; known fields: {', '.join(CELL_KEY_FIELDS)}"
+            )
+        patterns: dict[str, str] = {}
+        for key, pattern in match.items():
+            if not isinstance(pattern, str):
+                raise ValueError(f"{where}: match[{key!r}] must be a regex string, got {pattern!r}")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{where}: match[{key!r}] = {pattern!r} is not a valid regex: {exc}") from None
+            patterns[str(key)] = pattern
+        values = entry["set"]
+        if not isinstance(values, Mapping) or not values:
+            raise ValueError(f"{where}: 'set' must be a non-empty mapping of threshold -> value, got {values!r}")
+        coerced = _coerce_threshold_values(values, where)
+        replace(Thresholds(), **coerced)  # validate ranges now, not at first use
+        parsed.append((patterns, coerced))
+    return parsed
+
+
+def override_matches(cell_key: Mapping[str, Any], match: Mapping[str, str]) -> bool:
+    """True when every regex in match fully matches the corresponding cell-key value."""
+    for key, pattern in match.items():
+        if key not in cell_key:
+            raise ValueError(
+                f"threshold override matches on {key!r} but the cell key has no such field "
+                f"(fields: {', '.join(map(str, cell_key))})"
+            )
+        if re.fullmatch(pattern, str(cell_key[key])) is None:
+            return False
+    return True
+
+
+def resolve_thresholds(
+    cell_key: Mapping[str, Any],
+    overrides: Sequence[Override],
+    base: Thresholds | None = None,
+) -> Thresholds:
+    """Defaults (or base), then every override whose regexes all match the cell key; later ones win."""
+    values: dict[str, Any] = {}
+    for match, settings in overrides:
+        if override_matches(cell_key, match):
+            values.update(_coerce_threshold_values(settings, "threshold override"))
+    return replace(base or Thresholds(), **values)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One comparison's outcome, as stored and rendered. Optional numbers are None when not computed."""
+
+    metric: str  # "latency_ms" or "peak_memory_bytes"
+    verdict: str  # one of VERDICTS
+    ratio: float | None  # median(candidate) / median(baseline)
+    ci_low: float | None  # bootstrap CI of ratio at thresholds.ci_level
+    ci_high: float | None
+    p_value: float | None  # one-sided MWU p-value in the direction of the observed change
+    n_baseline: int
+    n_candidate: int
+    reason: str
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    baseline_median: float | None = None
+    candidate_median: float | None = None
+    # History gate as a relative change (noise_k * robust sigma of history / baseline median); None if skipped.
+    noise_gate: float | None = None
+    # (median(candidate) - median(history)) / median(baseline); None when the gate is skipped.
+    history_shift: float | None = None
+    n_history: int = 0
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"unknown verdict {self.verdict!r}; known verdicts: {', '.join(VERDICTS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out[key] = None  # JSON has no NaN/inf
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Verdict":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown verdict field(s) {unknown}; known fields: {', '.join(sorted(known))}")
+        values = dict(data)
+        values["thresholds"] = Thresholds.from_dict(values.get("thresholds") or {})
+        return cls(**values)
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:+.1f}%"
+
+
+def compare_latency(
+    baseline_samples: Sequence[float],
+    candidate_samples: Sequence[float],
+    history_medians: Sequence[float] = (),
+    thresholds: Thresholds | None = None,
+    throttled: bool = False,
+    seed: int = DEFAULT_SEED,
+) -> Verdict:
+    """Latency verdict for a candidate run against a baseline run; see the module docstring."""
+    th = thresholds or Thresholds()
+    b = np.asarray(baseline_samples, dtype=float)
+    c = np.asarray(candidate_samples, dtype=float)
+    if b.size == 0 or c.size == 0:
+        raise ValueError(
+            f"compare_latency needs samples on both sides (baseline has {b.size}, candidate has {c.size})"
+        )
+    sb, sc = stats.summarize(b), stats.summarize(c)
+    if sb.median <= 0:
+        raise ValueError(f"baseline median latency is {sb.median}; latencies must be positive")
+    ratio = sc.median / sb.median
+    hist = np.asarray(history_medians, dtype=float)[-th.history_k :] if len(history_medians) else np.array([])
+
+    def verdict(kind: str, reason: str, **kw: Any) -> Verdict:
+        return Verdict(
+            metric="latency_ms",
+            verdict=kind,
+            ratio=ratio,
+            n_baseline=sb.n,
+            n_candidate=sc.n,
+            reason=reason,
+            thresholds=th,
+            baseline_median=sb.median,
+            candidate_median=sc.median,
+            n_history=int(hist.size),
+            **{"ci_low": None, "ci_high": None, "p_value": None, "noise_gate": None, "history_shift": None, **kw},
+        )
+
+    # 1. Data quality.
+    if min(sb.n, sc.n) < th.min_samples:
+        return verdict(
+            INCONCLUSIVE,
+            f"too few samples (baseline {sb.n}, candidate {sc.n}; need >= {th.min_samples} per side)",
+        )
+    p_min = stats.mwu_min_achievable_p(sb.n, sc.n)
+    if p_min >= th.alpha:
+        need = stats.min_samples_for_alpha(th.alpha)
+        return verdict(
+            INCONCLUSIVE,
+            f"with {sb.n} and {sc.n} samples the Mann-Whitney test cannot reach p < {th.alpha:g} "
+            f"(smallest possible p = {p_min:.3g}); take >= {need} samples per side",
+        )
+
+    ci = stats.bootstrap_ratio_ci(b, c, confidence=th.ci_level, n_resamples=th.n_resamples, seed=seed)
+    p_slower = stats.mann_whitney_greater(b, c)
+    p_faster = stats.mann_whitney_less(b, c)
+    p_dir = p_slower if ratio >= 1.0 else p_faster
+    noise_gate: float | None = None
+    history_shift: float | None = None
+    if hist.size >= th.min_history:
+        history_center = float(np.median(hist))
+        noise_gate = th.noise_k * stats.robust_sigma(hist) / sb.median
+        history_shift = (sc.median - history_center) / sb.median
+    numbers = dict(
+        ci_low=ci.ci_low, ci_high=ci.ci_high, p_value=p_dir, noise_gate=noise_gate, history_shift=history_shift
+    )
+    change = ratio - 1.0
+    desc = f"median {_pct(change)} (ratio {ratio:.3f}, {th.ci_level:.0%} CI [{ci.ci_low:.3f}, {ci.ci_high:.3f}])"
+
+    if throttled:
+        return verdict(UNSTABLE, f"thermal throttling was seen during the run; {desc}", **numbers)
+    noisy = [(name, s.cv) for name, s in (("baseline", sb), ("candidate", sc)) if s.cv > th.cv_max]
+    if noisy:
+        parts = ", ".join(f"{name} CV {cv:.1%}" for name, cv in noisy)
+        return verdict(UNSTABLE, f"{parts} exceeds cv_max {th.cv_max:.1%}; {desc}", **numbers)
+
+    # 2. Within-run evidence.
+    slower_sig = p_slower < th.alpha and ci.ci_low > 1.0
+    faster_sig = p_faster < th.alpha and ci.ci_high < 1.0
+    matters = abs(change) >= th.min_effect
+    gate_txt = (
+        f"history gate {noise_gate:.1%} ({th.noise_k:g} x robust sigma of {hist.size} nightly medians)"
+        if noise_gate is not None
+        else f"history gate skipped ({hist.size} history medians < {th.min_history})"
+    )
+
+    # 3. Size and history.
+    if (slower_sig and change >= th.min_effect) or (faster_sig and change <= -th.min_effect):
+        kind, p = (REGRESSION, p_slower) if change > 0 else (IMPROVEMENT, p_faster)
+        if noise_gate is not None and history_shift is not None and not (
+            history_shift * math.copysign(1.0, change) > noise_gate
+        ):
+            return verdict(
+                INCONCLUSIVE,
+                f"{desc} is significant within the run (p={p:.2g}) but within nightly noise: "
+                f"the candidate median is {_pct(history_shift)} from the history median, "
+                f"not beyond the {gate_txt}",
+                **numbers,
+            )
+        return verdict(
+            kind,
+            f"{desc}, p={p:.2g} < {th.alpha:g}, beyond min_effect {th.min_effect:.0%}; {gate_txt}",
+            **numbers,
+        )
+    if matters:
+        direction = "slower" if change > 0 else "faster"
+        includes_one = "includes" if ci.ci_low <= 1.0 <= ci.ci_high else "excludes"
+        return verdict(
+            INCONCLUSIVE,
+            f"{desc} looks {direction} by more than min_effect {th.min_effect:.0%} but is not shown "
+            f"(p={p_dir:.2g}, alpha {th.alpha:g}; CI {includes_one} 1); "
+            f"more samples would decide",
+            **numbers,
+        )
+    if slower_sig or faster_sig:
+        return verdict(
+            NO_CHANGE,
+            f"{desc}: significant (p={p_dir:.2g}) but smaller than min_effect {th.min_effect:.0%}",
+            **numbers,
+        )
+    lo_band, hi_band = 1.0 - th.min_effect, 1.0 + th.min_effect
+    if lo_band <= ci.ci_low and ci.ci_high <= hi_band:
+        why = f"CI within +/-{th.min_effect:.0%}"
+    else:
+        reach = max(ci.ci_high - 1.0, 1.0 - ci.ci_low)
+        why = f"no significant change (p={p_dir:.2g}), though the CI allows changes up to {reach:.1%}"
+    return verdict(NO_CHANGE, f"{desc}: {why}", **numbers)
+
+
+def compare_memory(
+    baseline_bytes: Sequence[int],
+    candidate_bytes: Sequence[int],
+    thresholds: Thresholds | None = None,
+) -> Verdict:
+    """Memory verdict: the median peak must move by at least max(memory_rel * baseline, memory_abs_bytes)."""
+    th = thresholds or Thresholds()
+    if len(baseline_bytes) == 0 or len(candidate_bytes) == 0:
+        raise ValueError(
+            f"compare_memory needs peaks on both sides (baseline has {len(baseline_bytes)}, "
+            f"candidate has {len(candidate_bytes)})"
+        )
+    mb = float(np.median(np.asarray(baseline_bytes, dtype=float)))
+    mc = float(np.median(np.asarray(candidate_bytes, dtype=float)))
+    if mb < 0 or mc < 0:
+        raise ValueError(f"peak memory cannot be negative (baseline median {mb}, candidate median {mc})")
+    limit = max(th.memory_rel * mb, float(th.memory_abs_bytes))
+    delta = mc - mb
+    ratio = mc / mb if mb > 0 else None
+    mib = 1024.0 * 1024.0
+    desc = (
+        f"median peak {mb / mib:.1f} MiB -> {mc / mib:.1f} MiB ({delta / mib:+.1f} MiB); "
+        f"threshold max({th.memory_rel:.0%}, {th.memory_abs_bytes / mib:.1f} MiB) = {limit / mib:.1f} MiB"
+    )
+    if delta >= limit:
+        kind = REGRESSION
+    elif -delta >= limit:
+        kind = IMPROVEMENT
+    else:
+        kind = NO_CHANGE
+    return Verdict(
+        metric="peak_memory_bytes",
+        verdict=kind,
+        ratio=ratio,
+        ci_low=None,
+        ci_high=None,
+        p_value=None,
+        n_baseline=len(baseline_bytes),
+        n_candidate=len(candidate_bytes),
+        reason=desc,
+        thresholds=th,
+        baseline_median=mb,
+        candidate_median=mc,
+    )

@@ -1,0 +1,161 @@
+"""The Device interface, the explicit registry of device kinds, and the device error tree.
+
+A device id is `KIND` (every ready device of that kind) or `KIND:SERIAL`. `host` is the machine the
+controller runs on. The controller talks to a device only through this interface: info, prepare
+(push what the jobs need), run_job (one JobSpec in, one JobResult out), close.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from harness.protocol import JobResult, JobSpec
+
+
+class DeviceError(Exception):
+    """Base of every device error."""
+
+
+class UnknownDeviceError(DeviceError):
+    """A device id that names no known kind or no attached device (an input error: exit code 2)."""
+
+
+class DeviceUnavailableError(DeviceError):
+    """A device that exists but cannot run jobs now (offline, unauthorized, locked)."""
+
+
+class DeviceDisconnectedError(DeviceError):
+    """The device went away in the middle of an operation; the job may be retried."""
+
+
+@dataclass
+class DeviceInfo:
+    id: str  # `kind:serial`, or `host`
+    kind: str
+    state: str = "ready"  # ready | offline | unauthorized | unpaired | locked | ...
+    name: str = ""
+    model: str = ""
+    soc: str = ""
+    gpu: str = ""
+    os_version: str = ""
+    ram_bytes: int | None = None
+    hint: str = ""  # what to do when the state is not ready
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# A callback for progress inside a job: (phase, done, total).
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class DeviceContext:
+    """What a device kind needs from the command line and the farm config."""
+
+    cache_dir: Path | None = None
+    adb_servers: list[str] = field(default_factory=list)  # HOST:PORT
+    benchmark_model: str | None = None
+    ios_agent: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Device(ABC):
+    kind: ClassVar[str]
+
+    def __init__(self, info: DeviceInfo, ctx: DeviceContext):
+        self.info = info
+        self.ctx = ctx
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    def prepare(self, specs: list[JobSpec]) -> None:
+        """Put on the device what these jobs need (agent, artifacts); skip what is already there."""
+
+    @abstractmethod
+    def run_job(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None = None) -> JobResult:
+        """Run one job to completion and return its result; failures are results, not exceptions,
+        except DeviceDisconnectedError and KeyboardInterrupt."""
+
+    def cancel(self) -> None:
+        """Stop the job in flight (called from the controller on Ctrl-C)."""
+
+    def close(self) -> None:
+        pass
+
+
+class DeviceKind(ABC):
+    """A pluggable kind of device: lists attached devices and opens one."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def discover(self, ctx: DeviceContext) -> list[DeviceInfo]:
+        ...
+
+    @abstractmethod
+    def open(self, info: DeviceInfo, ctx: DeviceContext) -> Device:
+        ...
+
+
+# The registry: kind name -> "module:class". Imported lazily so a kind's dependencies load only
+# when it is used.
+KINDS: dict[str, str] = {
+    "host": "harness.devices.host:HostKind",
+}
+
+
+def get_kind(name: str) -> DeviceKind:
+    if name not in KINDS:
+        raise UnknownDeviceError(f"unknown device kind {name!r}; known kinds: {', '.join(KINDS)} "
+                                 "(ids look like host, android:SERIAL, ios:UDID)")
+    module, cls = KINDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def discover_all(ctx: DeviceContext, kinds: list[str] | None = None) -> list[DeviceInfo]:
+    infos: list[DeviceInfo] = []
+    for name in kinds or list(KINDS):
+        infos.extend(get_kind(name).discover(ctx))
+    return infos
+
+
+def resolve_devices(ids: list[str], ctx: DeviceContext) -> list[DeviceInfo]:
+    """Device ids from a suite or the command line -> the devices they name, checked to exist."""
+    out: list[DeviceInfo] = []
+    for dev_id in ids:
+        kind_name, _, serial = dev_id.partition(":")
+        kind = get_kind(kind_name)
+        found = kind.discover(ctx)
+        if not serial:
+            ready = [d for d in found if d.ready]
+            if not ready:
+                states = "; ".join(f"{d.id}: {d.state} ({d.hint})" for d in found) or "none attached"
+                raise UnknownDeviceError(f"no ready {kind_name} device ({states})")
+            out.extend(d for d in ready if d.id not in {o.id for o in out})
+            continue
+        match = [d for d in found if d.id == dev_id]
+        if not match:
+            known = ", ".join(d.id for d in found) or "none"
+            raise UnknownDeviceError(f"device {dev_id!r} not found; attached {kind_name} devices: {known}. "
+                                     "Run `harness devices` to list them")
+        info = match[0]
+        if not info.ready:
+            raise UnknownDeviceError(f"device {dev_id!r} is {info.state}: {info.hint}")
+        if info.id not in {o.id for o in out}:
+            out.append(info)
+    return out
+
+
+def open_device(info: DeviceInfo, ctx: DeviceContext) -> Device:
+    return get_kind(info.kind).open(info, ctx)

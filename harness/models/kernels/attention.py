@@ -1,0 +1,254 @@
+"""Attention kernels switched by the `softmax` and `attention` flags, and a diffusers processor using them.
+
+All three compute softmax(Q K^T * scale + mask) V for q [..., T_q, d], k [..., T_k, d], v [..., T_k, d_v]:
+
+* `naive_attention` (the paper's baseline): every step is its own op on the full [T_q, T_k] matrix:
+  scores = Q K^T * scale, row max, subtract, exp, row sum, divide, then P V. PyTorch materializes
+  four [T_q, T_k] tensors (scores, shifted, exps, probabilities).
+* `optimized_softmax_attention` (the paper's partially fused softmax, section 3.1): the row
+  reductions (max, and sum of exp) are computed first; the exponent is fed straight into the product
+  with V and the normalization is applied to the [T_q, d_v] output instead of the [T_q, T_k] matrix:
+  out = (exp(S - m) V) / l. The normalized probability matrix P never exists. What PyTorch eager
+  still materializes: the scores S and E = exp(S - m) (two [T_q, T_k] tensors instead of four), since
+  eager PyTorch cannot fuse the exp into the matmul's operand load; a GPU kernel (or a compiler)
+  computes exp(S - m) on the fly inside the reduction and inside the matmul, which is the paper's
+  saving. As a graph (e.g. .tflite) it is BMM, MAX, SUB, EXP, SUM, BMM, DIV with the DIV on [T_q, d_v].
+* `flash_attention` (FlashAttention, Dao et al. 2022): loop over key/value blocks of `block_kv`
+  keys, keep a running row max m and running row sum l, rescale the output accumulator by
+  exp(m_old - m_new) whenever the max grows, divide by l at the end. The largest score tensor is
+  [T_q, block_kv] (or [block_q, block_kv] with query tiling); a full [T_q, T_k] matrix never exists.
+  Statistics and the accumulator are fp32 for half-precision inputs, as in FlashAttention. On CUDA,
+  fp16/bf16 inputs of a supported shape go to torch's flash SDPA kernel instead (`use_sdpa=True`).
+
+The loops run over static block counts (shapes, not tensor values), so the kernels trace/export.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+SoftmaxImpl = Literal["naive", "optimized"]
+AttentionImpl = Literal["standard", "flash"]
+
+DEFAULT_FLASH_BLOCK = 128
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, scale: float | None, mask: torch.Tensor | None,
+            upcast_attention: bool, upcast_softmax: bool) -> torch.Tensor:
+    """S = Q K^T * scale + mask, materialized (shared first step of the two standard kernels)."""
+    if upcast_attention:
+        q, k = q.float(), k.float()
+    scores = torch.matmul(q, k.transpose(-1, -2)) * _scale(q, scale)
+    if mask is not None:
+        scores = scores + mask.to(scores.dtype)
+    if upcast_softmax:
+        scores = scores.float()
+    return scores
+
+
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                    mask: torch.Tensor | None = None, upcast_attention: bool = False,
+                    upcast_softmax: bool = False) -> torch.Tensor:
+    """Baseline: materialized scores, softmax as separate max/sub/exp/sum/div ops, then P V.
+
+    `mask` is additive (broadcastable to [..., T_q, T_k]). As diffusers' Attention.get_attention_scores:
+    `upcast_attention` computes Q K^T in fp32, `upcast_softmax` the softmax in fp32; the probabilities
+    are cast back to v's dtype for the product with V.
+    """
+    scores = _scores(q, k, scale, mask, upcast_attention, upcast_softmax)
+    row_max = scores.amax(dim=-1, keepdim=True)
+    shifted = scores - row_max
+    exps = torch.exp(shifted)
+    row_sum = exps.sum(dim=-1, keepdim=True)
+    probs = exps / row_sum
+    return torch.matmul(probs.to(v.dtype), v)
+
+
+def optimized_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                                mask: torch.Tensor | None = None, upcast_attention: bool = False,
+                                upcast_softmax: bool = False) -> torch.Tensor:
+    """Partially fused softmax: reductions first, then exp(S - m) V divided by the row sums.
+
+    Same arguments as `naive_attention`; see the module docstring for what is materialized.
+    """
+    scores = _scores(q, k, scale, mask, upcast_attention, upcast_softmax)
+    # Step 1: the row reductions.
+    row_max = scores.amax(dim=-1, keepdim=True)
+    unnormalized = torch.exp(scores - row_max)
+    row_sum = unnormalized.sum(dim=-1, keepdim=True)
+    # Step 2: exp fed into the product with V; normalize the [T_q, d_v] result, not the [T_q, T_k] one.
+    out = torch.matmul(unnormalized.to(v.dtype), v)
+    return out / row_sum.to(out.dtype)
+
+
+def _flash_sdpa_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Whether torch's CUDA flash SDPA kernel accepts these operands."""
+    return (q.is_cuda and q.dtype in _HALF and q.dtype == k.dtype == v.dtype and mask is None
+            and q.dim() == 4 and q.shape[-1] == k.shape[-1] == v.shape[-1]
+            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256)
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                    mask: torch.Tensor | None = None, block_kv: int = DEFAULT_FLASH_BLOCK,
+                    block_q: int | None = None, use_sdpa: bool = True) -> torch.Tensor:
+    """Tiled attention with online softmax (FlashAttention); never builds a [T_q, T_k] matrix.
+
+    `block_kv` keys per step; `block_q` queries per outer step (None: all queries at once, which is
+    what the GPU's parallel query blocks compute). `use_sdpa`: on CUDA with fp16/bf16, 4-D
+    [B, heads, T, d] operands, no mask and head dim a multiple of 8 up to 256, run torch's flash kernel.
+    """
+    if block_kv < 1 or (block_q is not None and block_q < 1):
+        raise ValueError(f"flash attention block sizes must be positive, got block_kv={block_kv}, block_q={block_q}")
+    scale = _scale(q, scale)
+    if use_sdpa and _flash_sdpa_supported(q, k, v, mask):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+    t_q = q.shape[-2]
+    if block_q is None or block_q >= t_q:
+        return _flash_query_block(q, k, v, scale, mask, block_kv)
+    outs = []
+    for start in range(0, t_q, block_q):
+        mask_blk = None
+        if mask is not None:
+            # A mask broadcast over queries (size 1 there) applies to every query block unchanged.
+            mask_blk = mask if mask.shape[-2] == 1 else mask[..., start:start + block_q, :]
+        outs.append(_flash_query_block(q[..., start:start + block_q, :], k, v, scale, mask_blk, block_kv))
+    return torch.cat(outs, dim=-2)
+
+
+def _flash_query_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                       mask: torch.Tensor | None, block_kv: int) -> torch.Tensor:
+    """Online-softmax loop over key/value blocks for one block of queries."""
+    stat_dtype = torch.float32 if q.dtype in _HALF else q.dtype
+    t_k = k.shape[-2]
+    row_max = row_sum = acc = None
+    for start in range(0, t_k, block_kv):
+        k_blk = k[..., start:start + block_kv, :]
+        v_blk = v[..., start:start + block_kv, :]
+        scores = (torch.matmul(q, k_blk.transpose(-1, -2)) * scale).to(stat_dtype)  # [.., T_q, B_kv]
+        if mask is not None:
+            m_blk = mask if mask.shape[-1] == 1 else mask[..., start:start + block_kv]
+            scores = scores + m_blk.to(stat_dtype)
+        blk_max = scores.amax(dim=-1, keepdim=True)
+        if acc is None:  # first block: initialize the running statistics from it
+            new_max = blk_max
+            p = torch.exp(scores - new_max)
+            row_sum = p.sum(dim=-1, keepdim=True)
+            acc = torch.matmul(p.to(v.dtype), v_blk).to(stat_dtype)
+        else:
+            new_max = torch.maximum(row_max, blk_max)
+            correction = torch.exp(row_max - new_max)  # rescales what was accumulated so far
+            p = torch.exp(scores - new_max)
+            row_sum = row_sum * correction + p.sum(dim=-1, keepdim=True)
+            acc = acc * correction + torch.matmul(p.to(v.dtype), v_blk).to(stat_dtype)
+        row_max = new_max
+    return (acc / row_sum).to(v.dtype)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+              mask: torch.Tensor | None = None, softmax: SoftmaxImpl = "naive",
+              impl: AttentionImpl = "standard", block_kv: int = DEFAULT_FLASH_BLOCK,
+              upcast_attention: bool = False, upcast_softmax: bool = False) -> torch.Tensor:
+    """Attention by the flags: `impl="flash"` ignores `softmax` (flash has its own online softmax) and
+    the upcast options (its softmax statistics are always fp32 for half-precision inputs)."""
+    if impl == "flash":
+        return flash_attention(q, k, v, scale, mask, block_kv=block_kv)
+    if impl != "standard":
+        raise ValueError(f"unknown attention impl {impl!r}; known: standard, flash")
+    if softmax == "naive":
+        return naive_attention(q, k, v, scale, mask, upcast_attention, upcast_softmax)
+    if softmax == "optimized":
+        return optimized_softmax_attention(q, k, v, scale, mask, upcast_attention, upcast_softmax)
+    raise ValueError(f"unknown softmax impl {softmax!r}; known: naive, optimized")
+
+
+class KernelAttnProcessor:
+    """diffusers attention processor running `attention()` with the chosen softmax/attention kernels.
+
+    Mirrors diffusers' AttnProcessor / AttnProcessor2_0 (spatial_norm, 4-D inputs, attention mask,
+    group_norm, norm_cross, q/k norms, heads, attn.scale, output projection + dropout,
+    residual_connection, rescale_output_factor); only the softmax(QK^T)V core differs.
+    """
+
+    def __init__(self, softmax: SoftmaxImpl = "naive", attention: AttentionImpl = "standard",
+                 block_kv: int = DEFAULT_FLASH_BLOCK) -> None:
+        if softmax not in ("naive", "optimized"):
+            raise ValueError(f"unknown softmax impl {softmax!r}; known: naive, optimized")
+        if attention not in ("standard", "flash"):
+            raise ValueError(f"unknown attention impl {attention!r}; known: standard, flash")
+        self.softmax: SoftmaxImpl = softmax
+        self.attention: AttentionImpl = attention
+        self.block_kv = block_kv
+
+    def __repr__(self) -> str:
+        return f"KernelAttnProcessor(softmax={self.softmax!r}, attention={self.attention!r}, block_kv={self.block_kv})"
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 *args, **kwargs) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            # [batch * heads, 1 or T_q, T_k] -> [batch, heads, 1 or T_q, T_k]
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if getattr(attn, "norm_q", None) is not None:
+            query = attn.norm_q(query)
+        if getattr(attn, "norm_k", None) is not None:
+            key = attn.norm_k(key)
+
+        hidden_states = attention(
+            query, key, value, scale=attn.scale, mask=attention_mask, softmax=self.softmax,
+            impl=self.attention, block_kv=self.block_kv,
+            upcast_attention=bool(attn.upcast_attention), upcast_softmax=bool(attn.upcast_softmax),
+        )
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+
+        hidden_states = attn.to_out[0](hidden_states)  # linear proj
+        hidden_states = attn.to_out[1](hidden_states)  # dropout
+
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        hidden_states = hidden_states / attn.rescale_output_factor
+        return hidden_states

@@ -1,0 +1,74 @@
+"""GroupNorm: decomposed into elementwise ops (the paper's baseline) or one fused op ("S-GN").
+
+`decomposed` is what a graph converter emits when it does not know GroupNorm: reshape to groups, a
+mean reduction, a variance reduction, subtract, rsqrt, multiply, reshape back, then the per-channel
+affine; each op is a separate kernel reading and writing the whole activation.
+`fused` is one op, F.group_norm (which litert-torch can emit as a single `odml.group_norm` composite
+and a GPU delegate can run as one specialized kernel, the paper's section 3.1).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GroupNormImpl = Literal["decomposed", "fused"]
+
+
+def group_norm_decomposed(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                          bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """F.group_norm written out as separate ops: x [N, C, *] normalized over (C / num_groups, *)."""
+    batch, channels = x.shape[0], x.shape[1]
+    if channels % num_groups != 0:
+        raise ValueError(f"GroupNorm: {channels} channels are not divisible into {num_groups} groups")
+    grouped = x.reshape(batch, num_groups, -1)
+    mean = grouped.mean(dim=-1, keepdim=True)
+    centered = grouped - mean
+    var = (centered * centered).mean(dim=-1, keepdim=True)  # biased variance, as F.group_norm
+    normalized = centered * torch.rsqrt(var + eps)
+    out = normalized.reshape(x.shape)
+    affine_shape = (1, channels) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        out = out * weight.reshape(affine_shape)
+    if bias is not None:
+        out = out + bias.reshape(affine_shape)
+    return out
+
+
+def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None, eps: float = 1e-5,
+               impl: GroupNormImpl = "fused") -> torch.Tensor:
+    """GroupNorm by the chosen implementation."""
+    if impl == "fused":
+        return F.group_norm(x, num_groups, weight, bias, eps)
+    if impl == "decomposed":
+        return group_norm_decomposed(x, num_groups, weight, bias, eps)
+    raise ValueError(f"unknown GroupNorm impl {impl!r}; known: decomposed, fused")
+
+
+class GroupNorm(nn.GroupNorm):
+    """Drop-in nn.GroupNorm whose forward uses `impl`; same parameters and state_dict keys."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 impl: GroupNormImpl = "fused", device=None, dtype=None) -> None:
+        super().__init__(num_groups, num_channels, eps=eps, affine=affine, device=device, dtype=dtype)
+        if impl not in ("decomposed", "fused"):
+            raise ValueError(f"unknown GroupNorm impl {impl!r}; known: decomposed, fused")
+        self.impl: GroupNormImpl = impl
+
+    @classmethod
+    def from_group_norm(cls, norm: nn.GroupNorm, impl: GroupNormImpl) -> "GroupNorm":
+        """A GroupNorm sharing `norm`'s weight and bias Parameters (no copy)."""
+        new = cls(norm.num_groups, norm.num_channels, eps=norm.eps, affine=norm.affine, impl=impl, device="meta")
+        new.weight = norm.weight
+        new.bias = norm.bias
+        new.train(norm.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.impl)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, impl={self.impl}"

@@ -1,0 +1,168 @@
+"""JobSpec and JobResult: the versioned JSON every device agent reads and writes.
+
+An agent reads one JobSpec and writes one JobResult. Raw samples are the record; every summary
+is derived from them later (`harness.stats`). Bump SCHEMA_VERSION on any incompatible change;
+readers accept every version listed in SUPPORTED_VERSIONS.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+
+class ProtocolError(ValueError):
+    """A JobSpec or JobResult document that does not parse."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Strict):
+    """Which network to build: a built-in config name and optional local weights."""
+
+    name: str = "sd14"
+    weights: str | None = None  # local diffusers checkpoint directory
+    seed: int = 0  # seeds random weights and inputs
+
+
+class RuntimeOptions(_Strict):
+    runtime: str = "torch"  # torch | litert-cpu | litert-gpu | coreml
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    threads: int = 0  # 0: the runtime's default
+    accelerator: Literal["auto", "cpu", "cuda", "gpu"] = "auto"
+    compute_units: str | None = None  # Core ML: cpuAndGPU | all | cpuOnly | cpuAndNeuralEngine
+    extra: dict[str, Any] = Field(default_factory=dict)  # runtime-specific knobs (benchmark_model flags)
+
+
+class MeasurePolicy(_Strict):
+    warmup_runs: int = 1
+    iterations: int = 5  # minimum timed iterations
+    min_seconds: float = 0.0  # keep iterating until this much timed work is done
+    max_seconds: float = 600.0  # stop after this much timed work, even below `iterations`
+    cooldown_seconds: float = 0.0  # pause before the job
+    timeout_seconds: float = 3600.0  # the whole job, agent included
+
+
+class CheckPolicy(_Strict):
+    """Compare the variant's output against the plain PyTorch reference before timing it."""
+
+    enabled: bool = True
+    # max |variant - reference| / max(|reference|) allowed; fp32 kernels agree to ~1e-4.
+    rel_tolerance: float = 1e-2
+
+
+class JobSpec(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    run_id: str
+    device: str
+    workload: Literal["unet_iteration", "e2e"] = "unet_iteration"
+    model: ModelRef = Field(default_factory=ModelRef)
+    variant: str
+    flags: dict[str, Any] = Field(default_factory=dict)
+    options: RuntimeOptions = Field(default_factory=RuntimeOptions)
+    measure: MeasurePolicy = Field(default_factory=MeasurePolicy)
+    check: CheckPolicy = Field(default_factory=CheckPolicy)
+    artifact: str | None = None  # path of the runtime artifact on the device, when the runtime needs one
+    workload_args: dict[str, Any] = Field(default_factory=dict)  # e2e: steps, scheduler, prompt, ...
+
+
+class MemoryFigures(_Strict):
+    weight_bytes: int | None = None  # bytes of the weights the variant holds
+    tensor_bytes_measured: int | None = None  # peak of intermediate tensors during one iteration
+    tensor_measure_method: str | None = None  # how tensor_bytes_measured was obtained
+    tensor_bytes_planned: int | None = None  # greedy-by-size plan over the traced graph
+    peak_rss_bytes: int | None = None  # process peak resident set
+    gpu_bytes: int | None = None  # GPU driver memory (Android: dumpsys meminfo Graphics + GL mtrack)
+
+
+class ReferenceCheck(_Strict):
+    max_abs_error: float
+    rel_error: float  # max_abs_error / max(|reference|)
+    rel_tolerance: float
+    passed: bool
+
+
+class JobError(_Strict):
+    kind: str  # input | reference_mismatch | crash | timeout | device | parse | interrupted
+    message: str
+    detail: str | None = None  # e.g. the tail of stderr
+    transient: bool = False  # worth a retry
+
+
+class JobResult(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    status: Literal["ok", "failed"]
+    samples_ms: list[float] = Field(default_factory=list)  # timed iterations, in order
+    warmup_ms: list[float] = Field(default_factory=list)
+    init_ms: float | None = None  # build/load until ready to run
+    first_run_ms: float | None = None
+    timing_method: str | None = None  # perf_counter | cuda_events | benchmark_model | mach_absolute_time
+    memory: MemoryFigures = Field(default_factory=MemoryFigures)
+    check: ReferenceCheck | None = None
+    device_state_before: dict[str, Any] = Field(default_factory=dict)
+    device_state_after: dict[str, Any] = Field(default_factory=dict)
+    op_times_ms: dict[str, float] = Field(default_factory=dict)  # per paper category, per iteration
+    components_ms: dict[str, Any] = Field(default_factory=dict)  # e2e breakdown
+    versions: dict[str, str] = Field(default_factory=dict)
+    error: JobError | None = None
+    started_at: float | None = None  # unix seconds
+    ended_at: float | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def failure(cls, job_id: str, kind: str, message: str, detail: str | None = None,
+                transient: bool = False, **kw: Any) -> "JobResult":
+        return cls(job_id=job_id, status="failed",
+                   error=JobError(kind=kind, message=message, detail=detail, transient=transient), **kw)
+
+
+def _parse(model: type[BaseModel], text: str, what: str):
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{what} must be a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise ProtocolError(
+            f"{what} has schema_version {version!r}; this harness reads {SUPPORTED_VERSIONS}. "
+            "Update the device agent or the harness so both speak the same version."
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(f"{what} does not match the {model.__name__} schema: {exc}") from exc
+
+
+def parse_spec(text: str) -> JobSpec:
+    return _parse(JobSpec, text, "job spec")
+
+
+def parse_result(text: str) -> JobResult:
+    return _parse(JobResult, text, "job result")
+
+
+def write_json_atomic(path: str | os.PathLike, doc: BaseModel | dict) -> None:
+    """Write JSON to `path` through a temp file and rename, so readers never see half a file."""
+    path = Path(path)
+    text = doc.model_dump_json(indent=2) if isinstance(doc, BaseModel) else json.dumps(doc, indent=2)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

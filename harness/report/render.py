@@ -1,0 +1,148 @@
+"""Render a run's Table-1 view: terminal (rich), Markdown, CSV, self-contained HTML."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from harness.report.plots import latency_bars
+from harness.report.table1 import table1
+from harness.store import RunRecord
+
+FORMATS = ("terminal", "md", "csv", "html")
+
+# (column, header, formatter) for the human-readable tables.
+DISPLAY = [
+    ("label", "Row", str),
+    ("latency_ms", "Latency ms", lambda v: f"{v:,.1f}"),
+    ("change_pct", "vs base", lambda v: f"{v:+.1f}%"),
+    ("tensor_mb_measured", "Tensor MB meas.", lambda v: f"{v:,.1f}"),
+    ("tensor_mb_planned", "Tensor MB plan", lambda v: f"{v:,.1f}"),
+    ("weight_mb", "Weight MB", lambda v: f"{v:,.1f}"),
+    ("n", "n", lambda v: str(int(v))),
+    ("iqr_ms", "IQR ms", lambda v: f"{v:,.1f}"),
+    ("cv", "CV", lambda v: f"{v * 100:.1f}%"),
+]
+
+
+def _cell(value, fmt, status: str) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "failed" if status == "failed" else "n/a"
+    return fmt(value)
+
+
+def display_rows(df: pd.DataFrame) -> dict[str, list[list[str]]]:
+    """Per device: formatted cells in DISPLAY order (the one formatting path for every renderer)."""
+    out: dict[str, list[list[str]]] = {}
+    for device, group in df.groupby("device", sort=False):
+        out[device] = [[_cell(r[col], fmt, r["status"]) for col, _, fmt in DISPLAY]
+                       for _, r in group.iterrows()]
+    return out
+
+
+def _device_title(run: RunRecord, device: str, df: pd.DataFrame) -> str:
+    info = run.devices.get(device, {})
+    sub = df[df["device"] == device]
+    what = [info.get("model") or "", info.get("gpu") if info.get("gpu") and "none" not in info.get("gpu", "") else ""]
+    opts = sub.iloc[0]
+    setup = f"{opts['runtime']}, {opts['dtype']}, {opts['accelerator'] or ''}".rstrip(", ")
+    return f"{device} ({', '.join(w for w in what if w)}) — {setup}"
+
+
+def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
+    notes = []
+    methods = sorted(set(df["tensor_method"].dropna()))
+    if methods:
+        notes.append("Tensor MB (measured): peak of intermediate tensors during one iteration, by "
+                     + ", ".join(methods) + ". Tensor MB (planned): greedy-by-size buffer plan over the "
+                     "traced graph of one iteration (the paper's memory-manager view).")
+    timings = sorted(set(df["timing_method"].dropna()))
+    if timings:
+        notes.append("Latency: median of the timed iterations (vs base: against the first row), timed with " + ", ".join(timings) + ".")
+    model = run.suite.get("model", {})
+    if not model.get("weights"):
+        notes.append("Weights: random (no --weights given); latency and memory do not depend on weight values.")
+    failed = df[df["status"] == "failed"]
+    for _, r in failed.iterrows():
+        notes.append(f"{r['device']} / {r['label']}: {r['error']}")
+    return notes
+
+
+def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal or console.width < 110:
+            console = Console(width=max(console.width, 110))
+    console.print(f"[bold]Run {run.id}[/] — suite {run.suite_name} ({run.status})")
+    for device, rows in display_rows(df).items():
+        table = Table(title=_device_title(run, device, df), title_justify="left")
+        for i, (_, header, _) in enumerate(DISPLAY):
+            table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    for note in _notes(run, df):
+        console.print(f"[dim]{note}[/]")
+
+
+def render_markdown(run: RunRecord, df: pd.DataFrame) -> str:
+    lines = [f"# Run {run.id}: {run.suite_name}", ""]
+    for device, rows in display_rows(df).items():
+        lines += [f"## {_device_title(run, device, df)}", "",
+                  "| " + " | ".join(h for _, h, _ in DISPLAY) + " |",
+                  "|" + "|".join("---" if i == 0 else "---:" for i in range(len(DISPLAY))) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append("")
+    lines += [f"- {n}" for n in _notes(run, df)]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(run: RunRecord, df: pd.DataFrame) -> str:
+    out = df.copy()
+    out.insert(0, "run_id", run.id)
+    buf = io.StringIO()
+    out.to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("harness.report", "templates"),
+    autoescape=jinja2.select_autoescape(["html", "j2"]),
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def render_html(run: RunRecord, df: pd.DataFrame) -> str:
+    plot = base64.b64encode(latency_bars(df)).decode() if df["latency_ms"].notna().any() else None
+    fmt_time = lambda t: dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "—"  # noqa: E731
+    return _env.get_template("run.html.j2").render(
+        run=run, headers=[h for _, h, _ in DISPLAY],
+        devices=[(device, _device_title(run, device, df), rows, run.devices.get(device, {}))
+                 for device, rows in display_rows(df).items()],
+        notes=_notes(run, df), plot_png_b64=plot, started=fmt_time(run.started_at),
+        ended=fmt_time(run.ended_at), generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+    )
+
+
+def render(run: RunRecord, fmt: str, output: Path | None = None) -> str | None:
+    """Render `run` in `fmt`; write to `output` when given (terminal prints). Returns the text."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown report format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    df = table1(run)
+    if fmt == "terminal":
+        render_terminal(run, df)
+        return None
+    text = {"md": render_markdown, "csv": render_csv, "html": render_html}[fmt](run, df)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(output)
+    return text

@@ -1,0 +1,65 @@
+"""The Table-1 view of a run: one row per ladder step per device, derived from the raw samples.
+
+Pure: a RunRecord in, a pandas DataFrame out. Renderers (harness.report.render) format it and
+never recompute a statistic.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.stats import summarize
+from harness.store import RunRecord
+from harness.variants import LADDER_LABELS
+
+MB = 1024 * 1024  # the paper's MB (weights of 859.5M fp16 parameters: 1,639 MB)
+
+COLUMNS = [
+    "device", "step", "variant", "label", "status", "latency_ms", "change_pct", "n", "iqr_ms", "cv",
+    "tensor_mb_measured", "tensor_mb_planned", "weight_mb", "tensor_method", "timing_method",
+    "first_run_ms", "init_ms", "check_rel_error", "error", "runtime", "dtype", "accelerator",
+]
+
+
+def _mb(value: int | None) -> float | None:
+    return None if value is None else value / MB
+
+
+def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
+    rows = []
+    for job in run.jobs:
+        if job.workload != workload:
+            continue
+        res = job.result
+        row = {
+            "device": job.device_id, "step": job.variant_index, "variant": job.variant,
+            "label": LADDER_LABELS.get(job.variant, job.variant), "status": job.status,
+            "runtime": job.options.get("runtime"), "dtype": job.options.get("dtype"),
+            "accelerator": res.extra.get("accelerator", job.options.get("accelerator")),
+            "tensor_mb_measured": _mb(res.memory.tensor_bytes_measured),
+            "tensor_mb_planned": _mb(res.memory.tensor_bytes_planned),
+            "weight_mb": _mb(res.memory.weight_bytes), "tensor_method": res.memory.tensor_measure_method,
+            "timing_method": res.timing_method, "first_run_ms": res.first_run_ms, "init_ms": res.init_ms,
+            "check_rel_error": res.check.rel_error if res.check else None,
+            "error": f"{res.error.kind}: {res.error.message}" if res.error else None,
+            "latency_ms": None, "n": 0, "iqr_ms": None, "cv": None,
+        }
+        if res.samples_ms:
+            s = summarize(res.samples_ms)
+            row.update(latency_ms=s.median, n=s.n, iqr_ms=s.iqr, cv=s.cv)
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    if df.empty:
+        return df
+    # A rerun of the same step on the same device (a retry stored twice) keeps the last row.
+    df = df.drop_duplicates(subset=["device", "variant"], keep="last")
+    df = df.sort_values(["device", "step"], kind="stable").reset_index(drop=True)
+    df["change_pct"] = None
+    for device, group in df.groupby("device", sort=False):
+        base = group.iloc[0]["latency_ms"]
+        if base is None or pd.isna(base):
+            continue
+        for idx in group.index:
+            lat = df.at[idx, "latency_ms"]
+            if lat is not None and not pd.isna(lat):
+                df.at[idx, "change_pct"] = (lat / base - 1.0) * 100.0
+    return df

@@ -1,0 +1,117 @@
+"""The controller's run loop: plan -> devices -> results store, with progress and Ctrl-C safety."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from harness.devices.base import (
+    DeviceContext, DeviceDisconnectedError, DeviceInfo, open_device,
+)
+from harness.protocol import JobResult
+from harness.store import Store
+from harness.suite import Plan, PlannedJob
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str  # completed | interrupted
+    ok: int = 0
+    failed: int = 0
+    retried: int = 0
+    failures: list[tuple[PlannedJob, JobResult]] = field(default_factory=list)
+
+
+class Progress:
+    """What the run loop reports; the CLI renders it with rich. The default does nothing."""
+
+    def start(self, total_jobs: int) -> None: ...
+    def job_started(self, job: PlannedJob) -> None: ...
+    def job_phase(self, job: PlannedJob, phase: str, done: int, total: int) -> None: ...
+    def job_finished(self, job: PlannedJob, result: JobResult) -> None: ...
+    def stop(self) -> None: ...
+
+
+def execute(plan: Plan, infos: list[DeviceInfo], store: Store, run_id: str, ctx: DeviceContext,
+            workdir: Path, progress: Progress | None = None, retries: int = 1,
+            skip_keys: set[str] | None = None) -> RunOutcome:
+    """Run every job of the plan, one at a time per device, storing each result as it finishes.
+
+    A failed job is a stored result, and the others go on. Transient failures (a device that
+    dropped, an error marked transient) are retried up to `retries` more times. On Ctrl-C the job
+    in flight is stopped, everything finished stays stored and the run is marked interrupted.
+    """
+    progress = progress or Progress()
+    outcome = RunOutcome(run_id=run_id, status="running")
+    by_device: dict[str, list[PlannedJob]] = {}
+    for job in plan.jobs:
+        if skip_keys and job.job_key in skip_keys:
+            continue
+        by_device.setdefault(job.device, []).append(job)
+    info_by_id = {i.id: i for i in infos}
+    progress.start(sum(len(v) for v in by_device.values()))
+    current = None
+    try:
+        for device_id, device_jobs in by_device.items():
+            info = info_by_id[device_id]
+            store.record_device(run_id, info.to_dict())
+            device = current = open_device(info, ctx)
+            try:
+                device.prepare([j.spec for j in device_jobs])
+                for job in device_jobs:
+                    result, attempts = _run_with_retries(device, job, workdir / run_id, progress, retries)
+                    outcome.retried += attempts - 1
+                    _store(store, run_id, job, result, attempts)
+                    progress.job_finished(job, result)
+                    if result.status == "ok":
+                        outcome.ok += 1
+                    else:
+                        outcome.failed += 1
+                        outcome.failures.append((job, result))
+            finally:
+                device.close()
+                current = None
+        outcome.status = "completed"
+    except KeyboardInterrupt:
+        if current is not None:
+            current.cancel()
+        outcome.status = "interrupted"
+        raise
+    finally:
+        progress.stop()
+        store.finish_run(run_id, outcome.status if outcome.status != "running" else "failed")
+    return outcome
+
+
+def _run_with_retries(device, job: PlannedJob, workdir: Path, progress: Progress,
+                      retries: int) -> tuple[JobResult, int]:
+    attempts = 0
+    while True:
+        attempts += 1
+        progress.job_started(job)
+        phase: Callable[[str, int, int], None] = lambda p, d, t: progress.job_phase(job, p, d, t)  # noqa: E731
+        started = time.time()
+        try:
+            spec = job.spec.model_copy(update={"job_id": f"{job.spec.job_id}-a{attempts}" if attempts > 1
+                                               else job.spec.job_id})
+            result = device.run_job(spec, workdir / f"{job.index:03d}-{_safe(job.variant)}", phase)
+        except DeviceDisconnectedError as exc:
+            result = JobResult.failure(job.spec.job_id, "device", str(exc), transient=True,
+                                       started_at=started, ended_at=time.time())
+        transient = result.status == "failed" and result.error is not None and result.error.transient
+        if not transient or attempts > retries:
+            return result, attempts
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
+
+
+def _store(store: Store, run_id: str, job: PlannedJob, result: JobResult, attempts: int) -> None:
+    store.record_job(run_id, job_key=job.job_key, job_index=job.index, device_id=job.device,
+                     workload=job.spec.workload, model=job.spec.model.name, variant=job.variant,
+                     variant_index=job.variant_index, flags=job.flags.to_dict(),
+                     options=job.spec.options.model_dump(), options_hash=job.options_hash, result=result,
+                     attempts=attempts)

@@ -1,0 +1,291 @@
+"""Results store: SQLAlchemy Core over any database URL (default: SQLite at results/harness.db).
+
+Tables: runs, run_devices (device metadata per run), jobs (one row per finished job, with the full
+JobResult JSON), samples (every raw sample, warmup apart), tags. One transaction per finished job,
+so a crash loses at most the job in flight.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import platform
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from harness.protocol import JobResult
+
+DEFAULT_URL = "sqlite:///results/harness.db"
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("suite_name", sa.String(200), nullable=False),
+    sa.Column("suite_path", sa.Text),
+    sa.Column("suite_json", sa.Text, nullable=False),  # the expanded suite, overrides applied
+    sa.Column("git_commit", sa.String(64)),
+    sa.Column("host", sa.String(200)),
+    sa.Column("user", sa.String(100)),
+    sa.Column("run_group", sa.String(200), index=True),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("status", sa.String(20), nullable=False),  # running | completed | interrupted | failed
+    sa.Column("harness_version", sa.String(40)),
+)
+
+run_devices = sa.Table(
+    "run_devices", metadata,
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("device_id", sa.String(200), primary_key=True),
+    sa.Column("kind", sa.String(40)),
+    sa.Column("info_json", sa.Text, nullable=False),
+)
+
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.id"), nullable=False, index=True),
+    sa.Column("job_key", sa.String(64), nullable=False, index=True),
+    sa.Column("job_index", sa.Integer),
+    sa.Column("device_id", sa.String(200), nullable=False),
+    sa.Column("workload", sa.String(40), nullable=False),
+    sa.Column("model", sa.String(200)),
+    sa.Column("variant", sa.String(200), nullable=False),
+    sa.Column("variant_index", sa.Integer),
+    sa.Column("flags_json", sa.Text, nullable=False),
+    sa.Column("options_json", sa.Text, nullable=False),
+    sa.Column("options_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # ok | failed
+    sa.Column("error_kind", sa.String(40)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("attempts", sa.Integer, default=1),
+    sa.Column("started_at", sa.Float),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("result_json", sa.Text, nullable=False),
+)
+
+samples = sa.Table(
+    "samples", metadata,
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("phase", sa.String(10), primary_key=True),  # timed | warmup
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("value_ms", sa.Float, nullable=False),
+)
+
+tags = sa.Table(
+    "tags", metadata,
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("tag", sa.String(100), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("note", sa.Text),
+)
+
+
+class StoreError(ValueError):
+    """A store URL that cannot be used, or a run that is not there."""
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+@dataclass
+class JobRecord:
+    """A stored job, as the analysis functions read it."""
+
+    id: int
+    run_id: str
+    job_key: str
+    device_id: str
+    workload: str
+    model: str
+    variant: str
+    variant_index: int
+    flags: dict[str, Any]
+    options: dict[str, Any]
+    options_hash: str
+    status: str
+    result: JobResult
+    attempts: int = 1
+
+
+@dataclass
+class RunRecord:
+    id: str
+    suite_name: str
+    suite: dict[str, Any]
+    status: str
+    started_at: float
+    ended_at: float | None
+    git_commit: str | None
+    host: str | None
+    run_group: str | None = None
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: list[JobRecord] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+
+class Store:
+    def __init__(self, url: str | None = None):
+        self.url = url or os.environ.get("HARNESS_STORE") or DEFAULT_URL
+        try:
+            parsed = sa.engine.make_url(self.url)
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(f"--store {self.url!r} is not a database URL (examples: sqlite:///results/harness.db, "
+                             "postgresql+psycopg://user@host/db)") from exc
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = sa.create_engine(self.url, future=True)
+        except Exception as exc:  # noqa: BLE001 - a missing driver, a bad dialect
+            raise StoreError(f"cannot open store {self.url!r}: {exc}") from exc
+        if parsed.get_backend_name() == "sqlite":
+            @sa.event.listens_for(self.engine, "connect")
+            def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+        try:
+            metadata.create_all(self.engine)
+        except sa.exc.OperationalError as exc:
+            raise StoreError(f"cannot open store {self.url!r}: {exc.orig}") from exc
+
+    # ---------------------------------------------------------------- writes
+
+    def create_run(self, run_id: str, suite_name: str, suite: dict[str, Any], suite_path: str | None = None,
+                   run_group: str | None = None) -> None:
+        import harness
+
+        with self.engine.begin() as conn:
+            conn.execute(runs.insert().values(
+                id=run_id, suite_name=suite_name, suite_path=suite_path, suite_json=json.dumps(suite),
+                git_commit=git_commit(), host=platform.node(), user=_user(), run_group=run_group,
+                started_at=time.time(), status="running", harness_version=harness.__version__))
+
+    def record_device(self, run_id: str, info: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(run_devices.c.run_id).where(
+                run_devices.c.run_id == run_id, run_devices.c.device_id == info["id"])).first()
+            if exists:
+                conn.execute(run_devices.update().where(
+                    run_devices.c.run_id == run_id, run_devices.c.device_id == info["id"]).values(
+                    info_json=json.dumps(info)))
+            else:
+                conn.execute(run_devices.insert().values(run_id=run_id, device_id=info["id"],
+                                                         kind=info.get("kind"), info_json=json.dumps(info)))
+
+    def record_job(self, run_id: str, *, job_key: str, job_index: int, device_id: str, workload: str,
+                   model: str, variant: str, variant_index: int, flags: dict, options: dict,
+                   options_hash: str, result: JobResult, attempts: int = 1) -> int:
+        """Store one finished job and all its samples in one transaction."""
+        with self.engine.begin() as conn:
+            job_id = conn.execute(jobs.insert().values(
+                run_id=run_id, job_key=job_key, job_index=job_index, device_id=device_id, workload=workload,
+                model=model, variant=variant, variant_index=variant_index, flags_json=json.dumps(flags),
+                options_json=json.dumps(options), options_hash=options_hash, status=result.status,
+                error_kind=result.error.kind if result.error else None,
+                error_message=result.error.message if result.error else None, attempts=attempts,
+                started_at=result.started_at, ended_at=result.ended_at,
+                result_json=result.model_dump_json())).inserted_primary_key[0]
+            rows = [{"job_id": job_id, "phase": "timed", "idx": i, "value_ms": v}
+                    for i, v in enumerate(result.samples_ms)]
+            rows += [{"job_id": job_id, "phase": "warmup", "idx": i, "value_ms": v}
+                     for i, v in enumerate(result.warmup_ms)]
+            if rows:
+                conn.execute(samples.insert(), rows)
+        return int(job_id)
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(status=status, ended_at=time.time()))
+
+    def tag_run(self, run_id: str, tag: str, note: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(tags.delete().where(tags.c.run_id == run_id, tags.c.tag == tag))
+            conn.execute(tags.insert().values(run_id=run_id, tag=tag, created_at=time.time(), note=note))
+
+    # ---------------------------------------------------------------- reads
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            q = sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit)
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def resolve_run(self, ref: str = "latest") -> str:
+        with self.engine.connect() as conn:
+            if ref == "latest":
+                row = conn.execute(sa.select(runs.c.id).order_by(runs.c.started_at.desc()).limit(1)).first()
+                if row is None:
+                    raise StoreError(f"the store {self.url} has no runs yet; run `harness run SUITE` first")
+                return row[0]
+            rows = conn.execute(sa.select(runs.c.id).where(runs.c.id.startswith(ref))).all()
+        if len(rows) == 1:
+            return rows[0][0]
+        if not rows:
+            raise StoreError(f"no run {ref!r} in {self.url}; `harness report --list` shows the runs")
+        raise StoreError(f"run id {ref!r} is ambiguous ({', '.join(r[0] for r in rows[:5])}); give more of it")
+
+    def load_run(self, run_id: str) -> RunRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+            if row is None:
+                raise StoreError(f"no run {run_id!r} in {self.url}")
+            r = row._mapping
+            rec = RunRecord(id=r["id"], suite_name=r["suite_name"], suite=json.loads(r["suite_json"]),
+                            status=r["status"], started_at=r["started_at"], ended_at=r["ended_at"],
+                            git_commit=r["git_commit"], host=r["host"], run_group=r["run_group"])
+            for d in conn.execute(sa.select(run_devices).where(run_devices.c.run_id == run_id)):
+                rec.devices[d.device_id] = json.loads(d.info_json)
+            rec.tags = [t.tag for t in conn.execute(sa.select(tags.c.tag).where(tags.c.run_id == run_id))]
+            for j in conn.execute(sa.select(jobs).where(jobs.c.run_id == run_id).order_by(jobs.c.id)):
+                rec.jobs.append(JobRecord(
+                    id=j.id, run_id=j.run_id, job_key=j.job_key, device_id=j.device_id, workload=j.workload,
+                    model=j.model, variant=j.variant, variant_index=j.variant_index or 0,
+                    flags=json.loads(j.flags_json), options=json.loads(j.options_json),
+                    options_hash=j.options_hash, status=j.status,
+                    result=JobResult.model_validate_json(j.result_json), attempts=j.attempts or 1))
+            # The raw samples table is the record; it must agree with the result JSON.
+            by_job: dict[int, list[tuple[int, float]]] = {}
+            ids = [j.id for j in rec.jobs]
+            if ids:
+                q = sa.select(samples).where(samples.c.job_id.in_(ids), samples.c.phase == "timed")
+                for s in conn.execute(q):
+                    by_job.setdefault(s.job_id, []).append((s.idx, s.value_ms))
+            for j in rec.jobs:
+                j.result.samples_ms = [v for _, v in sorted(by_job.get(j.id, []))]
+        return rec
+
+    def completed_job_keys(self, run_id: str) -> set[str]:
+        with self.engine.connect() as conn:
+            q = sa.select(jobs.c.job_key).where(jobs.c.run_id == run_id, jobs.c.status == "ok")
+            return {r[0] for r in conn.execute(q)}
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return None

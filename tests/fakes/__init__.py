@@ -1,0 +1,1 @@
+"""Fakes that speak real protocols (the fake ADB server) for tests that need no phone."""
