@@ -1,0 +1,138 @@
+"""What every host workload shares: progress lines, the job's timer and measurement loop,
+per-category op times, the accelerator choice and the cache directory."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.protocol import JobSpec
+
+
+class InputError(ValueError):
+    """A job that cannot run as specified (bad weights dir, unknown runtime): not worth a retry."""
+
+
+def emit(phase: str, done: int, total: int) -> None:
+    print(f"@@progress {phase} {done} {total}", flush=True)
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+# ------------------------------------------------------------------------------------ timing
+
+class Timer:
+    """Times one call: wall clock on the CPU, CUDA events on a GPU (what the GPU executed)."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.method = "cuda_events" if self.cuda else "perf_counter"
+
+    def __call__(self, fn: Callable[[], Any]) -> tuple[float, Any]:
+        if self.cuda:
+            import torch
+
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end), out
+        t0 = time.perf_counter_ns()
+        out = fn()
+        return (time.perf_counter_ns() - t0) / 1e6, out
+
+
+def measure_loop(fn: Callable[[], Any], timer: Timer, spec: JobSpec) -> tuple[list[float], list[float]]:
+    """Warmup runs, then timed runs until `iterations` and `min_seconds` are both met (or max_seconds)."""
+    m = spec.measure
+    warmup = []
+    for i in range(m.warmup_runs):
+        emit("warmup", i, m.warmup_runs)
+        warmup.append(timer(fn)[0])
+    samples: list[float] = []
+    total_s = 0.0
+    while (len(samples) < m.iterations or total_s < m.min_seconds) and (total_s < m.max_seconds or not samples):
+        emit("timed", len(samples), m.iterations)
+        ms = timer(fn)[0]
+        samples.append(ms)
+        total_s += ms / 1000
+    emit("timed", len(samples), len(samples))
+    return warmup, samples
+
+
+# ------------------------------------------------------------------------------------ op categories
+
+def op_category(module: Any) -> str | None:
+    """The paper's op category of a module, or None for 'other' (not timed separately)."""
+    from diffusers.models.attention_processor import Attention
+
+    if isinstance(module, Attention):
+        return "attention"
+    name = type(module).__name__.lower()
+    if "groupnorm" in name:
+        return "groupnorm"
+    if "geglu" in name or "gelu" in name:
+        return "gelu"
+    if getattr(module, "kernel_size", None) in ((3, 3), 3):
+        return "conv3x3"
+    return None
+
+
+def op_times(model: Any, fn: Callable[[], Any], device: str) -> dict[str, float]:
+    """One extra iteration with forward hooks timing each category's modules (ms per iteration).
+    'other' is the rest of the iteration. Hooks add a little overhead; these are for breakdowns."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    totals: dict[str, float] = {}
+    starts: dict[int, int] = {}
+    handles = []
+
+    def pre(mod, _args):
+        sync()
+        starts[id(mod)] = time.perf_counter_ns()
+
+    def post(cat):
+        def hook(mod, _args, _out):
+            sync()
+            totals[cat] = totals.get(cat, 0.0) + (time.perf_counter_ns() - starts.pop(id(mod))) / 1e6
+        return hook
+
+    for mod in model.modules():
+        cat = op_category(mod)
+        if cat:
+            handles.append(mod.register_forward_pre_hook(pre))
+            handles.append(mod.register_forward_hook(post(cat)))
+    try:
+        sync()
+        t0 = time.perf_counter_ns()
+        fn()
+        sync()
+        total = (time.perf_counter_ns() - t0) / 1e6
+    finally:
+        for h in handles:
+            h.remove()
+    totals["other"] = max(0.0, total - sum(totals.values()))
+    return {k: round(v, 4) for k, v in totals.items()}
+
+
+def pick_device(spec: JobSpec) -> str:
+    import torch
+
+    acc = spec.options.accelerator
+    if acc in ("cuda", "gpu"):
+        if not torch.cuda.is_available():
+            raise InputError("accelerator=cuda was asked for but this host has no CUDA device; "
+                             "use --set accelerator=cpu (or auto)")
+        return "cuda"
+    if acc == "auto" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+

@@ -1,0 +1,149 @@
+"""Workload `unet_iteration`: one UNet iteration of the suite's model, per variant (Table 1).
+
+The torch runtime builds the diffusers UNet, installs the variant's kernels, checks its output
+against the unpatched model, times it, and measures weight, tensor (measured and planned) memory
+and per-category op times.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.protocol import JobSpec, MemoryFigures, ReferenceCheck
+from harness.workloads.common import InputError, Timer, cache_dir, emit, measure_loop, op_times, pick_device
+
+
+def reference_output(spec: JobSpec, device: str, inputs) -> "Any":
+    """The plain PyTorch (unpatched diffusers) output on these inputs, cached on disk by its key."""
+    import hashlib
+    import json
+
+    import torch
+
+    from harness.models.unet import build_unet
+
+    weights_id = None
+    if spec.model.weights:
+        w = Path(spec.model.weights).expanduser()
+        weights_id = [str(w.resolve()), max((p.stat().st_mtime for p in w.rglob("*") if p.is_file()), default=0)]
+    key = hashlib.sha256(json.dumps([spec.model.name, weights_id, spec.model.seed, spec.options.dtype,
+                                     device, torch.__version__]).encode()).hexdigest()[:24]
+    path = cache_dir() / "reference" / f"unet-{key}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, map_location=device)
+        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
+            path.unlink(missing_ok=True)
+    ref = build_unet(spec.model.name, spec.model.weights, spec.model.seed, spec.options.dtype).to(device)
+    with torch.no_grad():
+        out = ref(*inputs[:2], encoder_hidden_states=inputs[2], return_dict=False)[0]
+    del ref
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(out.cpu(), tmp)
+    os.replace(tmp, path)
+    return out
+
+
+def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
+    import torch
+
+    from harness import memory
+    from harness.models.patch import apply_flags
+    from harness.models.unet import WeightsError, build_unet, example_inputs
+    from harness.variants import Flags
+
+    if spec.options.threads > 0:
+        torch.set_num_threads(spec.options.threads)
+    device = pick_device(spec)
+    try:
+        flags = Flags.from_dict(spec.flags)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    torch.set_grad_enabled(False)
+    inputs = example_inputs(spec.model.name, spec.model.seed, spec.options.dtype, device)
+
+    reference = None
+    if spec.check.enabled:
+        emit("reference", 0, 1)
+        try:
+            reference = reference_output(spec, device, inputs)
+        except WeightsError as exc:
+            raise InputError(str(exc)) from exc
+
+    emit("build", 0, 1)
+    t0 = time.perf_counter_ns()
+    try:
+        unet = build_unet(spec.model.name, spec.model.weights, spec.model.seed, spec.options.dtype)
+    except WeightsError as exc:
+        raise InputError(str(exc)) from exc
+    replaced = apply_flags(unet, flags)
+    unet = unet.to(device)
+    if device == "cuda":
+        unet = unet.to(memory_format=torch.channels_last)
+        torch.cuda.synchronize()
+    result["init_ms"] = (time.perf_counter_ns() - t0) / 1e6
+    result["extra"]["replaced"] = replaced
+    result["extra"]["accelerator"] = device
+    if device == "cuda":
+        result["extra"]["gpu_name"] = torch.cuda.get_device_name(0)
+    else:
+        result["extra"]["cpu_threads"] = torch.get_num_threads()
+
+    def step():
+        return unet(inputs[0], inputs[1], encoder_hidden_states=inputs[2], return_dict=False)[0]
+
+    timer = Timer(device)
+    result["timing_method"] = timer.method
+    emit("first_run", 0, 1)
+    first_ms, out = timer(step)
+    result["first_run_ms"] = first_ms
+    if reference is not None:
+        ref = reference.to(out.device, torch.float32)
+        max_abs = (out.float() - ref).abs().max().item()
+        rel = max_abs / max(ref.abs().max().item(), 1e-12)
+        check = ReferenceCheck(max_abs_error=max_abs, rel_error=rel, rel_tolerance=spec.check.rel_tolerance,
+                               passed=bool(rel <= spec.check.rel_tolerance))
+        result["check"] = check
+        if not check.passed:
+            result["error"] = {"kind": "reference_mismatch",
+                               "message": f"variant {spec.variant!r} disagrees with the PyTorch reference: "
+                                          f"max abs error {max_abs:.3g}, relative {rel:.3g} > tolerance "
+                                          f"{spec.check.rel_tolerance:g}; the kernel is wrong, or raise "
+                                          "check.rel_tolerance for a lower-precision dtype"}
+            return
+        del reference, ref
+    del out
+
+    warmup, samples = measure_loop(step, timer, spec)
+    result["warmup_ms"], result["samples_ms"] = warmup, samples
+
+    emit("memory", 0, 3)
+    mem = MemoryFigures(weight_bytes=memory.weight_bytes(unet))
+    mem.tensor_bytes_measured, mem.tensor_measure_method = memory.measure_peak_tensor_bytes(
+        step, device=device)
+    emit("memory", 1, 3)
+    mem.tensor_bytes_planned = memory.planned_tensor_bytes(step)
+    emit("memory", 2, 3)
+    result["op_times_ms"] = op_times(unet, step, device)
+    emit("memory", 3, 3)
+    if device == "cuda":
+        mem.gpu_bytes = torch.cuda.max_memory_allocated()
+    result["memory"] = mem
+
+
+
+# Runtime name -> implementation. Each writes into `result` (a JobResult in the making).
+RUNTIMES = {
+    "torch": run_torch,
+}
+
+
+def run(spec: JobSpec, result: dict[str, Any]) -> None:
+    runtime = RUNTIMES.get(spec.options.runtime)
+    if runtime is None:
+        raise InputError(f"runtime {spec.options.runtime!r} is not available for unet_iteration on the host; "
+                         f"known runtimes: {', '.join(RUNTIMES)}")
+    runtime(spec, result)
