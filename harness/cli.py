@@ -1,12 +1,14 @@
-"""Command line: `harness devices | run | report` (also `python -m harness`).
+"""Command line: `harness devices | run | report | tag | compare` (also `python -m harness`).
 
-Exit codes: 0 success; 1 a job failed (everything else was stored); 2 bad input or environment;
-130 interrupted (everything finished was stored, the run is marked interrupted).
+Exit codes: 0 success; 1 a job failed (everything else was stored), or for `compare` a REGRESSION
+was confirmed; 2 bad input or environment; 130 interrupted (everything finished was stored, the run
+is marked interrupted).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +26,39 @@ def _add_store(p: argparse.ArgumentParser) -> None:
 
 def _add_device_ctx(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", metavar="DIR", type=Path, help="artifact and reference cache (default ~/.cache/harness)")
+    p.add_argument("--adb", action="append", default=[], metavar="HOST:PORT", type=_adb_server,
+                   help="an adb server to find Android devices on; repeatable (default: $ANDROID_ADB_SERVER_HOST/"
+                        "PORT, else 127.0.0.1:5037)")
+    p.add_argument("--benchmark-model", metavar="PATH", help="LiteRT's native benchmark_model built for the phones "
+                   "(android_aarch64); no pip package ships it, see README 'Android'")
+    p.add_argument("--farm", metavar="FILE", type=Path, help="farm.yaml: adb servers and per-device settings "
+                   "(benchmark_model, device_dir, cooldown, affinity); see README 'Android'")
+
+
+def _adb_server(text: str) -> str:
+    from harness.devices.android import parse_adb_server
+
+    try:
+        parse_adb_server(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
+def _load_farm(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    import yaml
+
+    if not path.is_file():
+        raise InputError(f"--farm {str(path)!r}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"--farm {path}: malformed YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--farm {path}: a farm file is a mapping (adb_servers:, android:, devices:)")
+    return data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark Stable Diffusion variants on phone GPUs and on this host: the Table-1 "
                     "ablation of arXiv 2304.11267 (baseline, + optimized softmax, + S-GN/GELU, "
                     "+ FlashAttention, + Winograd) and end-to-end generation.",
-        epilog="Exit codes: 0 ok, 1 a job failed, 2 bad input, 130 interrupted. See README.md.",
+        epilog="Exit codes: 0 ok, 1 a job failed (compare: a regression was confirmed), 2 bad input, "
+               "130 interrupted. See README.md.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -67,8 +103,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, metavar="PATH", help="write to PATH (default: stdout; html: "
                    "reports/RUN_ID.html)")
     p.add_argument("--list", action="store_true", help="list stored runs instead")
+    p.add_argument("--compare", metavar="RUN|TAG", help="render the regression report of --run against this "
+                   "baseline (a run, or a tag pooling its last 7 accepted runs); html goes to "
+                   "reports/compare-RUN_ID.html by default")
+    p.add_argument("--history", metavar="TAG", help="with --compare: tag whose accepted runs form the nightly "
+                   "history (default: the baseline tag)")
+    p.add_argument("--thresholds", type=Path, metavar="FILE", help="with --compare: YAML threshold overrides")
     _add_store(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("tag", help="tag a run (e.g. nightly), reject one, or record a re-baseline",
+                       description="Tag RUN with TAG. `--baseline TAG` pools the last 7 accepted runs with the "
+                                   "tag; the tag 'rejected' keeps a run out of every baseline and history; "
+                                   "--rebaseline records a deliberate re-baseline (pools start at RUN).")
+    p.add_argument("run", metavar="RUN", help="run id (or a unique prefix), or 'latest'")
+    p.add_argument("tag", metavar="TAG", help="tag name, e.g. nightly; 'rejected' marks a run not accepted")
+    p.add_argument("--note", help="why (stored with the tag and the re-baseline)")
+    p.add_argument("--rebaseline", action="store_true",
+                   help="record that comparisons against TAG start from RUN (a deliberate change)")
+    p.add_argument("--match", action="append", default=[], metavar="FIELD=REGEX",
+                   help="with --rebaseline: only cells whose FIELD (device, workload, variant, options_hash) "
+                        "fully matches REGEX; repeatable")
+    _add_store(p)
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("compare", help="verdicts of a run against a baseline run or tag; CI outputs",
+                       description="Compare a candidate run with a baseline, cell by cell (device x workload x "
+                                   "variant x options): latency and memory verdicts, confirmation of "
+                                   "regressions (previous nightly, or --rerun), JUnit/Markdown/JSON/HTML. "
+                                   "Exit code 1 when a REGRESSION is confirmed, 0 otherwise, 2 on errors.")
+    p.add_argument("refs", nargs="*", metavar="REF", help="BASELINE [CANDIDATE], as --baseline/--candidate")
+    p.add_argument("--baseline", "-b", metavar="RUN|TAG", help="a run id (or prefix), or a tag: its last 7 "
+                   "accepted runs pooled per cell (at least 3)")
+    p.add_argument("--candidate", "-c", metavar="RUN|latest", help="the run to judge (default: latest)")
+    p.add_argument("--history", metavar="TAG", help="tag whose accepted runs form the nightly history "
+                   "(default: the baseline tag; none for a run baseline)")
+    p.add_argument("--thresholds", type=Path, metavar="FILE", help="YAML threshold overrides (after the suite's)")
+    p.add_argument("--junit", type=Path, metavar="PATH", help="write JUnit XML (a testcase per cell)")
+    p.add_argument("--markdown", type=Path, metavar="PATH", help="write the Markdown summary")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write regressions.json")
+    p.add_argument("--html", type=Path, metavar="PATH", help="write the self-contained HTML report")
+    p.add_argument("--rerun", action="store_true", help="rerun the regressed cells (through `harness run`'s "
+                   "path, on the same devices) to confirm them")
+    _add_store(p)
+    _add_device_ctx(p)
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -77,16 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _ctx(args):
     from harness.devices.base import DeviceContext
 
-    return DeviceContext(cache_dir=getattr(args, "cache", None))
+    farm_path = getattr(args, "farm", None)
+    return DeviceContext(cache_dir=getattr(args, "cache", None), adb_servers=list(getattr(args, "adb", None) or []),
+                         benchmark_model=getattr(args, "benchmark_model", None), farm=_load_farm(farm_path),
+                         farm_path=farm_path.resolve() if farm_path else None)
 
 
 def cmd_devices(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.devices.base import discover_all
+    from harness.devices.base import DeviceError, discover_all
 
-    infos = discover_all(_ctx(args))
+    try:
+        infos = discover_all(_ctx(args))
+    except DeviceError as exc:
+        raise InputError(str(exc)) from None
     if args.json:
         print(json.dumps([i.to_dict() for i in infos], indent=2))
         return EXIT_OK
@@ -120,6 +205,11 @@ def cmd_run(args) -> int:
     ctx = _ctx(args)
     try:
         infos = resolve_devices(args.device or suite.devices, ctx)
+        android = [i.id.split(":", 1)[1] for i in infos if i.kind == "android"]
+        if android:
+            from harness.devices.android import check_benchmark_model
+
+            check_benchmark_model(ctx, android)
     except DeviceError as exc:
         raise InputError(str(exc)) from None
     store = _store(args)
@@ -129,11 +219,14 @@ def cmd_run(args) -> int:
     print(f"run {run_id}: {len(plan.jobs)} jobs on {', '.join(i.id for i in infos)} -> {store.url}",
           file=sys.stderr)
     progress = RichProgress()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # CI cancels with SIGTERM: same as Ctrl-C
     try:
         outcome = execute(plan, infos, store, run_id, ctx, Path("results") / "runs", progress, args.retries)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished jobs are stored; run {run_id} is marked interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not args.no_report:
         run = store.load_run(run_id)
         render(run, "terminal")
@@ -149,6 +242,8 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from harness.report.render import render
 
+    if getattr(args, "compare", None):
+        return _report_compare(args)
     store = _store(args)
     if args.list:
         for r in store.list_runs():
@@ -164,6 +259,152 @@ def cmd_report(args) -> int:
     elif output is not None:
         print(f"wrote {output}", file=sys.stderr)
     return EXIT_OK
+
+
+def _threshold_file(path: Path | None) -> list:
+    """Threshold overrides from a YAML file: a list of {match, set}, or a mapping with `thresholds:`."""
+    if path is None:
+        return []
+    import yaml
+
+    from harness.compare import parse_threshold_overrides
+
+    if not path.is_file():
+        raise InputError(f"--thresholds {str(path)!r}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"--thresholds {path}: malformed YAML: {exc}") from None
+    if isinstance(data, dict) and set(data) == {"thresholds"}:
+        data = data["thresholds"]
+    try:
+        return parse_threshold_overrides(data)
+    except ValueError as exc:
+        raise InputError(f"--thresholds {path}: {exc}") from None
+
+
+def _regression_report(args, store, baseline: str, candidate: str, rerun=None):
+    from harness.baseline import BaselineError
+    from harness.regression import compare_runs
+
+    overrides = _threshold_file(getattr(args, "thresholds", None))
+    try:
+        return compare_runs(store, baseline, candidate, overrides,
+                            overrides_source=str(args.thresholds) if args.thresholds else None,
+                            rerun=rerun, history_tag=args.history)
+    except BaselineError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _report_compare(args) -> int:
+    from harness.report import regression_render as rr
+
+    store = _store(args)
+    report = _regression_report(args, store, args.compare, args.run)
+    if args.format == "terminal" and args.output is None:
+        rr.render_terminal(report)
+        return EXIT_OK
+    output = args.output
+    if args.format == "html" and output is None:
+        output = Path("reports") / f"compare-{report.candidate.id}.html"
+    renderer = {"terminal": rr.render_markdown, "md": rr.render_markdown, "csv": rr.render_csv,
+                "html": rr.render_html}[args.format]
+    text = renderer(report)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        rr.write_text_atomic(output, text)
+        print(f"wrote {output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_tag(args) -> int:
+    from harness.baseline import BaselineError, parse_match, record_rebaseline
+
+    store = _store(args)
+    if args.match and not args.rebaseline:
+        raise InputError("--match only applies with --rebaseline")
+    try:
+        if args.rebaseline:
+            run_id = record_rebaseline(store, args.run, args.tag, parse_match(args.match), args.note)
+            where = f" for cells matching {', '.join(args.match)}" if args.match else ""
+            print(f"tagged {run_id} {args.tag!r} and recorded a re-baseline{where}: comparisons against "
+                  f"{args.tag!r} now pool runs from {run_id} on", file=sys.stderr)
+            return EXIT_OK
+    except BaselineError as exc:
+        raise InputError(str(exc)) from None
+    run_id = store.resolve_run(args.run)
+    store.tag_run(run_id, args.tag, args.note)
+    print(f"tagged {run_id} {args.tag!r}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from harness.report import regression_render as rr
+
+    refs = list(args.refs)
+    if len(refs) > 2:
+        raise InputError(f"compare takes at most BASELINE and CANDIDATE, got {len(refs)} references")
+    if refs and args.baseline:
+        raise InputError("give the baseline either as --baseline or as the first argument, not both")
+    if len(refs) == 2 and args.candidate:
+        raise InputError("give the candidate either as --candidate or as the second argument, not both")
+    baseline = args.baseline or (refs[0] if refs else None)
+    if not baseline:
+        raise InputError("compare needs a baseline: --baseline RUN|TAG (e.g. --baseline nightly)")
+    candidate = args.candidate or (refs[1] if len(refs) == 2 else "latest")
+    store = _store(args)
+    rerun = _rerun_callback(args, store) if args.rerun else None
+    report = _regression_report(args, store, baseline, candidate, rerun)
+    rr.render_terminal(report)
+    for path in rr.write_outputs(report, junit=args.junit, markdown=args.markdown, json=args.json, html=args.html):
+        print(f"wrote {path}", file=sys.stderr)
+    if report.rerun_error and report.exit_code() == 0 and report.regressions():
+        print(f"error: the automatic rerun failed ({report.rerun_error}); regressions stay unconfirmed",
+              file=sys.stderr)
+        return EXIT_INPUT
+    return report.exit_code()
+
+
+def _rerun_callback(args, store):
+    """Rerun the given cells of the candidate run through the normal run path, into a new run."""
+
+    def rerun(candidate_id: str, cells) -> str:
+        from pydantic import ValidationError
+
+        from harness.baseline import RERUN_GROUP_PREFIX
+        from harness.devices.base import DeviceError, resolve_devices
+        from harness.runner import execute
+        from harness.store import new_run_id
+        from harness.suite import Suite, expand
+
+        cand = store.load_run(candidate_id)
+        try:
+            suite = Suite.model_validate(cand.suite)
+        except ValidationError as exc:
+            raise InputError(f"cannot rerun: run {cand.id}'s stored suite no longer validates: {exc}") from None
+        wanted = {(c.device, c.workload, c.variant, c.options_hash) for c in cells}
+        ctx = _ctx(args)
+        try:
+            infos = resolve_devices(sorted({c.device for c in cells}), ctx)
+        except DeviceError as exc:
+            raise InputError(f"cannot rerun: {exc}") from None
+        run_id = new_run_id()
+        plan = expand(suite, [i.id for i in infos], run_id)
+        skip = {j.job_key for j in plan.jobs
+                if (j.device, j.spec.workload, j.variant, j.options_hash) not in wanted}
+        if len(skip) == len(plan.jobs):
+            raise InputError(f"cannot rerun: run {cand.id}'s suite no longer expands to the regressed cells")
+        store.create_run(run_id, suite.name, suite.model_dump(mode="json"), None, f"{RERUN_GROUP_PREFIX}{cand.id}")
+        print(f"rerun {run_id}: {len(plan.jobs) - len(skip)} regressed cell(s) of {cand.id}", file=sys.stderr)
+        execute(plan, infos, store, run_id, ctx, Path("results") / "runs", RichProgress(), 1, skip_keys=skip)
+        return run_id
+
+    return rerun
+
+
+def _raise_interrupt(signum, frame):  # noqa: ANN001
+    raise KeyboardInterrupt
 
 
 def _store(args):

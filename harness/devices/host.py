@@ -98,6 +98,9 @@ class HostDevice(Device):
                     _, phase, done, total = line.split()
                     progress(phase, int(done), int(total))
             rc = proc.wait()
+        except BaseException:  # Ctrl-C or SIGTERM in the controller: stop the agent with it
+            self.cancel()
+            raise
         finally:
             timer.cancel()
             err_thread.join(timeout=5)

@@ -39,3 +39,41 @@ def latency_bars(df: pd.DataFrame, title: str = "UNet iteration latency per ladd
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def e2e_breakdown_bars(df: pd.DataFrame, reference_s: float | None = None,
+                       title: str = "End-to-end generation: where the time goes") -> bytes:
+    """Stacked bars, one per device and ladder row (harness.report.e2e.e2e_table rows): text encoder,
+    UNet, scheduler, decoder, other, in seconds; composed rows hatched; the paper's figure as a line."""
+    from harness.report.e2e import COMPOSED_LABEL, PAPER_REFERENCE_LABEL, PAPER_REFERENCE_S, SEGMENTS
+
+    reference_s = PAPER_REFERENCE_S if reference_s is None else reference_s
+    ok = df[df["total_s"].notna()].reset_index(drop=True)
+    labels = [f"{r['device']}\n{r['label']}" for _, r in ok.iterrows()]
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(labels) + 3.5), 4.5), dpi=100)
+    bottoms = [0.0] * len(ok)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for si, (col, name) in enumerate(SEGMENTS):
+        heights = [0.0 if v is None or pd.isna(v) else float(v) / 1000.0 for v in ok[col]]
+        hatches = ["//" if m == "composed" else "" for m in ok["method"]]
+        bars = ax.bar(range(len(ok)), heights, bottom=bottoms, color=colors[si % len(colors)], label=name,
+                      edgecolor="white", linewidth=0.5)
+        for bar, hatch in zip(bars, hatches):
+            bar.set_hatch(hatch)
+        bottoms = [b + h for b, h in zip(bottoms, heights)]
+    ax.axhline(reference_s, color="black", linestyle="--", linewidth=1)
+    ax.text(0.99, reference_s, f"{PAPER_REFERENCE_LABEL}: {reference_s:g} s", transform=ax.get_yaxis_transform(),
+            va="bottom", ha="right", fontsize="small")
+    ax.set_xticks(range(len(ok)))
+    ax.set_xticklabels(labels, rotation=15, ha="right", fontsize="small")
+    ax.set_ylabel("seconds per image")
+    subtitle = " (hatched: " + COMPOSED_LABEL + ")" if (ok["method"] == "composed").any() else ""
+    ax.set_title(title + subtitle, fontsize="medium")
+    ax.set_ylim(0, max([reference_s * 1.15] + [b * 1.1 for b in bottoms]))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -9,6 +9,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from harness.report import e2e as e2e_report
 from harness.report.plots import latency_bars
 from harness.report.table1 import table1
 from harness.store import RunRecord
@@ -90,9 +91,10 @@ def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
         console.print(table)
     for note in _notes(run, df):
         console.print(f"[dim]{note}[/]")
+    e2e_report.render_terminal(run, e2e_report.e2e_table(run), console)
 
 
-def render_markdown(run: RunRecord, df: pd.DataFrame) -> str:
+def render_markdown(run: RunRecord, df: pd.DataFrame, output: Path | None = None) -> str:
     lines = [f"# Run {run.id}: {run.suite_name}", ""]
     for device, rows in display_rows(df).items():
         lines += [f"## {_device_title(run, device, df)}", "",
@@ -101,11 +103,15 @@ def render_markdown(run: RunRecord, df: pd.DataFrame) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines.append("")
     lines += [f"- {n}" for n in _notes(run, df)]
+    lines += [""] + e2e_report.markdown_lines(run, e2e_report.e2e_table(run), output)
     return "\n".join(lines) + "\n"
 
 
 def render_csv(run: RunRecord, df: pd.DataFrame) -> str:
     out = df.copy()
+    if out.empty:  # an e2e run: its CSV is the end-to-end table
+        e2e = e2e_report.e2e_table(run)
+        out = e2e.copy() if not e2e.empty else out
     out.insert(0, "run_id", run.id)
     buf = io.StringIO()
     out.to_csv(buf, index=False)
@@ -119,7 +125,7 @@ _env = jinja2.Environment(
 )
 
 
-def render_html(run: RunRecord, df: pd.DataFrame) -> str:
+def render_html(run: RunRecord, df: pd.DataFrame, output: Path | None = None) -> str:
     plot = base64.b64encode(latency_bars(df)).decode() if df["latency_ms"].notna().any() else None
     fmt_time = lambda t: dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "—"  # noqa: E731
     return _env.get_template("run.html.j2").render(
@@ -128,6 +134,7 @@ def render_html(run: RunRecord, df: pd.DataFrame) -> str:
                  for device, rows in display_rows(df).items()],
         notes=_notes(run, df), plot_png_b64=plot, started=fmt_time(run.started_at),
         ended=fmt_time(run.ended_at), generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+        e2e=e2e_report.html_context(run, e2e_report.e2e_table(run), output),
     )
 
 
@@ -139,7 +146,10 @@ def render(run: RunRecord, fmt: str, output: Path | None = None) -> str | None:
     if fmt == "terminal":
         render_terminal(run, df)
         return None
-    text = {"md": render_markdown, "csv": render_csv, "html": render_html}[fmt](run, df)
+    if fmt == "csv":
+        text = render_csv(run, df)
+    else:  # md and html link the e2e images relative to `output`
+        text = {"md": render_markdown, "html": render_html}[fmt](run, df, output)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(f".{output.name}.tmp")

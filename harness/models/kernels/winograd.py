@@ -28,20 +28,24 @@ Cook-Toom construction (`cook_toom_matrices`), not copied from tables:
 Interpolation points: F(2,3): 0, 1, -1, inf; F(4,3): 0, 1, -1, 2, -2, inf (the paper's tile);
 F(6,3): 0, 1, -1, 2, -2, 1/2, -1/2, inf.
 
-Numerics (measured by `tests/test_kernels.py` and the table below): the transforms amplify rounding
-error with the size of the points, so larger tiles lose precision. Relative error of the output
-against F.conv2d in float64-exact terms, SD-like layer (C_in = C_out = 320, 32x32, random N(0,1)
-data, weights ~ kaiming), computed with all transforms in the input dtype:
+Numerics: the transforms amplify rounding error with the size of the points, so larger tiles lose
+precision. Measured (H200, torch 2.11; the CPU gives the same figures): relative Frobenius error
+against an fp64 F.conv2d, SD-like layers (C_in = C_out = 320 at 64x64 and 1280 at 16x16, N(0,1) data,
+Kaiming weights), filter transform in fp32 then cast, input/output transforms and GEMM in the dtype:
 
-    dtype   F(2,3)     F(4,3)     F(6,3)
-    fp32    ~1e-7      ~3e-7      ~2e-6
-    fp16    ~5e-4      ~1.5e-3    ~1e-2  (vs ~3e-4 for direct fp16 conv)
+    dtype   direct    F(2,3)    F(4,3)    F(6,3)
+    fp32    1e-6      6e-7      4e-6      7e-6
+    fp16    3.6e-4    8e-4      4.0e-3    7.5e-3
+    bf16    2.9e-3    6.5e-3    3.2e-2    5.9e-2
 
-i.e. F(4x4, 3x3) in fp16 loses about 2-3 bits compared with a direct fp16 convolution; F(6x6, 3x3)
-in fp16 is not accurate enough for inference. (`WinogradConv2d` computes the filter transform in
-fp32 and casts once, which removes the G-side error; the input and output transforms run in the
-input dtype, as a GPU kernel would.) On CPU, fp16/bf16 inputs are computed in fp32 and cast back
-(CPU half-precision GEMMs are slow and not what a phone GPU would do); see `winograd_conv2d`.
+So F(4x4, 3x3) in fp16 is about 11x (3-4 bits) less accurate than a direct fp16 convolution, and in
+bf16 it is poor; on the whole tiny UNet in fp16 on CUDA the "+ Winograd" row moves the output by 1.0e-2
+(relative) against the unpatched model, versus 1.8e-3 for the rows before it. Rescaling the transforms
+does not change this; other points do a little (0, +-1, 2, -1/2 gives 2.7e-3 for F(4,3) in fp16, cf.
+Barabasz et al., "Error analysis and improving the accuracy of Winograd convolution", 2018): pass
+`points` to `cook_toom_matrices` to experiment. On CPU, fp16/bf16 inputs are computed in fp32 by
+default and cast back (CPU half-precision GEMMs are slow and not what a phone GPU would do); pass
+`compute_dtype` to `winograd_conv2d` to force the input dtype.
 
 Written without data-dependent Python control flow: loops run over the static (m+2)^2 positions,
 tiles are gathered by strided slicing, so the module traces/exports to a static graph.
@@ -241,7 +245,11 @@ class Conv3x3(nn.Conv2d):
     downsamplers) by the direct convolution F.conv2d.
 
     Same parameters (`weight`, `bias`) as the nn.Conv2d it replaces, so state_dicts are unchanged.
-    The filter transform is cached per weight version/device/dtype (not in the state_dict).
+    The filter transform is cached per weight version/device/dtype (not in the state_dict). Note its
+    size: (m+2)^2 / 9 times the weight (F(2,3): 1.8x, F(4,3): 4x, F(6,3): 7.1x), which is what a
+    runtime that stores pre-transformed filters holds; under torch.export/compile it is computed in the
+    graph from the weight instead, and what the exporter makes of it (constant folding) decides the
+    weight bytes of an exported artifact.
     """
 
     def __init__(self, *args, impl: Conv3x3Impl = "direct", tile: int = 4, **kwargs) -> None:
