@@ -1,0 +1,59 @@
+"""Report contents from a stored run: the Table-1 view, its formatting, and every format."""
+import pytest
+
+from harness.protocol import JobResult, MemoryFigures
+from harness.report.render import render, render_html, render_markdown
+from harness.report.table1 import table1
+from harness.store import Store
+from harness.variants import LADDER
+
+MB = 1024 * 1024
+
+
+@pytest.fixture()
+def run(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/r.db")
+    store.create_run("r1", "t", {"name": "t", "model": {"name": "tiny", "weights": None}})
+    store.record_device("r1", {"id": "host", "kind": "host", "model": "Xeon", "gpu": "none (CPU only)"})
+    lat = [100.0, 90.0, 80.0, 50.0, None]
+    for i, ((name, flags), ms) in enumerate(zip(LADDER, lat)):
+        if ms is None:
+            res = JobResult.failure(f"j{i}", "reference_mismatch", "variant '+winograd' disagrees <b>x</b>")
+        else:
+            res = JobResult(job_id=f"j{i}", status="ok", samples_ms=[ms - 1, ms, ms + 1, ms + 5],
+                            timing_method="perf_counter",
+                            memory=MemoryFigures(weight_bytes=10 * MB, tensor_bytes_measured=(5 - i) * MB,
+                                                 tensor_bytes_planned=(4 - i) * MB,
+                                                 tensor_measure_method="torch_profiler_cpu_peak"))
+        store.record_job("r1", job_key=f"k{i}", job_index=i, device_id="host", workload="unet_iteration",
+                         model="tiny", variant=name, variant_index=i, flags=flags.to_dict(),
+                         options={"runtime": "torch", "dtype": "fp32", "accelerator": "auto"},
+                         options_hash="h", result=res)
+    store.finish_run("r1", "completed")
+    return store.load_run("r1")
+
+
+def test_table1_rows(run):
+    df = table1(run)
+    assert list(df["variant"]) == [n for n, _ in LADDER]
+    assert list(df["latency_ms"][:4]) == [100.5, 90.5, 80.5, 50.5]  # medians of the raw samples
+    assert df["change_pct"][0] == pytest.approx(0.0)
+    assert df["change_pct"][3] == pytest.approx((50.5 / 100.5 - 1) * 100)
+    assert df["tensor_mb_measured"][1] == pytest.approx(4.0) and df["weight_mb"][0] == pytest.approx(10.0)
+    assert df["status"][4] == "failed" and "disagrees" in df["error"][4]
+    assert df["n"][0] == 4 and df["iqr_ms"][0] == pytest.approx(2.25)  # q3 102 - q1 99.75
+
+
+def test_markdown_and_html(run):
+    md = render_markdown(run, table1(run))
+    assert "| + FlashAttention | 50.5 | -49.8% | 2.0 | 1.0 | 10.0 | 4 |" in md
+    assert "| + Winograd (all) | failed | failed |" in md
+    assert "Weights: random" in md
+    html = render_html(run, table1(run))
+    assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html  # autoescaped
+    assert 'class="failed"' in html and "data:image/png;base64," in html
+
+
+def test_unknown_format(run, tmp_path):
+    with pytest.raises(ValueError, match="known formats: terminal, md, csv, html"):
+        render(run, "pdf", tmp_path / "x")
