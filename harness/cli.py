@@ -1,4 +1,4 @@
-"""Command line: `harness devices | run | report | tag | compare` (also `python -m harness`).
+"""Command line: `harness devices | run | report | tag | compare | export | inspect` (also `python -m harness`).
 
 Exit codes: 0 success; 1 a job failed (everything else was stored), or for `compare` a REGRESSION
 was confirmed; 2 bad input or environment; 130 interrupted (everything finished was stored, the run
@@ -33,6 +33,8 @@ def _add_device_ctx(p: argparse.ArgumentParser) -> None:
                    "(android_aarch64); no pip package ships it, see README 'Android'")
     p.add_argument("--farm", metavar="FILE", type=Path, help="farm.yaml: adb servers and per-device settings "
                    "(benchmark_model, device_dir, cooldown, affinity); see README 'Android'")
+    p.add_argument("--ios-agent", metavar="PATH", help="the iOS agent app (.ipa, built and signed on a Mac with "
+                   "`make ios-agent`), installed on each iPhone when it differs; see README 'iOS'")
 
 
 def _adb_server(text: str) -> str:
@@ -82,7 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a suite and store the results",
                        description="Expand SUITE into jobs (device x variant), run them, store every result, "
                                    "print the Table-1 view and write an HTML report.")
-    p.add_argument("suite", type=Path, help="suite YAML file, e.g. suites/table1.yaml")
+    p.add_argument("suite", type=Path, nargs="?", help="suite YAML file, e.g. suites/table1.yaml")
+    p.add_argument("--resume", metavar="RUN", help="rerun only the jobs of RUN without a stored result "
+                   "(same suite, devices and run id)")
+    p.add_argument("--max-parallel", type=int, metavar="N", help="devices run in parallel, one job at a time "
+                   "each (default: all)")
+    p.add_argument("--shard", metavar="I/N", help="run only shard I of N (a deterministic split of the devices, "
+                   "for CI matrices; give every shard the same --run-group)")
     p.add_argument("--device", "-d", action="append", metavar="ID",
                    help="device id (host, android:SERIAL, android, ios:UDID); repeatable; default: the suite's")
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -102,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", "-f", default="terminal", choices=["terminal", "md", "csv", "html"])
     p.add_argument("-o", "--output", type=Path, metavar="PATH", help="write to PATH (default: stdout; html: "
                    "reports/RUN_ID.html)")
+    p.add_argument("--run-group", metavar="NAME", help="merge every run of this group (e.g. the CI shards of "
+                   "one nightly) into one report")
     p.add_argument("--list", action="store_true", help="list stored runs instead")
     p.add_argument("--compare", metavar="RUN|TAG", help="render the regression report of --run against this "
                    "baseline (a run, or a tag pooling its last 7 accepted runs); html goes to "
@@ -148,6 +158,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     _add_device_ctx(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="build the device artifacts (.tflite, .mlpackage) a suite needs",
+                       description="Convert every variant of SUITE into its device artifact, checked against the "
+                                   "PyTorch reference, into the content-addressed cache. Rows that are the same "
+                                   "artifact under the flag-to-format mapping share one (README 'Artifacts').")
+    p.add_argument("suite", type=Path, help="suite YAML file, e.g. suites/table1.yaml")
+    p.add_argument("--format", "-f", default=None, metavar="FMT",
+                   help="tflite | coreml | all (default: the suite runtime's format, tflite unless coreml)")
+    p.add_argument("--dtype", default=None, choices=["fp16", "fp32"],
+                   help="weight dtype of the artifacts (default: the suite's dtype if fp16/fp32, else fp16)")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a suite field, as for `harness run`")
+    p.add_argument("--weights", metavar="DIR", help="local diffusers checkpoint for real weights (default random)")
+    p.add_argument("--cache", metavar="DIR", type=Path, help="artifact cache (default $HARNESS_CACHE or ~/.cache/harness)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("inspect", help="what an artifact holds: weights by dtype, ops by category, planned tensors",
+                       description="Read a .tflite file or an .mlpackage: weight MB by element type, the op "
+                                   "histogram in the paper's categories (composites named), and planned tensor MB "
+                                   "from the artifact's own graph (greedy-by-size).")
+    p.add_argument("artifact", type=Path, help="a .tflite file or .mlpackage directory (`harness export` prints them)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 
@@ -159,6 +192,7 @@ def _ctx(args):
     farm_path = getattr(args, "farm", None)
     return DeviceContext(cache_dir=getattr(args, "cache", None), adb_servers=list(getattr(args, "adb", None) or []),
                          benchmark_model=getattr(args, "benchmark_model", None), farm=_load_farm(farm_path),
+                         ios_agent=getattr(args, "ios_agent", None),
                          farm_path=farm_path.resolve() if farm_path else None)
 
 
@@ -188,9 +222,9 @@ def cmd_devices(args) -> int:
 def cmd_run(args) -> int:
     from harness.devices.base import DeviceError, resolve_devices
     from harness.report.render import render
-    from harness.runner import execute
-    from harness.store import Store, new_run_id
-    from harness.suite import SuiteError, expand, load_suite
+    from harness.runner import execute, shard_devices
+    from harness.store import new_run_id
+    from harness.suite import Suite, SuiteError, expand, load_suite
 
     overrides = list(args.overrides)
     if args.weights:
@@ -198,30 +232,68 @@ def cmd_run(args) -> int:
             raise InputError(f"--weights {args.weights!r}: no such directory; give a local diffusers checkpoint "
                              "(the folder with unet/config.json) or leave --weights out for random weights")
         overrides.append(f"model.weights={Path(args.weights).expanduser().resolve()}")
-    try:
-        suite = load_suite(args.suite, overrides)
-    except SuiteError as exc:
-        raise InputError(str(exc)) from None
+    store = _store(args)
+    skip_keys: set[str] = set()
+    if args.resume:
+        run_id = store.resolve_run(args.resume)
+        previous_run = store.load_run(run_id)
+        try:
+            suite = Suite.model_validate(previous_run.suite)
+        except ValueError as exc:
+            raise InputError(f"run {run_id} cannot be resumed: its stored suite no longer validates: {exc}") from None
+        skip_keys = store.completed_job_keys(run_id)
+        device_ids = suite.devices
+    else:
+        if args.suite is None:
+            raise InputError("give a SUITE to run (e.g. suites/table1.yaml), or --resume RUN")
+        try:
+            suite = load_suite(args.suite, overrides)
+        except SuiteError as exc:
+            raise InputError(str(exc)) from None
+        run_id = new_run_id()
+        device_ids = args.device or suite.devices
     ctx = _ctx(args)
     try:
-        infos = resolve_devices(args.device or suite.devices, ctx)
+        infos = resolve_devices(device_ids, ctx)
+        if args.shard:
+            try:
+                mine = shard_devices([i.id for i in infos], args.shard)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+            infos = [i for i in infos if i.id in mine]
+            if not infos:
+                print(f"shard {args.shard}: no device falls in this shard; nothing to run", file=sys.stderr)
+                return EXIT_OK
         android = [i.id.split(":", 1)[1] for i in infos if i.kind == "android"]
         if android:
             from harness.devices.android import check_benchmark_model
 
             check_benchmark_model(ctx, android)
+        if ctx.ios_agent and any(i.kind == "ios" for i in infos):
+            from harness.devices.ios import ipa_info
+
+            ipa_info(ctx.ios_agent)  # a path that is no IPA stops here (exit 2), before any job
     except DeviceError as exc:
         raise InputError(str(exc)) from None
-    store = _store(args)
-    run_id = new_run_id()
     plan = expand(suite, [i.id for i in infos], run_id)
-    store.create_run(run_id, suite.name, suite.model_dump(mode="json"), str(args.suite), args.run_group)
-    print(f"run {run_id}: {len(plan.jobs)} jobs on {', '.join(i.id for i in infos)} -> {store.url}",
-          file=sys.stderr)
+    if args.resume:
+        store.reopen_run(run_id)
+        todo = sum(1 for j in plan.jobs if j.job_key not in skip_keys)
+        print(f"resuming run {run_id}: {todo} of {len(plan.jobs)} jobs have no stored result", file=sys.stderr)
+    else:
+        suite_doc = suite.model_dump(mode="json")
+        suite_doc["devices"] = [i.id for i in infos]  # what --resume runs again
+        store.create_run(run_id, suite.name, suite_doc, str(args.suite), args.run_group)
+        print(f"run {run_id}: {len(plan.jobs)} jobs on {', '.join(i.id for i in infos)} -> {store.url}",
+              file=sys.stderr)
+    from harness.export.commands import prepare_run_artifacts
+
+    prepare_run_artifacts(plan, ctx.cache_dir)  # host runtimes that run an artifact (litert-cpu): via the cache
     progress = RichProgress()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # CI cancels with SIGTERM: same as Ctrl-C
     try:
-        outcome = execute(plan, infos, store, run_id, ctx, Path("results") / "runs", progress, args.retries)
+        outcome = execute(plan, infos, store, run_id, ctx, Path("results") / "runs", progress, args.retries,
+                          skip_keys=skip_keys, max_parallel=args.max_parallel)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished jobs are stored; run {run_id} is marked interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -239,6 +311,33 @@ def cmd_run(args) -> int:
     return EXIT_JOB_FAILED if outcome.failed else EXIT_OK
 
 
+def cmd_export(args) -> int:
+    from harness.export.commands import artifact_dtype, export_suite, formats_from_arg
+    from harness.export.mapping import UnknownFormatError
+    from harness.suite import SuiteError, load_suite
+
+    overrides = list(args.overrides)
+    if args.weights:
+        if not Path(args.weights).expanduser().is_dir():
+            raise InputError(f"--weights {args.weights!r}: no such directory; give a local diffusers checkpoint")
+        overrides.append(f"model.weights={Path(args.weights).expanduser().resolve()}")
+    try:
+        suite = load_suite(args.suite, overrides)
+        formats = formats_from_arg(args.format, suite.options.runtime)
+    except (SuiteError, UnknownFormatError) as exc:
+        raise InputError(str(exc)) from None
+    return export_suite(suite, formats, artifact_dtype(args.dtype, suite.options.dtype), args.cache)
+
+
+def cmd_inspect(args) -> int:
+    from harness.export.commands import inspect_command
+
+    try:
+        return inspect_command(args.artifact, args.json)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+
+
 def cmd_report(args) -> int:
     from harness.report.render import render
 
@@ -249,7 +348,10 @@ def cmd_report(args) -> int:
         for r in store.list_runs():
             print(f"{r['id']}  {r['suite_name']:<20} {r['status']:<12} {r['git_commit'] or ''}")
         return EXIT_OK
-    run = store.load_run(store.resolve_run(args.run))
+    if args.run_group:
+        run = store.load_run_group(args.run_group)
+    else:
+        run = store.load_run(store.resolve_run(args.run))
     output = args.output
     if args.format == "html" and output is None:
         output = Path("reports") / f"{run.id}.html"
@@ -333,7 +435,9 @@ def cmd_tag(args) -> int:
             return EXIT_OK
     except BaselineError as exc:
         raise InputError(str(exc)) from None
-    run_id = store.resolve_run(args.run)
+    from harness.baseline import resolve_candidate
+
+    run_id = resolve_candidate(store, args.run)  # 'latest' skips automatic reruns
     store.tag_run(run_id, args.tag, args.note)
     print(f"tagged {run_id} {args.tag!r}", file=sys.stderr)
     return EXIT_OK

@@ -1,13 +1,15 @@
 """The controller's run loop: plan -> devices -> results store, with progress and Ctrl-C safety."""
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from harness.devices.base import (
-    DeviceContext, DeviceDisconnectedError, DeviceInfo, open_device,
+    Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, open_device,
 )
 from harness.protocol import JobResult
 from harness.store import Store
@@ -34,14 +36,33 @@ class Progress:
     def stop(self) -> None: ...
 
 
+def shard_devices(device_ids: list[str], shard: str | None) -> list[str]:
+    """`--shard i/n`: the devices of shard i (1-based) of n, a deterministic partition by device.
+
+    Devices are sorted by id and dealt round-robin, so every CI runner that sees the same farm
+    computes the same split and each device lands in exactly one shard."""
+    if not shard:
+        return device_ids
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+        if not 1 <= i <= n:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--shard {shard!r}: expected I/N with 1 <= I <= N, e.g. --shard 2/4") from None
+    return [d for k, d in enumerate(sorted(device_ids)) if k % n == i - 1]
+
+
 def execute(plan: Plan, infos: list[DeviceInfo], store: Store, run_id: str, ctx: DeviceContext,
             workdir: Path, progress: Progress | None = None, retries: int = 1,
-            skip_keys: set[str] | None = None) -> RunOutcome:
-    """Run every job of the plan, one at a time per device, storing each result as it finishes.
+            skip_keys: set[str] | None = None, max_parallel: int | None = None) -> RunOutcome:
+    """Run every job of the plan, storing each result as it finishes.
 
-    A failed job is a stored result, and the others go on. Transient failures (a device that
-    dropped, an error marked transient) are retried up to `retries` more times. On Ctrl-C the job
-    in flight is stopped, everything finished stays stored and the run is marked interrupted.
+    One worker per device (at most `max_parallel` at once), one job at a time per device, each
+    device's jobs in plan order. A failed job is a stored result and the others go on; a device
+    that cannot be prepared fails its own jobs only. Transient failures (a device that dropped, an
+    error marked transient) are retried up to `retries` more times. On Ctrl-C/SIGTERM the jobs in
+    flight are stopped (their agents killed) and not stored, everything finished stays stored, and
+    the run is marked interrupted.
     """
     progress = progress or Progress()
     outcome = RunOutcome(run_id=run_id, status="running")
@@ -51,35 +72,65 @@ def execute(plan: Plan, infos: list[DeviceInfo], store: Store, run_id: str, ctx:
             continue
         by_device.setdefault(job.device, []).append(job)
     info_by_id = {i.id: i for i in infos}
+    stop = threading.Event()
+    lock = threading.Lock()
+    live: dict[str, Device] = {}
+
+    def finish(job: PlannedJob, result: JobResult, attempts: int) -> None:
+        _store(store, run_id, job, result, attempts)
+        with lock:
+            outcome.retried += attempts - 1
+            if result.status == "ok":
+                outcome.ok += 1
+            else:
+                outcome.failed += 1
+                outcome.failures.append((job, result))
+        progress.job_finished(job, result)
+
+    def worker(device_id: str, jobs: list[PlannedJob]) -> None:
+        info = info_by_id[device_id]
+        store.record_device(run_id, info.to_dict())
+        try:
+            device = open_device(info, ctx)
+            with lock:
+                live[device_id] = device
+            device.prepare([j.spec for j in jobs])
+        except DeviceError as exc:  # this device's jobs fail; the other devices go on
+            for job in jobs:
+                finish(job, JobResult.failure(job.spec.job_id, "device", f"{device_id}: {exc}",
+                                              started_at=time.time(), ended_at=time.time()), 1)
+            return
+        try:
+            for job in jobs:
+                if stop.is_set():
+                    return
+                result, attempts = _run_with_retries(device, job, workdir / run_id, progress, retries)
+                if stop.is_set():
+                    return  # the job in flight was stopped by the interrupt: not a measurement
+                finish(job, result, attempts)
+        finally:
+            with lock:
+                live.pop(device_id, None)
+            device.close()
+
     progress.start(sum(len(v) for v in by_device.values()))
-    current = None
+    pool = ThreadPoolExecutor(max_workers=max(1, min(max_parallel or len(by_device) or 1, len(by_device) or 1)),
+                              thread_name_prefix="device")
     try:
-        for device_id, device_jobs in by_device.items():
-            info = info_by_id[device_id]
-            store.record_device(run_id, info.to_dict())
-            device = current = open_device(info, ctx)
-            try:
-                device.prepare([j.spec for j in device_jobs])
-                for job in device_jobs:
-                    result, attempts = _run_with_retries(device, job, workdir / run_id, progress, retries)
-                    outcome.retried += attempts - 1
-                    _store(store, run_id, job, result, attempts)
-                    progress.job_finished(job, result)
-                    if result.status == "ok":
-                        outcome.ok += 1
-                    else:
-                        outcome.failed += 1
-                        outcome.failures.append((job, result))
-            finally:
-                device.close()
-                current = None
+        futures = [pool.submit(worker, d, jobs) for d, jobs in by_device.items()]
+        for future in as_completed(futures):
+            future.result()
         outcome.status = "completed"
     except KeyboardInterrupt:
-        if current is not None:
-            current.cancel()
+        stop.set()
+        with lock:
+            devices = list(live.values())
+        for device in devices:
+            device.cancel()
         outcome.status = "interrupted"
         raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         progress.stop()
         store.finish_run(run_id, outcome.status if outcome.status != "running" else "failed")
     return outcome

@@ -88,6 +88,22 @@ tags = sa.Table(
     sa.Column("note", sa.Text),
 )
 
+# A deliberate re-baseline: from run_id on (by start time), comparisons against `tag` pool only runs
+# that started at or after it, for the cells that `match` selects (cell field -> regex; {} = all).
+rebaselines = sa.Table(
+    "rebaselines", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tag", sa.String(100), nullable=False, index=True),
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("match_json", sa.Text, nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Column("user", sa.String(100)),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# A run tagged with this is not accepted as a baseline or history run (e.g. a broken device night).
+REJECTED_TAG = "rejected"
+
 
 class StoreError(ValueError):
     """A store URL that cannot be used, or a run that is not there."""
@@ -144,6 +160,7 @@ class RunRecord:
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: list[JobRecord] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Store:
@@ -168,10 +185,16 @@ class Store:
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
-        try:
-            metadata.create_all(self.engine)
-        except sa.exc.OperationalError as exc:
-            raise StoreError(f"cannot open store {self.url!r}: {exc.orig}") from exc
+        for attempt in range(3):
+            try:
+                metadata.create_all(self.engine)
+                break
+            except sa.exc.OperationalError as exc:
+                # Two processes opening a new store at once both see a table missing and both create
+                # it; the loser gets "already exists". Checking again then finds every table.
+                if "already exists" in str(exc.orig) and attempt < 2:
+                    continue
+                raise StoreError(f"cannot open store {self.url!r}: {exc.orig}") from exc
 
     # ---------------------------------------------------------------- writes
 
@@ -222,12 +245,102 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(status=status, ended_at=time.time()))
 
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a run running again (for --resume)."""
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(status="running", ended_at=None))
+
     def tag_run(self, run_id: str, tag: str, note: str | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(tags.delete().where(tags.c.run_id == run_id, tags.c.tag == tag))
             conn.execute(tags.insert().values(run_id=run_id, tag=tag, created_at=time.time(), note=note))
 
+    def record_rebaseline(self, run_id: str, tag: str, match: dict[str, str] | None = None,
+                          note: str | None = None) -> int:
+        """Record that `run_id` starts a new baseline for `tag` (for the cells `match` selects)."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(rebaselines.insert().values(
+                tag=tag, run_id=run_id, match_json=json.dumps(match or {}), note=note, user=_user(),
+                created_at=time.time())).inserted_primary_key[0])
+
     # ---------------------------------------------------------------- reads
+
+    def list_rebaselines(self, tag: str) -> list[dict[str, Any]]:
+        """Re-baselines of `tag`, oldest run first: id, run_id, run_started_at, match, note, user, created_at."""
+        with self.engine.connect() as conn:
+            q = (sa.select(rebaselines, runs.c.started_at.label("run_started_at"))
+                 .join(runs, runs.c.id == rebaselines.c.run_id)
+                 .where(rebaselines.c.tag == tag)
+                 .order_by(runs.c.started_at, rebaselines.c.id))
+            out = []
+            for r in conn.execute(q):
+                row = dict(r._mapping)
+                row["match"] = json.loads(row.pop("match_json"))
+                out.append(row)
+            return out
+
+    def has_tag(self, tag: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(tags.c.run_id).where(tags.c.tag == tag).limit(1)).first() is not None
+
+    def list_tags(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return sorted({r[0] for r in conn.execute(sa.select(tags.c.tag).distinct())})
+
+    def tagged_runs(self, tag: str) -> list[dict[str, Any]]:
+        """Runs carrying `tag`, oldest first, each with `rejected` (tagged REJECTED_TAG) and the tag's note."""
+        with self.engine.connect() as conn:
+            q = (sa.select(runs, tags.c.note.label("tag_note"))
+                 .join(tags, tags.c.run_id == runs.c.id)
+                 .where(tags.c.tag == tag)
+                 .order_by(runs.c.started_at, runs.c.id))
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+            ids = [r["id"] for r in rows]
+            rejected: set[str] = set()
+            if ids:
+                rq = sa.select(tags.c.run_id).where(tags.c.tag == REJECTED_TAG, tags.c.run_id.in_(ids))
+                rejected = {r[0] for r in conn.execute(rq)}
+        for r in rows:
+            r.pop("suite_json", None)
+            r["rejected"] = r["id"] in rejected
+        return rows
+
+    def latest_run_id(self, exclude_group_prefix: str | None = None) -> str:
+        """The most recently started run, skipping runs whose run_group starts with the prefix."""
+        with self.engine.connect() as conn:
+            q = sa.select(runs.c.id).order_by(runs.c.started_at.desc())
+            if exclude_group_prefix:
+                q = q.where(sa.or_(runs.c.run_group.is_(None),
+                                   sa.not_(runs.c.run_group.startswith(exclude_group_prefix))))
+            row = conn.execute(q.limit(1)).first()
+        if row is None:
+            raise StoreError(f"the store {self.url} has no runs yet; run `harness run SUITE` first")
+        return row[0]
+
+    def load_jobs(self, run_ids: list[str]) -> dict[str, list[JobRecord]]:
+        """The jobs (with their timed samples) of many runs in two queries: run id -> jobs in order."""
+        out: dict[str, list[JobRecord]] = {rid: [] for rid in run_ids}
+        if not run_ids:
+            return out
+        with self.engine.connect() as conn:
+            records: dict[int, JobRecord] = {}
+            for j in conn.execute(sa.select(jobs).where(jobs.c.run_id.in_(run_ids)).order_by(jobs.c.id)):
+                rec = JobRecord(
+                    id=j.id, run_id=j.run_id, job_key=j.job_key, device_id=j.device_id, workload=j.workload,
+                    model=j.model, variant=j.variant, variant_index=j.variant_index or 0,
+                    flags=json.loads(j.flags_json), options=json.loads(j.options_json),
+                    options_hash=j.options_hash, status=j.status,
+                    result=JobResult.model_validate_json(j.result_json), attempts=j.attempts or 1)
+                records[rec.id] = rec
+                out[rec.run_id].append(rec)
+            by_job: dict[int, list[tuple[int, float]]] = {}
+            if records:
+                q = sa.select(samples).where(samples.c.job_id.in_(list(records)), samples.c.phase == "timed")
+                for s in conn.execute(q):
+                    by_job.setdefault(s.job_id, []).append((s.idx, s.value_ms))
+            for job_id, rec in records.items():
+                rec.result.samples_ms = [v for _, v in sorted(by_job.get(job_id, []))]
+        return out
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -277,6 +390,30 @@ class Store:
             for j in rec.jobs:
                 j.result.samples_ms = [v for _, v in sorted(by_job.get(j.id, []))]
         return rec
+
+    def load_run_group(self, name: str) -> RunRecord:
+        """Every run of a run group (e.g. the shards of one nightly) merged into one record."""
+        with self.engine.connect() as conn:
+            ids = [r[0] for r in conn.execute(sa.select(runs.c.id).where(runs.c.run_group == name)
+                                              .order_by(runs.c.started_at))]
+        if not ids:
+            raise StoreError(f"no runs in run group {name!r} in {self.url}; runs join a group with "
+                             "`harness run ... --run-group NAME`")
+        parts = [self.load_run(i) for i in ids]
+        first = parts[0]
+        statuses = sorted({p.status for p in parts})
+        merged = RunRecord(
+            id=name, suite_name=first.suite_name, suite=first.suite,
+            status=statuses[0] if len(statuses) == 1 else "mixed (" + ", ".join(statuses) + ")",
+            started_at=min(p.started_at for p in parts),
+            ended_at=max((p.ended_at for p in parts if p.ended_at), default=None),
+            git_commit=first.git_commit, host=", ".join(sorted({p.host or "?" for p in parts})), run_group=name)
+        for p in parts:
+            merged.devices.update(p.devices)
+            merged.jobs.extend(p.jobs)
+            merged.tags.extend(t for t in p.tags if t not in merged.tags)
+        merged.extra = {"runs": ids}
+        return merged
 
     def completed_job_keys(self, run_id: str) -> set[str]:
         with self.engine.connect() as conn:

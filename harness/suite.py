@@ -68,6 +68,17 @@ class Suite(_Strict):
     check: CheckPolicy = Field(default_factory=CheckPolicy)
     devices: list[str] = Field(default_factory=lambda: ["host"])
     workload_args: dict[str, Any] = Field(default_factory=dict)
+    # Verdict threshold overrides: [{match: {device|workload|variant|options_hash: regex}, set: {...}}]
+    # (harness.compare.parse_threshold_overrides; README "Regression detection").
+    thresholds: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _valid_thresholds(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from harness.compare import parse_threshold_overrides
+
+        parse_threshold_overrides(v)  # raises ValueError naming the entry and the problem
+        return v
 
     @field_validator("model", mode="before")
     @classmethod

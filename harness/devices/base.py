@@ -64,7 +64,9 @@ class DeviceContext:
     cache_dir: Path | None = None
     adb_servers: list[str] = field(default_factory=list)  # HOST:PORT
     benchmark_model: str | None = None
-    ios_agent: str | None = None
+    ios_agent: str | None = None  # the agent app's IPA (--ios-agent), installed when its sha256 differs
+    farm: dict[str, Any] = field(default_factory=dict)  # the parsed farm.yaml (--farm), {} without one
+    farm_path: Path | None = None  # where farm.yaml lies: its relative paths are relative to it
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,6 +114,8 @@ class DeviceKind(ABC):
 # when it is used.
 KINDS: dict[str, str] = {
     "host": "harness.devices.host:HostKind",
+    "android": "harness.devices.android:AndroidKind",
+    "ios": "harness.devices.ios:IOSKind",
 }
 
 

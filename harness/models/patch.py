@@ -20,11 +20,13 @@ import torch
 from diffusers.models.activations import GEGLU as DiffusersGEGLU
 from diffusers.models.activations import GELU as DiffusersGELU
 from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from harness.models.kernels.attention import KernelAttnProcessor
 from harness.models.kernels.gelu import GEGLU, GELU, TorchGELU
 from harness.models.kernels.groupnorm import GroupNorm
+from harness.models.kernels.triton.resnet import fused_resnet_forward
 from harness.models.kernels.winograd import Conv3x3, winograd_eligible
 from harness.variants import Flags
 
@@ -133,7 +135,19 @@ def apply_flags(unet: nn.Module, flags: Flags) -> dict[str, int]:
             elif isinstance(new, Conv3x3):
                 counts["conv3x3"] += 1
                 counts["conv3x3_winograd"] += int(new.is_winograd)
+    _bind_resnet_forwards(unet, flags)
     return counts
+
+
+def _bind_resnet_forwards(unet: nn.Module, flags: Flags) -> None:
+    """With fused GroupNorm, resnet blocks run `fused_resnet_forward` (GroupNorm+SiLU as one Triton kernel
+    on CUDA fp16/bf16; the class's own forward everywhere else); otherwise their class forward."""
+    for module in unet.modules():
+        if type(module) is ResnetBlock2D:
+            if flags.groupnorm_gelu == "fused":
+                module.forward = fused_resnet_forward.__get__(module)
+            else:
+                module.__dict__.pop("forward", None)
 
 
 def describe_patch(unet: nn.Module) -> dict[str, dict[str, int]]:

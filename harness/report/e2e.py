@@ -280,9 +280,15 @@ def notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
     return out
 
 
-def image_href(image_path: str | None, report_path: Path | None) -> str | None:
+def _text(value: Any) -> str | None:
+    """A string cell, or None for a missing one (pandas gives NaN for missing strings)."""
+    return value if isinstance(value, str) and value else None
+
+
+def image_href(image_path: Any, report_path: Path | None) -> str | None:
     """How the report links an image: relative to the report's folder, else a file:// URI."""
-    if not image_path:
+    image_path = _text(image_path)
+    if image_path is None:
         return None
     path = Path(image_path)
     if report_path is not None:
@@ -305,7 +311,7 @@ def html_context(run: RunRecord, df: pd.DataFrame, report_path: Path | None = No
     devices = []
     for device, cells in rows.items():
         sub = df[df["device"] == device]
-        entries = [{"cells": c, "image": image_href(r["image_path"], report_path), "image_note": r["image_note"] or ""}
+        entries = [{"cells": c, "image": image_href(r["image_path"], report_path), "image_note": _text(r["image_note"]) or ""}
                    for c, (_, r) in zip(cells, sub.iterrows())]
         devices.append((device, device_title(run, device, df), entries))
     plot = None
@@ -350,7 +356,7 @@ def render_terminal(run: RunRecord, df: pd.DataFrame, console) -> None:
         table.add_row(*reference_row(df), style="dim")
         console.print(table)
         for _, r in df[df["device"] == device].iterrows():
-            if r["image_path"]:
+            if _text(r["image_path"]):
                 console.print(f"[dim]image {r['label']}: {r['image_path']}[/]")
     for note in notes(run, df):
         console.print(f"[dim]{note}[/]")

@@ -42,8 +42,10 @@ TABLE_COLUMNS: list[tuple[str, str]] = [
     ("memory", "Memory"),
     ("verdict", "Verdict"),
 ]
-# The terminal has less room: the same fields, fewer of them.
-TERMINAL_COLUMNS = [c for c in TABLE_COLUMNS if c[0] not in ("tensor_mb", "weight_mb")]
+# The terminal has less room: the same fields, fewer of them, shorter headers.
+TERMINAL_COLUMNS = [("row", "Row"), ("baseline_ms", "Base ms"), ("candidate_ms", "Cand ms"), ("change", "Change"),
+                    ("ci", "95% CI"), ("p", "p"), ("n", "n b/c"), ("gate", "Shift / gate"), ("memory", "Mem"),
+                    ("verdict", "Verdict")]
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -179,25 +181,27 @@ def _baseline_text(report: RegressionReport) -> str:
 # ------------------------------------------------------------------------------------ terminal
 
 def render_terminal(report: RegressionReport, console=None) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     if console is None:
         console = Console()
-        if not console.is_terminal or console.width < 140:
-            console = Console(width=max(console.width, 140))
+        if not console.is_terminal or console.width < 150:
+            console = Console(width=max(console.width, 150))
     status, sentence = headline(report)
     color = {"FAIL": "red", "WARN": "yellow", "OK": "green"}[status]
     console.print(f"[bold {color}]{status}[/]: {sentence} — candidate {report.candidate.id} vs "
                   f"{_baseline_text(report)}")
     console.print("  " + ", ".join(f"{v}: {n}" for v, n in report.counts().items()))
     for title, cells in groups(report):
-        table = Table(title=title, title_justify="left")
-        for i, (_, header) in enumerate(TERMINAL_COLUMNS):
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+        for i, (name, header) in enumerate(TERMINAL_COLUMNS):
             table.add_column(header, justify="left" if i in (0, len(TERMINAL_COLUMNS) - 1) else "right",
-                             no_wrap=i in (0, len(TERMINAL_COLUMNS) - 1))
+                             no_wrap=name == "row")
         for cell in cells:
             f = cell_fields(cell)
+            f["memory"] = "=" if f["memory"] == "= no change" else f["memory"]
             row = [f[name] for name, _ in TERMINAL_COLUMNS]
             row[-1] = f"[{COLORS[cell.verdict]}]{row[-1]}[/]"
             table.add_row(*row)

@@ -8,6 +8,7 @@ from harness.protocol import JobSpec
 
 WORKLOADS: dict[str, str] = {
     "unet_iteration": "harness.workloads.unet_iteration:run",
+    "e2e": "harness.workloads.e2e:run",
 }
 
 

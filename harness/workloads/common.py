@@ -66,6 +66,40 @@ def measure_loop(fn: Callable[[], Any], timer: Timer, spec: JobSpec) -> tuple[li
     return warmup, samples
 
 
+def cuda_graph_replay_ms(fn: Callable[[], Any], iterations: int, warmup: int = 3) -> tuple[list[float], Any]:
+    """Capture fn() once in a CUDA graph (after two warm-up calls on a side stream) and time `iterations`
+    replays, each between its own pair of CUDA events: what the GPU executes, without the host's
+    launch overhead. Returns (samples in ms, the graph's output tensor(s))."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    for i in range(warmup):
+        emit("graph_warmup", i, warmup)
+        graph.replay()
+    torch.cuda.synchronize()
+    samples: list[float] = []
+    for i in range(iterations):
+        emit("graph_timed", i, iterations)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end))
+    emit("graph_timed", iterations, iterations)
+    out = out.clone() if isinstance(out, torch.Tensor) else out  # outlives the graph's memory pool
+    del graph
+    return samples, out
+
+
 # ------------------------------------------------------------------------------------ op categories
 
 def op_category(module: Any) -> str | None:

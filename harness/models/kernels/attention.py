@@ -78,7 +78,13 @@ def optimized_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     """Partially fused softmax: reductions first, then exp(S - m) V divided by the row sums.
 
     Same arguments as `naive_attention`; see the module docstring for what is materialized.
+    On CUDA fp16/bf16 without a mask or upcast_attention, the Triton kernels of
+    `harness.models.kernels.triton.attention` compute it (exp fused into the reductions and into P V).
     """
+    if mask is None and not upcast_attention and _triton_attention_ok(q, k, v):
+        from harness.models.kernels.triton.attention import optimized_softmax_attention as _triton_opt
+
+        return _triton_opt(q, k, v, _scale(q, scale))
     scores = _scores(q, k, scale, mask, upcast_attention, upcast_softmax)
     # Step 1: the row reductions.
     row_max = scores.amax(dim=-1, keepdim=True)
@@ -87,6 +93,14 @@ def optimized_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     # Step 2: exp fed into the product with V; normalize the [T_q, d_v] result, not the [T_q, T_k] one.
     out = torch.matmul(unnormalized.to(v.dtype), v)
     return out / row_sum.to(out.dtype)
+
+
+def _triton_attention_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Triton attention kernels take these operands (CUDA fp16/bf16, 4-D, d <= 256)."""
+    from harness.models.kernels.triton import enabled as _triton_enabled
+
+    return (_triton_enabled(q) and q.dtype == k.dtype == v.dtype and q.dim() == k.dim() == v.dim() == 4
+            and q.shape[-1] == k.shape[-1] == v.shape[-1] <= 256)
 
 
 def _flash_sdpa_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
@@ -108,6 +122,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     if block_kv < 1 or (block_q is not None and block_q < 1):
         raise ValueError(f"flash attention block sizes must be positive, got block_kv={block_kv}, block_q={block_q}")
     scale = _scale(q, scale)
+    if use_sdpa and mask is None and _triton_attention_ok(q, k, v):  # CUDA fp16/bf16: the Triton kernel
+        from harness.models.kernels.triton.attention import flash_attention as _triton_flash
+
+        return _triton_flash(q, k, v, scale)
     if use_sdpa and _flash_sdpa_supported(q, k, v, mask):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 

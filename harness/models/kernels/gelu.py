@@ -71,6 +71,12 @@ class GEGLU(DiffusersGEGLU):
         return gelu(gate, self.impl)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        from harness.models.kernels.triton import enabled as _triton_enabled
+
+        if self.impl == "fused" and _triton_enabled(hidden_states):  # CUDA fp16/bf16: fused Triton GEGLU
+            from harness.models.kernels.triton.geglu import geglu as _triton_geglu
+
+            return _triton_geglu(self.proj(hidden_states))
         hidden_states, gate = self.proj(hidden_states).chunk(2, dim=-1)
         return hidden_states * self.gelu(gate)
 

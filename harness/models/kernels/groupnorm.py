@@ -42,6 +42,12 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = N
                impl: GroupNormImpl = "fused") -> torch.Tensor:
     """GroupNorm by the chosen implementation."""
     if impl == "fused":
+        from harness.models.kernels.triton import enabled as _triton_enabled
+
+        if _triton_enabled(x):  # CUDA fp16/bf16: the fused Triton kernel
+            from harness.models.kernels.triton.groupnorm import group_norm as _triton_group_norm
+
+            return _triton_group_norm(x, num_groups, weight, bias, eps)
         return F.group_norm(x, num_groups, weight, bias, eps)
     if impl == "decomposed":
         return group_norm_decomposed(x, num_groups, weight, bias, eps)

@@ -301,6 +301,12 @@ class Conv3x3(nn.Conv2d):
             u = winograd_filter_transform(self.weight, self.tile)  # differentiable path, no cache
         else:
             u = self.transformed_weight()
+            from harness.models.kernels.triton import enabled as _triton_enabled
+
+            if self.tile == 4 and _triton_enabled(x) and not torch.compiler.is_compiling():
+                from harness.models.kernels.triton.winograd import winograd_conv2d_f4
+
+                return winograd_conv2d_f4(x, u, self.bias, self.padding[0])  # CUDA fp16/bf16 Triton path
         return winograd_conv2d(x, bias=self.bias, padding=self.padding[0], m=self.tile, transformed_weight=u)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,1166 @@
+"""Android phones over ADB: discovery, pushing what a job needs, LiteRT `benchmark_model` runs.
+
+One or more adb servers are asked for their devices (`--adb HOST:PORT`, repeatable, plus the
+`adb_servers:` of a farm.yaml; with neither, adbutils' default: $ANDROID_ADB_SERVER_HOST /
+$ANDROID_ADB_SERVER_PORT, else 127.0.0.1:5037). A server is checked with a plain TCP connect
+before adbutils talks to it, because adbutils answers a failed connect by starting a local adb
+server (`adb start-server`).
+
+A job on a phone:
+1. push (each file only when its md5 on the device differs): `benchmark_model` (the user's build:
+   no pip package ships it), `device_agents/android/run_job.sh`, and the variant's .tflite (from
+   `harness.export.ensure_artifact`, or the host file named by `options.extra.graph`);
+2. cooldown: wait until the hottest thermal zone and the battery are under their thresholds (with
+   a timeout), or a fixed pause (`measure.cooldown_seconds`);
+3. start `run_job.sh` in the background (it survives a dropped adb connection), which runs
+   benchmark_model with the job's flags (optionally under `taskset MASK`), records thermal zones
+   and battery before and after, and samples `dumpsys meminfo PID` while it runs;
+4. poll for its DONE marker, pull its files into the job's workdir, parse them
+   (`harness.devices.android_parse`) into a JobResult.
+
+Every string that reaches the device shell goes through `shlex.quote`.
+
+Failures are JobResults with an error kind: `crash` (benchmark_model exited non-zero; the stderr
+tail is kept), `parse` (output that is not benchmark_model's), `disk_full` (adb refused a push),
+`timeout`, `device` (unauthorized), `input` (bad options, no benchmark_model, no artifact),
+`export`. A device that drops (connection closed, offline, gone) raises DeviceDisconnectedError,
+which the runner retries; before the retry the device is given `reconnect_timeout_s` to come back.
+
+Runtime options (`options.extra` of a suite, e.g. `--set options.extra.gpu_backend=cl`):
+`use_gpu`, `gpu_backend` (cl|gl), `gpu_precision_loss_allowed`, `enable_op_profiling`,
+`report_peak_memory_footprint` (default true), `run_delay`, `warmup_min_secs` (default 0, so
+`measure.warmup_runs` is the number of warm-up runs), `num_threads`, `affinity` (taskset hex mask),
+`cooldown` (seconds, or {max_temp_c, max_battery_c, timeout_s, poll_s, zones}), `graph` (a host
+.tflite to run instead of exporting the variant), `flags` ({name: value} passed to benchmark_model
+as --name=value), `meminfo_interval_s`. From `measure`: iterations -> --num_runs, warmup_runs ->
+--warmup_runs, min_seconds -> --min_secs, max_seconds -> --max_secs, timeout_seconds bounds the job,
+cooldown_seconds is the pause (or the cooldown wait's timeout when thresholds are set).
+
+Samples: benchmark_model prints no per-run times, only count/first/curr/min/max/avg/std (and
+p5/median/p95 in newer builds). `samples_ms` holds exact per-run values only where those imply them
+(one run, two runs, or every run the same); the summary is always in `extra["latency_summary_ms"]`.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import shlex
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.devices.android_parse import (
+    THERMAL_ZONES_SHELL_CMD,
+    BenchmarkModelOutput,
+    ParseError,
+    RunStats,
+    parse_battery_temp,
+    parse_benchmark_model,
+    parse_devices_gles,
+    parse_getprop,
+    parse_meminfo_graphics,
+    parse_meminfo_total_ram,
+    parse_thermal_zones,
+    split_gles,
+)
+from harness.devices.base import (
+    Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceKind,
+    DeviceUnavailableError, ProgressFn,
+)
+from harness.protocol import JobResult, JobSpec, MemoryFigures, write_json_atomic
+
+AGENT_SCRIPT = Path(__file__).resolve().parents[2] / "device_agents" / "android" / "run_job.sh"
+DEFAULT_DEVICE_DIR = "/data/local/tmp/harness"
+DEFAULT_ADB_PORT = 5037
+THERMAL_DIR = "/sys/class/thermal"
+BATTERY_TEMP_FILE = "/sys/class/power_supply/battery/temp"
+DEFAULT_COOLDOWN_TIMEOUT_S = 300.0
+_STDERR_TAIL_CHARS = 4000
+
+BENCHMARK_MODEL_HELP = (
+    "No pip package ships LiteRT's native benchmark_model: give the Android build with "
+    "--benchmark-model PATH (or `benchmark_model:` under `android:` in farm.yaml). Get the prebuilt "
+    "nightly android_aarch64 binary that Google publishes (https://storage.googleapis.com/"
+    "tensorflow-nightly-public/prod/tensorflow/release/lite/tools/nightly/latest/"
+    "android_aarch64_benchmark_model), or build it from the LiteRT source: "
+    "`bazel build -c opt --config=android_arm64 //tflite/tools/benchmark:benchmark_model` "
+    "(TensorFlow: //tensorflow/lite/tools/benchmark:benchmark_model). See README, 'Android'."
+)
+UNAUTHORIZED_HINT = (
+    "unlock the phone and accept the 'Allow USB debugging?' prompt (tick 'Always allow from this "
+    "computer'); no prompt: Developer options > Revoke USB debugging authorizations, then replug"
+)
+OFFLINE_HINT = (
+    "the phone is attached but not answering adb: unplug and replug it, or run `adb reconnect "
+    "offline` on the adb server's host; if it stays offline, reboot the phone"
+)
+
+# Keys of the `android:` section of farm.yaml and of a `devices: {SERIAL: ...}` entry.
+SETTINGS_KEYS = ("benchmark_model", "device_dir", "affinity", "cooldown", "meminfo_interval_s",
+                 "poll_s", "reconnect_timeout_s", "socket_timeout_s")
+COOLDOWN_KEYS = ("max_temp_c", "max_battery_c", "timeout_s", "poll_s", "zones")
+# Keys of `options.extra` this device reads.
+OPTION_KEYS = ("use_gpu", "gpu_backend", "gpu_precision_loss_allowed", "enable_op_profiling",
+               "report_peak_memory_footprint", "run_delay", "warmup_min_secs", "num_threads",
+               "affinity", "cooldown", "graph", "flags", "meminfo_interval_s")
+# Files run_job.sh leaves in its result directory, pulled after the run.
+RESULT_FILES = ("exit_code", "stdout.txt", "stderr.txt", "meminfo.txt", "thermal_before.txt",
+                "thermal_after.txt", "battery_before.txt", "battery_after.txt", "started_at",
+                "ended_at", "agent.log")
+RESULT_PROTO = "result.pb"
+_FILE_MARK = "@@harness-file"
+_PROTO_MARK = "@@harness-result-proto"
+
+
+class AndroidConfigError(DeviceError):
+    """Bad Android settings (farm.yaml, --adb, options.extra); the message names the fix."""
+
+
+class _JobFailure(Exception):
+    """A failure that becomes the job's JobResult (not a device drop)."""
+
+    def __init__(self, kind: str, message: str, detail: str | None = None, transient: bool = False,
+                 extra: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.kind, self.message, self.detail, self.transient = kind, message, detail, transient
+        self.extra = extra or {}
+
+
+# ------------------------------------------------------------------------------------ settings
+
+def parse_adb_server(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (or `[IPv6]:PORT`) -> (host, port). Raises ValueError with the expected form."""
+    text = text.strip()
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\s]+):(\d+)", text)
+    if not m:
+        raise ValueError(f"adb server {text!r} is not HOST:PORT (e.g. 127.0.0.1:5037 or farm-host:5037)")
+    host, port = (m[1], m[2]) if m[1] else (m[3], m[4])
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"adb server {text!r}: port {port} is not in 1..65535")
+    return host, int(port)
+
+
+def _label(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def adb_servers(ctx: DeviceContext) -> list[tuple[str, int, bool]]:
+    """(host, port, explicit) of every adb server to ask: --adb and farm.yaml, else the default."""
+    given = list(ctx.adb_servers) + list(_farm(ctx).get("adb_servers") or [])
+    out: list[tuple[str, int, bool]] = []
+    for text in given:
+        try:
+            host, port = parse_adb_server(str(text))
+        except ValueError as exc:
+            raise AndroidConfigError(str(exc)) from None
+        if (host, port, True) not in out:
+            out.append((host, port, True))
+    if not out:
+        import os
+
+        host = os.environ.get("ANDROID_ADB_SERVER_HOST") or "127.0.0.1"
+        port = int(os.environ.get("ANDROID_ADB_SERVER_PORT") or DEFAULT_ADB_PORT)
+        out.append((host, port, False))
+    return out
+
+
+def _farm(ctx: DeviceContext) -> dict[str, Any]:
+    farm = getattr(ctx, "farm", None) or {}
+    if not isinstance(farm, dict):
+        raise AndroidConfigError("the farm config must be a YAML mapping (adb_servers:, android:, devices:)")
+    return farm
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    """Wait before each job until the device is cool, or pause for a fixed time."""
+
+    max_temp_c: float | None = None  # hottest thermal zone (of those matching `zones`)
+    max_battery_c: float | None = None
+    timeout_s: float | None = None  # None: measure.cooldown_seconds, else DEFAULT_COOLDOWN_TIMEOUT_S
+    poll_s: float = 5.0
+    zones: str | None = None  # regex over zone types, e.g. "cpu|gpu"; None: every zone
+
+    @property
+    def thermal(self) -> bool:
+        return self.max_temp_c is not None or self.max_battery_c is not None
+
+
+@dataclass(frozen=True)
+class AndroidSettings:
+    """Per-device settings: defaults < farm.yaml `android:` < farm.yaml `devices: {SERIAL: ...}`."""
+
+    benchmark_model: str | None = None
+    device_dir: str = DEFAULT_DEVICE_DIR
+    affinity: str | None = None
+    cooldown: Cooldown = field(default_factory=Cooldown)
+    meminfo_interval_s: float = 0.5
+    poll_s: float = 2.0  # longest single wait for the DONE marker (one shell call)
+    reconnect_timeout_s: float = 30.0
+    socket_timeout_s: float = 60.0
+
+
+def _check_keys(section: str, data: Any, known: tuple[str, ...]) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AndroidConfigError(f"{section} must be a mapping with keys {', '.join(known)}")
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise AndroidConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(known)}")
+    return dict(data)
+
+
+def _cooldown_from(section: str, data: Any, base: Cooldown) -> Cooldown:
+    if isinstance(data, (int, float)) and not isinstance(data, bool):
+        return replace(base, max_temp_c=None, max_battery_c=None, timeout_s=float(data))
+    values = _check_keys(section, data, COOLDOWN_KEYS)
+    for key in ("max_temp_c", "max_battery_c", "timeout_s", "poll_s"):
+        if key in values and values[key] is not None:
+            try:
+                values[key] = float(values[key])
+            except (TypeError, ValueError):
+                raise AndroidConfigError(f"{section}.{key}: expected a number, got {values[key]!r}") from None
+    if values.get("zones") is not None:
+        try:
+            re.compile(str(values["zones"]))
+        except re.error as exc:
+            raise AndroidConfigError(f"{section}.zones: not a regular expression: {exc}") from None
+        values["zones"] = str(values["zones"])
+    return replace(base, **values)
+
+
+def _check_affinity(where: str, mask: Any) -> str | None:
+    if mask is None or mask == "":
+        return None
+    text = format(mask, "x") if isinstance(mask, int) and not isinstance(mask, bool) else str(mask)
+    text = text.lower().removeprefix("0x")
+    if not re.fullmatch(r"[0-9a-f]{1,16}", text) or int(text, 16) == 0:
+        raise AndroidConfigError(f"{where}: affinity {mask!r} is not a non-zero hex CPU mask (taskset), "
+                                 "e.g. f0 for CPUs 4-7")
+    return text
+
+
+def _merge(settings: AndroidSettings, section: str, data: dict[str, Any], base_dir: Path | None,
+           strict: bool = True) -> AndroidSettings:
+    """Apply one settings section. `strict`: unknown keys are errors (a `devices:` entry may also hold
+    other kinds' keys, so it is not strict)."""
+    if not strict and isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k in SETTINGS_KEYS}
+    values = _check_keys(section, data, SETTINGS_KEYS)
+    out = settings
+    if "benchmark_model" in values and values["benchmark_model"]:
+        path = Path(str(values["benchmark_model"])).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        out = replace(out, benchmark_model=str(path))
+    if "device_dir" in values:
+        out = replace(out, device_dir=_check_device_dir(f"{section}.device_dir", values["device_dir"]))
+    if "affinity" in values:
+        out = replace(out, affinity=_check_affinity(section, values["affinity"]))
+    if "cooldown" in values:
+        out = replace(out, cooldown=_cooldown_from(f"{section}.cooldown", values["cooldown"], out.cooldown))
+    for key in ("meminfo_interval_s", "poll_s", "reconnect_timeout_s", "socket_timeout_s"):
+        if key in values:
+            try:
+                value = float(values[key])
+            except (TypeError, ValueError):
+                raise AndroidConfigError(f"{section}.{key}: expected a number of seconds, got {values[key]!r}") from None
+            if value <= 0:
+                raise AndroidConfigError(f"{section}.{key}: must be > 0, got {value}")
+            out = replace(out, **{key: value})
+    return out
+
+
+def _check_device_dir(where: str, value: Any) -> str:
+    text = str(value).rstrip("/")
+    if not text.startswith("/") or text in ("", "/") or "\0" in text or "\n" in text or \
+            any(part == ".." for part in text.split("/")):
+        raise AndroidConfigError(f"{where}: {value!r} must be an absolute directory on the device other than / "
+                                 "(default /data/local/tmp/harness), without '..' or newlines")
+    return text
+
+
+def settings_for(ctx: DeviceContext, serial: str | None = None) -> AndroidSettings:
+    """The effective settings of one device (serial None: the farm-wide ones). --benchmark-model wins."""
+    farm = _farm(ctx)
+    farm_path = getattr(ctx, "farm_path", None)
+    base_dir = Path(farm_path).parent if farm_path else None
+    settings = _merge(AndroidSettings(), "farm android", farm.get("android") or {}, base_dir)
+    devices = farm.get("devices") or {}
+    if not isinstance(devices, dict):
+        raise AndroidConfigError("farm devices: must map a serial to its settings")
+    if serial is not None and devices.get(serial):
+        entry = devices[serial]
+        if not isinstance(entry, dict):
+            raise AndroidConfigError(f"farm devices.{serial}: must be a mapping of settings")
+        settings = _merge(settings, f"farm devices.{serial}", entry, base_dir, strict=False)
+    if ctx.benchmark_model:
+        settings = replace(settings, benchmark_model=str(Path(ctx.benchmark_model).expanduser()))
+    return settings
+
+
+def check_benchmark_model(ctx: DeviceContext, serials: list[str]) -> None:
+    """Raise AndroidConfigError unless every device has a benchmark_model file to push."""
+    for serial in serials or [None]:  # type: ignore[list-item]
+        path = settings_for(ctx, serial).benchmark_model
+        if not path:
+            raise AndroidConfigError(f"no benchmark_model for android:{serial}. {BENCHMARK_MODEL_HELP}")
+        if not Path(path).is_file():
+            raise AndroidConfigError(f"benchmark_model {path!r} (android:{serial}) is not a file. {BENCHMARK_MODEL_HELP}")
+
+
+# ------------------------------------------------------------------------------------ pure helpers
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise _JobFailure("input", f"options.extra.{name} must be true or false, got {value!r}")
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _JobFailure("input", f"options.extra.{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise _JobFailure("input", f"options.extra.{name} must be finite, got {value!r}")
+    return number
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def runtime_of(spec: JobSpec) -> tuple[str, bool]:
+    """(runtime name, use_gpu) for a JobSpec on Android, where everything runs through LiteRT.
+
+    `litert-gpu` and `litert-cpu` are explicit; `torch` (the suite default, which phones cannot run)
+    means LiteRT on the GPU unless `accelerator: cpu`; `options.extra.use_gpu` overrides either.
+    """
+    runtime = spec.options.runtime
+    if runtime in ("coreml",):
+        raise _JobFailure("input", f"runtime {runtime!r} runs on iOS only; use litert-gpu or litert-cpu on Android")
+    if runtime not in ("torch", "litert-gpu", "litert-cpu"):
+        raise _JobFailure("input", f"runtime {runtime!r} is not available on Android; known: litert-gpu, litert-cpu")
+    use_gpu = runtime == "litert-gpu" or (runtime == "torch" and spec.options.accelerator != "cpu")
+    if "use_gpu" in spec.options.extra:
+        use_gpu = _bool("use_gpu", spec.options.extra["use_gpu"])
+    return ("litert-gpu" if use_gpu else "litert-cpu"), use_gpu
+
+
+def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
+                    result_file: str | None = None) -> tuple[list[str], list[str]]:
+    """The benchmark_model arguments of a job, and the requested flags this binary lacks.
+
+    `supported` is the set of flag names the binary's --help lists (None: unknown, every standard
+    flag is passed and `result_file_path` is left out). Raises _JobFailure for bad option values,
+    and when the GPU is wanted but the binary has no --use_gpu.
+    """
+    extra = spec.options.extra
+    m = spec.measure
+    _, use_gpu = runtime_of(spec)
+    wanted: list[tuple[str, Any]] = [
+        ("graph", graph),
+        ("num_runs", max(1, int(m.iterations))),
+        ("warmup_runs", max(0, int(m.warmup_runs))),
+        ("warmup_min_secs", _number("warmup_min_secs", extra.get("warmup_min_secs", 0.0))),
+        ("min_secs", float(m.min_seconds)),
+        ("max_secs", float(m.max_seconds)),
+    ]
+    threads = extra.get("num_threads", spec.options.threads)
+    if threads is not None and int(_number("num_threads", threads)) > 0:
+        wanted.append(("num_threads", int(_number("num_threads", threads))))
+    wanted.append(("use_gpu", use_gpu))
+    if use_gpu:
+        backend = extra.get("gpu_backend")
+        if backend is not None:
+            if str(backend) not in ("cl", "gl"):
+                raise _JobFailure("input", f"options.extra.gpu_backend must be cl or gl, got {backend!r}")
+            wanted.append(("gpu_backend", str(backend)))
+        precision = extra.get("gpu_precision_loss_allowed", spec.options.dtype != "fp32")
+        wanted.append(("gpu_precision_loss_allowed", _bool("gpu_precision_loss_allowed", precision)))
+    if "run_delay" in extra:
+        wanted.append(("run_delay", _number("run_delay", extra["run_delay"])))
+    if _bool("enable_op_profiling", extra.get("enable_op_profiling", False)):
+        wanted.append(("enable_op_profiling", True))
+    if _bool("report_peak_memory_footprint", extra.get("report_peak_memory_footprint", True)):
+        wanted.append(("report_peak_memory_footprint", True))
+    if result_file is not None and supported is not None and "result_file_path" in supported:
+        wanted.append(("result_file_path", result_file))
+    user_flags = extra.get("flags") or {}
+    if not isinstance(user_flags, dict):
+        raise _JobFailure("input", "options.extra.flags must map benchmark_model flag names to values")
+    for name, value in user_flags.items():
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", str(name)):
+            raise _JobFailure("input", f"options.extra.flags: {name!r} is not a benchmark_model flag name")
+        wanted = [(n, v) for n, v in wanted if n != name] + [(str(name), value)]
+    args: list[str] = []
+    missing: list[str] = []
+    for name, value in wanted:
+        if supported is not None and name not in supported:
+            if name == "use_gpu" and value is True:
+                raise _JobFailure("input", "this benchmark_model has no --use_gpu flag (built without the GPU "
+                                  "delegate); use a build with GPU support, or runtime litert-cpu")
+            missing.append(name)
+            continue
+        args.append(f"--{name}={_flag_value(value)}")
+    return args, missing
+
+
+def exact_samples_ms(stats: RunStats) -> list[float]:
+    """Per-run times implied exactly by a stat line: one run, two runs (first, curr), all the same."""
+    if stats.count == 1:
+        return [stats.curr_us / 1000.0]
+    if stats.count == 2:
+        return [stats.first_us / 1000.0, stats.curr_us / 1000.0]
+    if stats.min_us == stats.max_us:
+        return [stats.min_us / 1000.0] * stats.count
+    return []
+
+
+def summary_ms(stats: RunStats) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": stats.count}
+    for key in ("first", "curr", "min", "max", "avg", "std", "p5", "median", "p95"):
+        value = getattr(stats, f"{key}_us")
+        out[key] = None if value is None else value / 1000.0
+    return out
+
+
+def device_state(thermal_text: str | None, battery_text: str | None) -> dict[str, Any]:
+    """Thermal zones and battery temperature as recorded by run_job.sh (unreadable parts left out)."""
+    state: dict[str, Any] = {}
+    if thermal_text and thermal_text.strip():
+        try:
+            zones = parse_thermal_zones(thermal_text)
+        except ParseError as exc:
+            state["thermal_error"] = str(exc)
+        else:
+            temps: dict[str, float] = {}
+            for z in zones:
+                if z.temp_c is None:
+                    continue
+                key = z.type or z.zone
+                temps[key if key not in temps else f"{key}#{z.zone}"] = z.temp_c
+            state["thermal_c"] = temps
+            plausible = {k: v for k, v in temps.items() if -30.0 < v < 150.0}
+            if plausible:
+                hottest = max(plausible, key=plausible.__getitem__)
+                state["hottest_zone"], state["hottest_c"] = hottest, plausible[hottest]
+    if battery_text and battery_text.strip():
+        try:
+            state["battery_c"] = parse_battery_temp(battery_text)
+        except ParseError as exc:
+            state["battery_error"] = str(exc)
+    return state
+
+
+def split_meminfo_samples(text: str) -> list[tuple[float | None, str]]:
+    """run_job.sh's meminfo.txt -> [(unix seconds, one `dumpsys meminfo` text)]."""
+    samples: list[tuple[float | None, str]] = []
+    current: list[str] | None = None
+    stamp: float | None = None
+    for line in text.splitlines():
+        if line.startswith("@@sample "):
+            if current is not None:
+                samples.append((stamp, "\n".join(current)))
+            parts = line.split()
+            stamp = float(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+            current = []
+        elif current is not None:
+            current.append(line)
+    if current is not None:
+        samples.append((stamp, "\n".join(current)))
+    return samples
+
+
+def _tail(text: str, limit: int = _STDERR_TAIL_CHARS) -> str:
+    return text[-limit:]
+
+
+def _safe_name(text: str) -> str:
+    """A path component: keeps the text (quoting protects it), drops only '/', NUL and newlines."""
+    return re.sub(r"[/\x00\n\r]", "_", text)[:120] or "_"
+
+
+# ------------------------------------------------------------------------------------ the kind
+
+def _reachable(host: str, port: int, timeout_s: float = 2.0) -> str | None:
+    """None when a TCP connect to the adb server works, else the reason."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+
+
+def _state_and_hint(adb_state: str, server: str) -> tuple[str, str]:
+    if adb_state == "device":
+        return "ready", ""
+    if adb_state == "offline":
+        return "offline", OFFLINE_HINT
+    if adb_state == "unauthorized":
+        return "unauthorized", UNAUTHORIZED_HINT
+    if "permission" in adb_state:
+        return "no-permissions", ("the adb server's user may not open the USB device: add a udev rule for the "
+                                  "phone's vendor id (Linux) and replug")
+    return adb_state.replace(" ", "-"), (f"adb on {server} reports state {adb_state!r}: boot the phone normally "
+                                         "with USB debugging on")
+
+
+class AndroidKind(DeviceKind):
+    name = "android"
+
+    def discover(self, ctx: DeviceContext) -> list[DeviceInfo]:
+        import adbutils
+        from adbutils.errors import AdbError
+
+        settings_for(ctx)  # validate the farm's android section early (exit 2 with the fix)
+        infos: list[DeviceInfo] = []
+        seen: set[str] = set()
+        for host, port, explicit in adb_servers(ctx):
+            server = _label(host, port)
+            problem = _reachable(host, port)
+            if problem is not None:
+                infos.append(DeviceInfo(
+                    id=f"android@{server}", kind="android", state="no-server" if not explicit else "unreachable",
+                    name=f"adb server {server}",
+                    hint=(f"no adb server at {server} ({problem}): run `adb start-server` there "
+                          "(farm host: `adb -a -P PORT nodaemon server`) or pass --adb HOST:PORT"),
+                    extra={"adb_server": server}))
+                continue
+            client = adbutils.AdbClient(host=host, port=port, socket_timeout=settings_for(ctx).socket_timeout_s)
+            try:
+                items = client.list(extended=True)
+            except (AdbError, OSError, EOFError) as exc:
+                infos.append(DeviceInfo(id=f"android@{server}", kind="android", state="unreachable",
+                                        name=f"adb server {server}", extra={"adb_server": server},
+                                        hint=f"the adb server at {server} did not list its devices: {exc}"))
+                continue
+            for item in items:
+                if item.serial in seen:
+                    continue  # the same phone through two servers: the first one is used
+                seen.add(item.serial)
+                infos.append(self._describe(client, server, item))
+        return infos
+
+    def _describe(self, client, server: str, item) -> DeviceInfo:
+        from adbutils.errors import AdbError
+
+        state, hint = _state_and_hint(item.state, server)
+        info = DeviceInfo(id=f"android:{item.serial}", kind="android", state=state, name=item.serial, hint=hint,
+                          model=item.tags.get("model", "").replace("_", " ") if item.tags else "",
+                          extra={"adb_server": server, "adb_state": item.state,
+                                 "transport_id": getattr(item, "transport_id", None)})
+        if state != "ready":
+            return info
+        dev = client.device(item.serial)
+        try:
+            props = parse_getprop(dev.shell("getprop", timeout=20))
+            sf = dev.shell("dumpsys SurfaceFlinger", timeout=20)
+            meminfo = dev.shell("cat /proc/meminfo", timeout=20)
+        except (AdbError, OSError, EOFError, ParseError) as exc:
+            info.state = "unresponsive"
+            info.hint = f"the device is listed but did not answer shell commands ({exc}): {OFFLINE_HINT}"
+            return info
+        info.model = props.get("ro.product.model", info.model)
+        manufacturer = props.get("ro.product.manufacturer", "")
+        info.name = props.get("ro.product.marketname") or f"{manufacturer} {info.model}".strip()
+        info.soc = props.get("ro.soc.model") or props.get("ro.board.platform", "")
+        release, sdk = props.get("ro.build.version.release", ""), props.get("ro.build.version.sdk", "")
+        info.os_version = f"Android {release} (API {sdk})" if release else ""
+        try:
+            gles = parse_devices_gles(sf)
+        except ParseError:
+            gles = None
+        if gles:
+            try:
+                info.gpu = split_gles(gles).renderer
+            except ParseError:
+                info.gpu = gles
+        try:
+            info.ram_bytes = parse_meminfo_total_ram(meminfo)
+        except ParseError:
+            info.ram_bytes = None
+        info.extra.update({
+            "gles": gles, "abi": props.get("ro.product.cpu.abi"), "board_platform": props.get("ro.board.platform"),
+            "soc_manufacturer": props.get("ro.soc.manufacturer"), "fingerprint": props.get("ro.build.fingerprint"),
+            "sdk": sdk, "manufacturer": manufacturer,
+        })
+        return info
+
+    def open(self, info: DeviceInfo, ctx: DeviceContext) -> Device:
+        return AndroidDevice(info, ctx)
+
+
+# ------------------------------------------------------------------------------------ the device
+
+@dataclass
+class _Artifact:
+    local: Path
+    sha256: str
+    size_bytes: int
+    key: str | None
+    source: str  # "export" | "graph"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class AndroidDevice(Device):
+    kind = "android"
+
+    def __init__(self, info: DeviceInfo, ctx: DeviceContext):
+        import adbutils
+
+        super().__init__(info, ctx)
+        self.serial = info.id.split(":", 1)[1]
+        self.server = str(info.extra.get("adb_server") or _label(*adb_servers(ctx)[0][:2]))
+        host, port = parse_adb_server(self.server)
+        self.settings = settings_for(ctx, self.serial)
+        self._client = adbutils.AdbClient(host=host, port=port, socket_timeout=self.settings.socket_timeout_s)
+        self._dev = self._client.device(self.serial)
+        d = self.settings.device_dir
+        self.remote_bin = f"{d}/bin/benchmark_model"
+        self.remote_agent = f"{d}/run_job.sh"
+        # counters over this device's lifetime in the run
+        self.bytes_pushed = 0
+        self.files_pushed = 0
+        self.files_skipped = 0
+        self._md5_cache: dict[tuple[str, int, int], str] = {}
+        self._sha_cache: dict[tuple[str, int, int], str] = {}
+        self._artifacts: dict[str, _Artifact | _JobFailure] = {}
+        self._supported_flags: set[str] | None = None
+        self._probed = False
+        self._dropped = False
+        self._gone = False
+        self._stale_possible = True  # an earlier run or attempt may have left a job running on the device
+        self._current_out: str | None = None
+        self.prepare_note: str | None = None
+
+    # ---- adb plumbing
+
+    def _as_device_error(self, exc: BaseException, doing: str) -> DeviceError:
+        from adbutils.errors import AdbConnectionError, AdbTimeout
+
+        where = f"{self.id} (adb server {self.server})"
+        msg = str(exc).strip()
+        if isinstance(exc, AdbTimeout) or isinstance(exc, socket.timeout):
+            return DeviceDisconnectedError(f"{where} stopped answering while {doing} (timeout); it may have dropped")
+        if isinstance(exc, AdbConnectionError):
+            return DeviceDisconnectedError(f"the adb server {self.server} is unreachable while {doing}: {msg}")
+        low = msg.lower()
+        if "unauthorized" in low:
+            return DeviceUnavailableError(f"{where} is unauthorized ({doing}): {UNAUTHORIZED_HINT}")
+        if "offline" in low:
+            return DeviceDisconnectedError(f"{where} went offline while {doing}")
+        if "not found" in low:
+            return DeviceDisconnectedError(f"{where} disappeared from its adb server while {doing}")
+        what = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+        return DeviceDisconnectedError(f"the connection to {where} closed while {doing} ({what}): the device dropped")
+
+    def _call(self, doing: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        from adbutils.errors import AdbError
+
+        try:
+            return fn(*args, **kw)
+        except (AdbError, EOFError, OSError) as exc:
+            raise self._as_device_error(exc, doing) from exc
+
+    def _sh(self, cmd: str, doing: str, timeout: float = 30.0):
+        """Run one shell command (shell v2: exit code and stderr apart)."""
+        return self._call(doing, self._dev.shell2, cmd, timeout=timeout, v2=True)
+
+    def _await_ready(self, timeout_s: float) -> None:
+        """Wait for a device that dropped to be back ('device' state)."""
+        from adbutils.errors import AdbError
+
+        deadline = time.monotonic() + timeout_s
+        state = "unknown"
+        while True:
+            try:
+                state = self._dev.get_state()
+            except (AdbError, OSError, EOFError) as exc:
+                state = str(exc).strip() or type(exc).__name__
+            if state == "device":
+                return
+            if state == "unauthorized":
+                raise DeviceUnavailableError(f"{self.id} came back unauthorized: {UNAUTHORIZED_HINT}")
+            if time.monotonic() >= deadline:
+                raise DeviceDisconnectedError(
+                    f"{self.id} did not come back within {timeout_s:.0f} s (adb state: {state}); {OFFLINE_HINT}")
+            time.sleep(0.25)
+
+    # ---- files
+
+    def _file_hash(self, path: Path, algo: str) -> str:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        cache = self._md5_cache if algo == "md5" else self._sha_cache
+        if key not in cache:
+            h = hashlib.new(algo)
+            with path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            cache[key] = h.hexdigest()
+        return cache[key]
+
+    def _mkdirs_and_md5(self, dirs: list[str], paths: list[str]) -> dict[str, str | None]:
+        """Create `dirs` and return the md5 of each path on the device (None: missing or unreadable)."""
+        q = shlex.quote
+        cmd = (f"mkdir -p {' '.join(q(d) for d in dirs)} || exit 3; "
+               f"for f in {' '.join(q(p) for p in paths)}; do if [ -f \"$f\" ]; then "
+               f"set -- $(md5sum < \"$f\" 2>/dev/null); echo \"${{1:-?}}\"; else echo missing; fi; done")
+        res = self._sh(cmd, "checking md5 sums on the device")
+        if res.returncode == 3:
+            raise _JobFailure("device", f"cannot create {self.settings.device_dir} on {self.id}: "
+                              f"{(res.stderr or res.stdout).strip()}; set device_dir in farm.yaml to a writable "
+                              "directory (default /data/local/tmp/harness)")
+        lines = res.stdout.splitlines()
+        result: dict[str, str | None] = {}
+        for i, path in enumerate(paths):
+            word = lines[i].strip().lower() if i < len(lines) else ""
+            result[path] = word if re.fullmatch(r"[0-9a-f]{32}", word) else None
+        return result
+
+    def _push(self, local: Path, remote: str, mode: int, progress: ProgressFn | None = None) -> int:
+        from adbutils.errors import AdbError
+
+        try:
+            return int(self._dev.sync.push(str(local), remote, mode=mode))
+        except AdbError as exc:
+            if str(exc).strip() == "FAIL":
+                size = local.stat().st_size
+                raise _JobFailure(
+                    "disk_full",
+                    f"the device refused {local.name} ({size:,} bytes) at {remote} (adb sync FAIL): its disk is "
+                    f"most likely full ('No space left on device'), or the directory is not writable. Free space "
+                    f"(`adb -s {self.serial} shell df /data`; old runs: rm -r {self.settings.device_dir}/models) or "
+                    "set device_dir in farm.yaml to a larger writable partition") from exc
+            raise self._as_device_error(exc, f"pushing {local.name}") from exc
+        except (EOFError, OSError) as exc:
+            raise self._as_device_error(exc, f"pushing {local.name}") from exc
+
+    def _sync_files(self, files: list[tuple[Path, str, int]], progress: ProgressFn | None) -> dict[str, Any]:
+        """Push every (local, remote, mode) whose md5 on the device differs. Returns what was done."""
+        dirs = sorted({remote.rsplit("/", 1)[0] for _, remote, _ in files} | {f"{self.settings.device_dir}/jobs"})
+        remote_md5 = self._mkdirs_and_md5(dirs, [r for _, r, _ in files])
+        report = {"bytes_pushed": 0, "files_pushed": [], "files_skipped": 0}
+        for i, (local, remote, mode) in enumerate(files):
+            if progress:
+                progress("push", i, len(files))
+            if remote_md5.get(remote) == self._file_hash(local, "md5"):
+                report["files_skipped"] += 1
+                self.files_skipped += 1
+                continue
+            n = self._push(local, remote, mode, progress)
+            report["bytes_pushed"] += n
+            report["files_pushed"].append(remote)
+            self.bytes_pushed += n
+            self.files_pushed += 1
+        return report
+
+    def _benchmark_local(self) -> Path:
+        path = self.settings.benchmark_model
+        if not path:
+            raise _JobFailure("input", f"no benchmark_model for {self.id}. {BENCHMARK_MODEL_HELP}")
+        local = Path(path)
+        if not local.is_file():
+            raise _JobFailure("input", f"benchmark_model {path!r} is not a file. {BENCHMARK_MODEL_HELP}")
+        return local
+
+    def _artifact(self, spec: JobSpec) -> _Artifact:
+        graph = spec.options.extra.get("graph")
+        key = f"graph:{graph}" if graph else f"export:{spec.model.model_dump_json()}:{spec.flags}:{spec.options.dtype}"
+        cached = self._artifacts.get(key)
+        if isinstance(cached, _JobFailure):
+            raise cached
+        if cached is not None and cached.local.is_file():
+            return cached
+        try:
+            art = self._resolve_artifact(spec, graph)
+        except _JobFailure as failure:
+            self._artifacts[key] = failure
+            raise
+        self._artifacts[key] = art
+        return art
+
+    def _resolve_artifact(self, spec: JobSpec, graph: Any) -> _Artifact:
+        if graph:
+            local = Path(str(graph)).expanduser()
+            if not local.is_file():
+                raise _JobFailure("input", f"options.extra.graph {str(graph)!r} is not a file; give the host path "
+                                  "of a .tflite, or leave graph out to export the variant")
+            return _Artifact(local, self._file_hash(local, "sha256"), local.stat().st_size, None, "graph")
+        try:
+            from harness.export import ensure_artifact
+        except ImportError as exc:
+            raise _JobFailure("input", f"cannot export variant {spec.variant!r} to .tflite: harness.export is not "
+                              f"available ({exc}); give a .tflite with --set options.extra.graph=PATH") from None
+        from harness.variants import Flags
+
+        try:
+            art = ensure_artifact(spec.model, Flags.from_dict(spec.flags), fmt="tflite", dtype=spec.options.dtype,
+                                  cache_dir=self.ctx.cache_dir, progress=None, variant=spec.variant)
+        except Exception as exc:  # noqa: BLE001 - a converter failure fails this variant only
+            kind = getattr(exc, "kind", "")
+            kind = {"input": "input", "check": "reference_mismatch"}.get(kind, "export")
+            detail = getattr(exc, "detail", None) or traceback.format_exc()
+            raise _JobFailure(kind, f"exporting variant {spec.variant!r} to .tflite failed: {exc}",
+                              detail=_tail(str(detail))) from None
+        meta = dict(getattr(art, "meta", None) or {})
+        meta["cached"] = bool(getattr(art, "cached", False))
+        return _Artifact(Path(art.path), str(art.sha256), int(art.size_bytes), str(getattr(art, "key", "") or ""),
+                         "export", meta)
+
+    def _remote_model(self, art: _Artifact) -> str:
+        return f"{self.settings.device_dir}/models/{art.sha256[:16]}.tflite"
+
+    def _files_for(self, arts: list[_Artifact]) -> list[tuple[Path, str, int]]:
+        files = [(self._benchmark_local(), self.remote_bin, 0o755), (AGENT_SCRIPT, self.remote_agent, 0o755)]
+        seen: set[str] = set()
+        for art in arts:
+            remote = self._remote_model(art)
+            if remote not in seen:
+                seen.add(remote)
+                files.append((art.local, remote, 0o644))
+        return files
+
+    def _probe_flags(self) -> None:
+        """Learn which flags this benchmark_model takes, from its --help (printed to stderr, exit 1)."""
+        if self._probed:
+            return
+        res = self._sh(f"{shlex.quote(self.remote_bin)} --help", "asking benchmark_model for its flags")
+        names = set(re.findall(r"^\s*--([A-Za-z][A-Za-z0-9_]*)=", res.stdout + "\n" + res.stderr, re.MULTILINE))
+        self._supported_flags = names or None
+        self._probed = True
+
+    # ---- Device interface
+
+    def prepare(self, specs: list[JobSpec]) -> None:
+        """Push the binary, the agent and every artifact the jobs need (md5-skipped). Problems are
+        kept for run_job, which repeats what it needs and turns them into job failures."""
+        arts: list[_Artifact] = []
+        for spec in specs:
+            try:
+                arts.append(self._artifact(spec))
+            except _JobFailure:
+                continue
+        try:
+            self._sync_files(self._files_for(arts), None)
+            self._probe_flags()
+        except (_JobFailure, DeviceError) as exc:
+            self.prepare_note = f"prepare: {exc}"
+            if isinstance(exc, DeviceDisconnectedError):
+                self._dropped = True  # the first job waits for the device to come back
+
+    def run_job(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None = None) -> JobResult:
+        started = time.time()
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(workdir / "job.json", spec)
+        try:
+            return self._run(spec, workdir, progress, started)
+        except DeviceDisconnectedError:
+            self._dropped = True
+            raise
+        except DeviceUnavailableError as exc:
+            return JobResult.failure(spec.job_id, "device", str(exc), started_at=started, ended_at=time.time())
+        except _JobFailure as f:
+            extra = {"push": {"bytes_pushed_total": self.bytes_pushed}, **f.extra}
+            return JobResult.failure(spec.job_id, f.kind, f.message, detail=f.detail, transient=f.transient,
+                                     started_at=started, ended_at=time.time(), extra=extra)
+        except Exception as exc:  # noqa: BLE001 - a bug here fails this job, not the run
+            return JobResult.failure(spec.job_id, "internal", f"{type(exc).__name__}: {exc}",
+                                     detail=_tail(traceback.format_exc()), started_at=started, ended_at=time.time())
+
+    def _run(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None, started: float) -> JobResult:
+        if self._dropped:
+            try:
+                self._await_ready(0.0 if self._gone else self.settings.reconnect_timeout_s)
+            except DeviceDisconnectedError:
+                self._gone = True  # later jobs fail fast until the device is back
+                raise
+        self._dropped = self._gone = False
+        runtime, use_gpu = runtime_of(spec)
+        ignored = sorted(set(spec.options.extra) - set(OPTION_KEYS))
+        art = self._artifact(spec)
+        push = self._sync_files(self._files_for([art]), progress)
+        self._probe_flags()
+        d = self.settings.device_dir
+        out = f"{d}/jobs/{_safe_name(spec.job_id)}-{_safe_name(spec.variant)}"
+        args, unsupported = benchmark_flags(spec, self._remote_model(art), supported=self._supported_flags,
+                                            result_file=f"{out}/{RESULT_PROTO}")
+        affinity = self.settings.affinity
+        if "affinity" in spec.options.extra:
+            try:
+                affinity = _check_affinity("options.extra", spec.options.extra["affinity"])
+            except AndroidConfigError as exc:
+                raise _JobFailure("input", str(exc)) from None
+        interval = self.settings.meminfo_interval_s
+        if "meminfo_interval_s" in spec.options.extra:
+            interval = _number("meminfo_interval_s", spec.options.extra["meminfo_interval_s"])
+            if interval <= 0:
+                raise _JobFailure("input", "options.extra.meminfo_interval_s must be > 0")
+
+        if self._stale_possible:
+            self._cleanup_stale()
+        cooldown = self._cooldown(spec, progress)
+        self._stale_possible = True  # until this job's files are collected
+        rc, timed_out, run_s = self._launch_and_wait(spec, out, args, affinity, interval, progress)
+        if progress:
+            progress("pull", 0, 1)
+        files = self._collect(out, workdir / "device")
+        self._stale_possible = False
+        ended = time.time()
+
+        stdout = files.get("stdout.txt") or ""
+        stderr = files.get("stderr.txt") or ""
+        before = device_state(files.get("thermal_before.txt"), files.get("battery_before.txt"))
+        after = device_state(files.get("thermal_after.txt"), files.get("battery_after.txt"))
+        before["cooldown"] = cooldown
+        extra: dict[str, Any] = {
+            "runtime": runtime, "accelerator": "gpu" if use_gpu else "cpu", "benchmark_flags": args,
+            "unsupported_flags": unsupported, "affinity": affinity, "device_dir": d, "run_s": round(run_s, 3),
+            "push": {**push, "bytes_pushed_total": self.bytes_pushed},
+            "artifact": {"sha256": art.sha256, "size_bytes": art.size_bytes, "key": art.key, "source": art.source,
+                         "device_path": self._remote_model(art)},
+        }
+        if art.source == "export":
+            extra["na_flags"] = list(art.meta.get("na_flags") or [])
+            extra["artifact"]["cached"] = art.meta.get("cached")
+            ref = art.meta.get("reference") or {}
+            if isinstance(ref, dict) and ref.get("rel_error") is not None:
+                extra["artifact"]["reference_rel_error"] = ref.get("rel_error")
+        if ignored:
+            extra["ignored_options"] = ignored
+        if self.prepare_note:
+            extra["prepare_note"], self.prepare_note = self.prepare_note, None  # said once, on the next job
+        if (workdir / "device" / RESULT_PROTO).is_file():
+            extra["result_proto"] = str(workdir / "device" / RESULT_PROTO)
+        fail_kw = dict(started_at=started, ended_at=ended, device_state_before=before, device_state_after=after,
+                       extra=extra)
+        output = stdout + ("\n" if stdout and not stdout.endswith("\n") else "") + stderr
+        if timed_out:
+            return JobResult.failure(spec.job_id, "timeout",
+                                     f"benchmark_model ran past the job timeout of {spec.measure.timeout_seconds:.0f} s "
+                                     "and was killed; raise measure.timeout_seconds or lower iterations/max_seconds",
+                                     detail=_tail(output) or None, **fail_kw)
+        if rc is None:
+            return JobResult.failure(spec.job_id, "crash", "the device agent run_job.sh ended without a result "
+                                     "(killed by the system, or the device rebooted)",
+                                     detail=_tail((files.get("agent.log") or "") + output) or None, **fail_kw)
+        if rc != 0:
+            how = f"exit code {rc}"
+            if rc > 128:
+                import signal as _signal
+
+                try:
+                    how += f" (killed by {_signal.Signals(rc - 128).name})"
+                except ValueError:
+                    how += f" (signal {rc - 128})"
+            errors = [ln.strip() for ln in output.splitlines() if ln.startswith(("ERROR:", "FATAL:"))]
+            msg = f"benchmark_model failed with {how}"
+            if errors:
+                msg += ": " + " | ".join(errors[:3])
+            return JobResult.failure(spec.job_id, "crash", msg, detail=_tail(stderr or stdout) or None, **fail_kw)
+        try:
+            parsed = parse_benchmark_model(output)
+        except ParseError as exc:
+            return JobResult.failure(spec.job_id, "parse", f"benchmark_model output not understood: {exc}",
+                                     detail=_tail(output) or None, **fail_kw)
+        return self._result(spec, parsed, files, art, extra, before, after, started, ended)
+
+    def _result(self, spec: JobSpec, parsed: BenchmarkModelOutput, files: dict[str, str | None], art: _Artifact,
+                extra: dict[str, Any], before: dict, after: dict, started: float, ended: float) -> JobResult:
+        gpu_samples: list[dict[str, Any]] = []
+        unparsed = 0
+        for stamp, text in split_meminfo_samples(files.get("meminfo.txt") or ""):
+            try:
+                mem = parse_meminfo_graphics(text)
+            except ParseError:
+                unparsed += 1  # e.g. the process had just exited
+                continue
+            gpu_samples.append({"t": stamp, "graphics_kb": mem.graphics_kb, "gl_mtrack_kb": mem.gl_mtrack_kb,
+                                "egl_mtrack_kb": mem.egl_mtrack_kb, "total_pss_kb": mem.total_pss_kb})
+        gpu_bytes = max((s["graphics_kb"] for s in gpu_samples), default=None)
+        weight_bytes, planned = art.meta.get("weight_bytes"), art.meta.get("planned_tensor_bytes")
+        memory = MemoryFigures(
+            weight_bytes=int(weight_bytes) if isinstance(weight_bytes, (int, float)) else None,
+            tensor_bytes_planned=int(planned) if isinstance(planned, (int, float)) else None,
+            peak_rss_bytes=round(parsed.peak_memory_mb * 2**20) if parsed.peak_memory_mb else None,
+            gpu_bytes=gpu_bytes * 1024 if gpu_bytes is not None else None,
+        )
+        op_times = parsed.category_ms() if parsed.op_profiled else {}
+        extra.update({
+            "latency_summary_ms": summary_ms(parsed.inference), "warmup_summary_ms": summary_ms(parsed.warmup),
+            "inference_avg_ms": parsed.inference_avg_ms, "benchmark_output_format": parsed.format,
+            "model_size_mb": parsed.model_size_mb, "init_footprint_mb": parsed.init_footprint_mb,
+            "overall_footprint_mb": parsed.overall_footprint_mb, "end_vmrss_mb": parsed.end_vmrss_mb,
+            "delegates": [asdict(dl) for dl in parsed.delegates], "warnings": list(parsed.warnings),
+            "gpu_memory_samples": gpu_samples, "gpu_memory_samples_unparsed": unparsed,
+        })
+        if parsed.op_profiled:
+            extra["op_type_ms"] = parsed.op_avg_ms()
+            if parsed.delegate_op_profile:
+                extra["delegate_op_type_ms"] = {r.node_type: r.avg_ms for r in parsed.delegate_op_profile}
+        import harness
+
+        versions = {"harness": harness.__version__, "benchmark_model_md5": self._file_hash(self._benchmark_local(), "md5"),
+                    "run_job_sh_md5": self._file_hash(AGENT_SCRIPT, "md5"),
+                    "android": self.info.os_version, "fingerprint": str(self.info.extra.get("fingerprint") or "")}
+        first_us = parsed.first_inference_us if parsed.first_inference_us is not None else parsed.warmup.first_us
+        return JobResult(
+            job_id=spec.job_id, status="ok", samples_ms=exact_samples_ms(parsed.inference),
+            warmup_ms=exact_samples_ms(parsed.warmup), init_ms=parsed.init_us / 1000.0,
+            first_run_ms=first_us / 1000.0, timing_method="benchmark_model", memory=memory,
+            device_state_before=before, device_state_after=after, op_times_ms=op_times, versions=versions,
+            started_at=started, ended_at=ended, extra=extra,
+        )
+
+    # ---- running
+
+    def _cleanup_stale(self) -> None:
+        """Kill what an earlier, abandoned attempt left running (a drop leaves the agent going) and remove
+        its files. Only processes whose command line names benchmark_model or run_job.sh are killed."""
+        jobs = shlex.quote(f"{self.settings.device_dir}/jobs")
+        cmd = (f'for d in {jobs}/*; do [ -d "$d" ] || continue; '
+               f'for f in "$d/agent.pid" "$d/pid"; do p=$(cat "$f" 2>/dev/null); [ -n "$p" ] || continue; '
+               f'case "$(cat "/proc/$p/cmdline" 2>/dev/null)" in *benchmark_model*|*run_job.sh*) '
+               f'kill -9 "$p" 2>/dev/null;; esac; done; rm -rf "$d"; done; true')
+        self._sh(cmd, "cleaning up earlier jobs")
+
+    def _read_temps(self, zones_re: str | None) -> tuple[float | None, float | None]:
+        thermal = self._sh(THERMAL_ZONES_SHELL_CMD, "reading thermal zones").stdout
+        battery = self._sh(f"cat {shlex.quote(BATTERY_TEMP_FILE)} 2>/dev/null || dumpsys battery",
+                           "reading the battery temperature").stdout
+        state = device_state(thermal, battery)
+        temps = {k: v for k, v in (state.get("thermal_c") or {}).items() if -30.0 < v < 150.0}
+        if zones_re:
+            temps = {k: v for k, v in temps.items() if re.search(zones_re, k)}
+        return (max(temps.values()) if temps else None), state.get("battery_c")
+
+    def _cooldown(self, spec: JobSpec, progress: ProgressFn | None) -> dict[str, Any]:
+        policy = self.settings.cooldown
+        if "cooldown" in spec.options.extra:
+            try:
+                policy = _cooldown_from("options.extra.cooldown", spec.options.extra["cooldown"], policy)
+            except AndroidConfigError as exc:
+                raise _JobFailure("input", str(exc)) from None
+        if not policy.thermal:
+            pause = policy.timeout_s if policy.timeout_s is not None else spec.measure.cooldown_seconds
+            if pause and pause > 0:
+                if progress:
+                    progress("cooldown", 0, 1)
+                time.sleep(pause)
+                return {"mode": "pause", "waited_s": pause}
+            return {"mode": "none"}
+        timeout = policy.timeout_s if policy.timeout_s is not None else (
+            spec.measure.cooldown_seconds if spec.measure.cooldown_seconds > 0 else DEFAULT_COOLDOWN_TIMEOUT_S)
+        t0 = time.monotonic()
+        while True:
+            hottest, battery = self._read_temps(policy.zones)
+            cool = ((policy.max_temp_c is None or (hottest is not None and hottest <= policy.max_temp_c)) and
+                    (policy.max_battery_c is None or (battery is not None and battery <= policy.max_battery_c)))
+            waited = time.monotonic() - t0
+            if cool or waited >= timeout:
+                return {"mode": "thermal", "reached": cool, "waited_s": round(waited, 2), "hottest_c": hottest,
+                        "battery_c": battery, "max_temp_c": policy.max_temp_c, "max_battery_c": policy.max_battery_c,
+                        "timeout_s": timeout}
+            if progress:
+                progress("cooldown", int(waited), int(timeout))
+            time.sleep(min(policy.poll_s, max(0.0, timeout - waited)))
+
+    def _launch_and_wait(self, spec: JobSpec, out: str, args: list[str], affinity: str | None, interval: float,
+                         progress: ProgressFn | None) -> tuple[int | None, bool, float]:
+        """Start run_job.sh in the background and wait for DONE. Returns (exit code or None, timed out, s)."""
+        q = shlex.quote
+        agent_args = [out, self.remote_bin, _flag_value(float(interval)), affinity or "", THERMAL_DIR,
+                      BATTERY_TEMP_FILE, "--", *args]
+        launch = (f"mkdir -p {q(out)} || exit 1; "
+                  f"sh {q(self.remote_agent)} {' '.join(q(a) for a in agent_args)} "
+                  f"> {q(out + '/agent.log')} 2>&1 < /dev/null & echo $! > {q(out + '/agent.pid')}; echo launched")
+        res = self._sh(launch, "starting the device agent")
+        if res.returncode != 0 or "launched" not in res.stdout:
+            raise _JobFailure("device", f"could not start {self.remote_agent} on {self.id}: "
+                              f"{(res.stderr or res.stdout).strip()}")
+        self._current_out = out
+        t0 = time.monotonic()
+        timeout = spec.measure.timeout_seconds
+        steps = max(1, int(self.settings.poll_s / 0.2))
+        poll = (f"out={q(out)}; i=0; while [ ! -f \"$out/DONE\" ] && [ \"$i\" -lt {steps} ]; do sleep 0.2; "
+                f"i=$((i+1)); done; if [ -f \"$out/DONE\" ]; then echo \"done $(cat \"$out/DONE\")\"; "
+                f"elif kill -0 \"$(cat \"$out/agent.pid\" 2>/dev/null)\" 2>/dev/null; then echo running; "
+                f"elif [ -f \"$out/DONE\" ]; then echo \"done $(cat \"$out/DONE\")\"; else echo gone; fi")
+        try:
+            while True:
+                elapsed = time.monotonic() - t0
+                if elapsed > timeout:
+                    self._kill(out)
+                    return None, True, elapsed
+                if progress:
+                    progress("run", int(elapsed), int(timeout))
+                status = self._sh(poll, "waiting for benchmark_model", timeout=self.settings.poll_s + 30).stdout.split()
+                if status and status[0] == "done":
+                    rc = int(status[1]) if len(status) > 1 and status[1].lstrip("-").isdigit() else 255
+                    return rc, False, time.monotonic() - t0
+                if status and status[0] == "gone":
+                    return None, False, time.monotonic() - t0
+        except KeyboardInterrupt:
+            self.cancel()  # stop benchmark_model on the phone too, then let the runner stop
+            raise
+        finally:
+            self._current_out = None
+
+    def _kill(self, out: str) -> None:
+        q = shlex.quote(out)
+        self._sh(f'for f in {q}/agent.pid {q}/pid; do p=$(cat "$f" 2>/dev/null); '
+                 f'[ -n "$p" ] && kill -9 "$p" 2>/dev/null; done; true', "stopping benchmark_model")
+
+    def _collect(self, out: str, local_dir: Path) -> dict[str, str | None]:
+        """Read the agent's text files (one shell call), pull the result proto if there is one, remove
+        the job's directory from the device, and keep copies under `local_dir`."""
+        local_dir.mkdir(parents=True, exist_ok=True)
+        q = shlex.quote
+        cmd = (f"cd {q(out)} || exit 3; for f in {' '.join(RESULT_FILES)}; do if [ -f \"$f\" ]; then "
+               f"echo \"{_FILE_MARK} $f\"; cat \"$f\"; echo; fi; done; "
+               f"if [ -f {RESULT_PROTO} ]; then echo {_PROTO_MARK}; else cd / && rm -rf {q(out)}; fi")
+        res = self._sh(cmd, "reading the job's result files", timeout=120)
+        if res.returncode == 3:
+            return {}
+        files: dict[str, str | None] = {name: None for name in (*RESULT_FILES, RESULT_PROTO)}
+        text = res.stdout
+        has_proto = text.rstrip().endswith(_PROTO_MARK)
+        if has_proto:
+            text = text.rstrip()[: -len(_PROTO_MARK)]
+        parts = re.split(rf"^{_FILE_MARK} (\S+)\n", text, flags=re.MULTILINE)
+        for name, body in zip(parts[1::2], parts[2::2]):
+            body = body[:-1] if body.endswith("\n") else body  # the newline echoed after each file
+            files[name] = body
+            (local_dir / name).write_text(body)
+        if has_proto:
+            data = self._call(f"pulling {RESULT_PROTO}", self._dev.sync.read_bytes, f"{out}/{RESULT_PROTO}")
+            (local_dir / RESULT_PROTO).write_bytes(data)
+            self._sh(f"rm -rf {q(out)}", "removing the job's files from the device")
+        return files
+
+    def cancel(self) -> None:
+        out = self._current_out
+        if out is None:
+            return
+        try:
+            self._kill(out)
+        except (DeviceError, _JobFailure):
+            pass
+
+    def close(self) -> None:
+        self._current_out = None

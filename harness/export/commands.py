@@ -1,0 +1,177 @@
+"""What `harness export`, `harness inspect` and `harness run` (for runtimes that need an artifact) do;
+harness/cli.py parses the arguments and calls these."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.export import (
+    FORMATS, Artifact, ExportError, PlannedArtifact, ensure_artifact, plan_artifacts,
+)
+from harness.export.mapping import UnknownFormatError
+
+# Host runtimes that run an artifact, and its format. (Phones resolve theirs in their device's prepare.)
+HOST_RUNTIME_FORMATS: dict[str, str] = {"litert-cpu": "tflite"}
+MB = float(1 << 20)
+
+
+def formats_from_arg(value: str | None, runtime: str) -> list[str]:
+    """--format tflite|coreml|all; by default the suite runtime's format (tflite unless coreml)."""
+    if value is None:
+        return ["coreml"] if runtime == "coreml" else ["tflite"]
+    if value == "all":
+        return list(FORMATS)
+    if value not in FORMATS:
+        raise UnknownFormatError(f"unknown artifact format {value!r}; known formats: {', '.join(FORMATS)}, all")
+    return [value]
+
+
+def artifact_dtype(dtype: str | None, suite_dtype: str) -> str:
+    """--dtype, else the suite's dtype when an artifact can have it (fp16/fp32), else fp16."""
+    if dtype:
+        return dtype
+    return suite_dtype if suite_dtype in ("fp16", "fp32") else "fp16"
+
+
+class _Bar:
+    """A rich progress bar over the artifacts being built, with the conversion phase."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), transient=False, console=_console())
+        self.task = self.bar.add_task("exporting", total=total)
+        self.label = ""
+
+    def __enter__(self) -> "_Bar":
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.stop()
+
+    def start(self, label: str) -> None:
+        self.label = label
+        self.bar.update(self.task, description=label)
+
+    def phase(self, phase: str, done: int, total: int) -> None:
+        self.bar.update(self.task, description=f"{self.label}: {phase}")
+
+    def finish(self, line: str) -> None:
+        self.bar.console.print(line, soft_wrap=True, markup=False, highlight=False)
+        self.bar.advance(self.task)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _rows_text(planned: PlannedArtifact) -> str:
+    parts = []
+    na = planned.na()
+    for name, _ in planned.variants:
+        parts.append(f"{name} (n/a: {', '.join(na[name])})" if name in na else name)
+    return ", ".join(parts)
+
+
+def export_suite(suite: Any, formats: list[str], dtype: str, cache_dir: Path | None) -> int:
+    """Build every artifact the suite's variants need in `formats`; print what was built, what was
+    cached, and which rows share an artifact. Returns the exit code (1 if a variant failed)."""
+    from rich.table import Table
+
+    model = suite.model
+    variants = suite.variant_list()
+    planned = plan_artifacts(model, variants, formats, dtype, cache_dir)
+    todo = [p for p in planned if p.cached is None]
+    console = _console()
+    shared = [p for p in planned if len(p.variants) > 1]
+    for p in shared:
+        console.print(f"{p.fmt}: rows {_rows_text(p)} are the same artifact under the mapping; built once", soft_wrap=True, markup=False, highlight=False)
+    results: dict[int, Artifact | ExportError] = {}
+    if not todo:
+        console.print(f"nothing to build: all {len(planned)} artifact(s) for {len(variants)} variant(s) are in the "
+                      f"cache ({', '.join(formats)}, {dtype} weights)", soft_wrap=True, markup=False, highlight=False)
+    else:
+        console.print(f"building {len(todo)} of {len(planned)} artifact(s) ({', '.join(formats)}, {dtype} weights, "
+                      f"model {model.name}); conversions run one at a time", soft_wrap=True, markup=False,
+                      highlight=False)
+        with _Bar(len(todo)) as bar:
+            for p in todo:
+                name, flags = p.variants[0]
+                bar.start(f"{name} -> {p.fmt}")
+                try:
+                    art = ensure_artifact(model, flags, p.fmt, dtype, cache_dir, bar.phase, variant=name)
+                    results[id(p)] = art
+                    ref = art.meta.get("reference", {})
+                    err = ref.get("rel_error", ref.get("torch_program_rel_error"))
+                    bar.finish(f"built {name} ({p.fmt}): {art.size_bytes / MB:.1f} MB, "
+                               f"{art.meta.get('convert_seconds', 0):.0f} s, reference error {err:.3g}"
+                               if err is not None else f"built {name} ({p.fmt})")
+                except ExportError as exc:
+                    results[id(p)] = exc
+                    bar.finish(f"FAILED {name} ({p.fmt}): {exc}")
+    table = Table(title=f"Artifacts: {model.name}, {dtype} weights")
+    for col in ("format", "rows", "status", "MB", "weights MB", "planned tensor MB", "ref. error", "path"):
+        table.add_column(col)
+    failed = 0
+    for p in planned:
+        got = results.get(id(p), p.cached)
+        if isinstance(got, ExportError):
+            failed += 1
+            table.add_row(p.fmt, _rows_text(p), "FAILED", "", "", "", "", str(got)[:120])
+            continue
+        assert got is not None
+        ref = got.meta.get("reference", {})
+        err = ref.get("rel_error", ref.get("torch_program_rel_error"))
+        table.add_row(p.fmt, _rows_text(p), "cached" if p.cached is not None else "built",
+                      f"{got.size_bytes / MB:.1f}", f"{got.meta.get('weight_bytes', 0) / MB:.1f}",
+                      f"{got.meta.get('planned_tensor_bytes', 0) / MB:.1f}",
+                      "" if err is None else f"{err:.2g}", str(got.path))
+    console.print(table)
+    return 1 if failed else 0
+
+
+def inspect_command(path: Path, as_json: bool) -> int:
+    from harness.export.inspect import format_report, inspect_artifact
+
+    report = inspect_artifact(path)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def prepare_run_artifacts(plan: Any, cache_dir: Path | None) -> None:
+    """Export, through the cache, what the plan's host jobs need (runtime litert-cpu: .tflite), with a
+    progress bar, and point each job at its artifact. A variant that fails to export is reported
+    here and fails as its own job (the host agent tries again and records the converter's message)."""
+    from harness.variants import Flags
+
+    jobs = [j for j in plan.jobs if j.device == "host" and j.spec.options.runtime in HOST_RUNTIME_FORMATS
+            and not j.spec.artifact]
+    if not jobs:
+        return
+    console = _console()
+    with _Bar(len(jobs)) as bar:
+        for job in jobs:
+            fmt = HOST_RUNTIME_FORMATS[job.spec.options.runtime]
+            dtype = job.spec.options.dtype
+            bar.start(f"artifact {job.variant} -> {fmt}")
+            if dtype not in ("fp16", "fp32"):
+                bar.finish(f"{job.variant}: no {fmt} artifact for dtype {dtype}; the job will say so")
+                continue
+            try:
+                art = ensure_artifact(job.spec.model, Flags.from_dict(job.spec.flags), fmt, dtype, cache_dir,
+                                      bar.phase, variant=job.variant)
+            except ExportError as exc:
+                bar.finish(f"export FAILED for {job.variant}: {exc}")
+                continue
+            job.spec.artifact = str(art.path)
+            bar.finish(f"{job.variant}: {fmt} artifact {'cached' if art.cached else 'built'} "
+                       f"({art.size_bytes / MB:.1f} MB){'; n/a: ' + ', '.join(art.na_flags) if art.na_flags else ''}")
+    console.print(f"artifacts ready for {len(jobs)} host job(s)", soft_wrap=True, markup=False, highlight=False)

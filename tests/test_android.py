@@ -1,0 +1,578 @@
+"""Android devices end to end against the fake adb server: the real CLI, adbutils, run_job.sh under
+/bin/sh, the benchmark_model stand-in, the parser, the store and the report.
+
+`pytest tests/test_android.py -s` also prints the bytes pushed per run and the fault table
+(jobs completed / retried / failed / lost per injected fault).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.devices.android import (
+    AGENT_SCRIPT, AndroidConfigError, Cooldown, _JobFailure, benchmark_flags, check_benchmark_model,
+    device_state, exact_samples_ms, parse_adb_server, runtime_of, settings_for,
+)
+from harness.devices.android_parse import RunStats
+from harness.devices.base import DeviceContext
+from harness.protocol import JobSpec, MeasurePolicy, RuntimeOptions
+from harness.store import Store
+
+try:
+    from tests.fakes.adb_server import FakeAdbServer, FakeDevice
+    from tests.fakes.benchmark_model_standin import FAULT_FILE_NAME, write_standin
+except ModuleNotFoundError:  # pytest's default import mode puts tests/, not the repo root, on sys.path
+    from fakes.adb_server import FakeAdbServer, FakeDevice  # type: ignore[no-redef]
+    from fakes.benchmark_model_standin import FAULT_FILE_NAME, write_standin  # type: ignore[no-redef]
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "suites" / "smoke.yaml"
+DEVICE_DIR = "/data/local/tmp/harness"
+
+
+@pytest.fixture(autouse=True)
+def _harmless_adb(monkeypatch: pytest.MonkeyPatch) -> None:
+    # adbutils runs `adb start-server` when a connect fails: never start a real adb server here.
+    monkeypatch.setenv("ADBUTILS_ADB_PATH", shutil.which("true") or "/bin/true")
+    monkeypatch.delenv("ANDROID_ADB_SERVER_HOST", raising=False)
+    monkeypatch.delenv("ANDROID_ADB_SERVER_PORT", raising=False)
+
+
+# A block with the paper's op kinds (3x3 conv, GroupNorm, attention with softmax, GELU).
+_BLOCK_SRC = '''
+import torch
+class Block(torch.nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(2, c)
+        self.q, self.k, self.v = (torch.nn.Linear(c, c) for _ in range(3))
+        self.ff = torch.nn.Linear(c, c)
+    def forward(self, x):
+        h = self.norm(self.conv(x))
+        b, c, hh, ww = h.shape
+        t = h.reshape(b, c, hh * ww).transpose(1, 2)
+        a = torch.softmax(self.q(t) @ self.k(t).transpose(1, 2) / c ** 0.5, dim=-1) @ self.v(t)
+        t = t + torch.nn.functional.gelu(self.ff(a))
+        return x + t.transpose(1, 2).reshape(b, c, hh, ww)
+'''
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny .tflite made with litert-torch (cached across sessions in pytest's cache dir, if enabled)."""
+    key = hashlib.sha256(_BLOCK_SRC.encode()).hexdigest()[:12]
+    cache = getattr(pytestconfig, "cache", None)
+    folder = Path(cache.mkdir("android_tflite")) if cache is not None else tmp_path_factory.mktemp("tflite")
+    out = folder / f"block-{key}.tflite"
+    if not out.is_file():
+        code = (_BLOCK_SRC + "import litert_torch, sys\ntorch.manual_seed(0)\n"
+                "litert_torch.convert(Block().eval(), (torch.randn(1, 8, 8, 8),)).export(sys.argv[1])\n")
+        subprocess.run([sys.executable, "-c", code, str(out) + ".tmp"], check=True, capture_output=True, timeout=300)
+        os.replace(str(out) + ".tmp", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_standin(tmp_path_factory.mktemp("standin") / "benchmark_model")
+
+
+def _farm(path: Path, **android) -> Path:
+    settings = {"meminfo_interval_s": 0.1, "poll_s": 0.5, "reconnect_timeout_s": 2}
+    settings.update(android)
+    path.write_text(yaml.safe_dump({"android": settings}))
+    return path
+
+
+def _run_args(port: int, standin: Path, store: str, farm: Path, *extra: str) -> list[str]:
+    return ["run", str(SMOKE), "--device", "android", "--adb", f"127.0.0.1:{port}", "--benchmark-model",
+            str(standin), "--farm", str(farm), "--store", store, *extra]
+
+
+# ------------------------------------------------------------------------------------ pure parts
+
+def _spec(**kw) -> JobSpec:
+    options = kw.pop("options", {})
+    measure = kw.pop("measure", {})
+    return JobSpec(job_id="j", run_id="r", device="android:X", variant="baseline",
+                   options=RuntimeOptions(**options), measure=MeasurePolicy(**measure), **kw)
+
+
+def test_flags_from_options_and_measure() -> None:
+    spec = _spec(options={"runtime": "litert-gpu", "dtype": "fp16", "threads": 4,
+                          "extra": {"gpu_backend": "cl", "enable_op_profiling": True, "run_delay": 0.25,
+                                    "flags": {"use_xnnpack": False}}},
+                 measure={"iterations": 20, "warmup_runs": 3, "min_seconds": 1.5, "max_seconds": 90})
+    args, missing = benchmark_flags(spec, "/d/m.tflite", supported=None, result_file="/d/r.pb")
+    assert args == ["--graph=/d/m.tflite", "--num_runs=20", "--warmup_runs=3", "--warmup_min_secs=0",
+                    "--min_secs=1.5", "--max_secs=90", "--num_threads=4", "--use_gpu=true", "--gpu_backend=cl",
+                    "--gpu_precision_loss_allowed=true", "--run_delay=0.25", "--enable_op_profiling=true",
+                    "--report_peak_memory_footprint=true", "--use_xnnpack=false"]
+    assert missing == []  # nothing is known to be missing; result_file_path needs a binary that lists it
+    supported = {"graph", "num_runs", "warmup_runs", "min_secs", "max_secs", "use_gpu", "result_file_path"}
+    args, missing = benchmark_flags(spec, "/d/m.tflite", supported=supported, result_file="/d/r.pb")
+    assert "--result_file_path=/d/r.pb" in args and "--gpu_backend=cl" not in args
+    assert set(missing) == {"warmup_min_secs", "num_threads", "gpu_backend", "gpu_precision_loss_allowed",
+                            "run_delay", "enable_op_profiling", "report_peak_memory_footprint", "use_xnnpack"}
+    with pytest.raises(_JobFailure, match="no --use_gpu flag"):
+        benchmark_flags(spec, "/d/m.tflite", supported={"graph", "num_runs"})
+    with pytest.raises(_JobFailure, match="gpu_backend must be cl or gl"):
+        benchmark_flags(_spec(options={"runtime": "litert-gpu", "extra": {"gpu_backend": "vulkan"}}), "g",
+                        supported=None)
+
+
+def test_runtime_mapping() -> None:
+    assert runtime_of(_spec(options={"runtime": "torch"})) == ("litert-gpu", True)  # the suite default
+    assert runtime_of(_spec(options={"runtime": "torch", "accelerator": "cpu"})) == ("litert-cpu", False)
+    assert runtime_of(_spec(options={"runtime": "litert-cpu"})) == ("litert-cpu", False)
+    assert runtime_of(_spec(options={"runtime": "litert-cpu", "extra": {"use_gpu": True}})) == ("litert-gpu", True)
+    with pytest.raises(_JobFailure, match="iOS only"):
+        runtime_of(_spec(options={"runtime": "coreml"}))
+
+
+def test_exact_samples_only_where_the_stat_line_implies_them() -> None:
+    def stats(count, first, curr, lo, hi):
+        return RunStats(count, first, curr, lo, hi, (lo + hi) / 2, 1.0)
+
+    assert exact_samples_ms(stats(1, 5000, 5000, 5000, 5000)) == [5.0]
+    assert exact_samples_ms(stats(2, 5000, 7000, 5000, 7000)) == [5.0, 7.0]
+    assert exact_samples_ms(stats(4, 3000, 3000, 3000, 3000)) == [3.0] * 4
+    assert exact_samples_ms(stats(5, 5000, 7000, 4000, 9000)) == []  # only the summary is known
+
+
+def test_settings_precedence_and_validation(tmp_path: Path) -> None:
+    farm = {"adb_servers": ["10.1.2.3:5037"],
+            "android": {"benchmark_model": "bin/bm", "affinity": "0xF0", "cooldown": {"max_temp_c": 40}},
+            "devices": {"S1": {"affinity": "80", "cooldown": {"max_battery_c": 35}, "udid_only_key": 1}}}
+    ctx = DeviceContext(farm=farm, farm_path=tmp_path / "farm.yaml")
+    s = settings_for(ctx, "S1")
+    assert s.benchmark_model == str(tmp_path / "bin" / "bm")  # relative to the farm file
+    assert s.affinity == "80" and s.cooldown == Cooldown(max_temp_c=40.0, max_battery_c=35.0)
+    assert settings_for(ctx, "OTHER").affinity == "f0"
+    ctx.benchmark_model = "/opt/bm"  # --benchmark-model wins over the farm
+    assert settings_for(ctx, "S1").benchmark_model == "/opt/bm"
+    for bad, match in [({"android": {"afinity": "f"}}, "unknown key.*afinity"),
+                       ({"android": {"affinity": "xyz"}}, "not a non-zero hex CPU mask"),
+                       ({"android": {"device_dir": "relative/dir"}}, "must be an absolute directory"),
+                       ({"android": {"cooldown": {"max_temp": 3}}}, "unknown key.*max_temp")]:
+        with pytest.raises(AndroidConfigError, match=match):
+            settings_for(DeviceContext(farm=bad))
+    assert parse_adb_server("[::1]:5037") == ("::1", 5037)
+    with pytest.raises(ValueError, match="not HOST:PORT"):
+        parse_adb_server("farmhost")
+    with pytest.raises(AndroidConfigError, match="No pip package ships"):
+        check_benchmark_model(DeviceContext(), ["S1"])
+
+
+def test_device_state_from_agent_files() -> None:
+    thermal = "thermal_zone0\tcpu-0\t41200\nthermal_zone1\tgpuss-0\t52500\nthermal_zone2\tbogus\t-273000\n" \
+              "thermal_zone3\tpmic\t\n"
+    state = device_state(thermal, "312\n")
+    assert state["thermal_c"] == {"cpu-0": 41.2, "gpuss-0": 52.5, "bogus": -273.0}
+    assert (state["hottest_zone"], state["hottest_c"], state["battery_c"]) == ("gpuss-0", 52.5, 31.2)
+
+
+# ------------------------------------------------------------------------------------ discovery
+
+def test_devices_lists_every_state_with_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    no_soc = {k: v for k, v in FakeDevice("x").props.items() if k != "ro.soc.model"}
+    devices = [FakeDevice("READY1", root=tmp_path / "r"), FakeDevice("NOSOC", root=tmp_path / "n", props=no_soc, gles=None),
+               FakeDevice("OFF1", state="offline", root=tmp_path / "o"),
+               FakeDevice("UNAUTH1", state="unauthorized", root=tmp_path / "u")]
+    closed = socket_port_closed()
+    with FakeAdbServer(devices) as srv:
+        assert main(["devices", "--json", "--adb", f"127.0.0.1:{srv.port}", "--adb", f"127.0.0.1:{closed}"]) == 0
+        rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+        ready = rows["android:READY1"]
+        assert (ready["state"], ready["model"], ready["soc"], ready["gpu"], ready["os_version"], ready["ram_bytes"]) == (
+            "ready", "SM-S918B", "SM8550", "Adreno (TM) 740", "Android 14 (API 34)", 11_597_696 * 1024)
+        assert ready["extra"]["gles"].startswith("Qualcomm, Adreno (TM) 740, OpenGL ES 3.2")
+        assert rows["android:NOSOC"]["soc"] == "kalama" and rows["android:NOSOC"]["gpu"] == ""
+        assert rows["android:OFF1"]["state"] == "offline" and "replug" in rows["android:OFF1"]["hint"]
+        assert rows["android:UNAUTH1"]["state"] == "unauthorized"
+        assert "Allow USB debugging" in rows["android:UNAUTH1"]["hint"]
+        assert rows[f"android@127.0.0.1:{closed}"]["state"] == "unreachable"
+        # naming an unready device, or running without benchmark_model, fails before any job (exit 2)
+        store = f"sqlite:///{tmp_path}/x.db"
+        for dev, words in [("android:OFF1", "is offline"), ("android:UNAUTH1", "Allow USB debugging")]:
+            assert main(["run", str(SMOKE), "--device", dev, "--adb", f"127.0.0.1:{srv.port}", "--store", store]) == 2
+            assert words in capsys.readouterr().err
+        assert main(["run", str(SMOKE), "--device", "android:READY1", "--adb", f"127.0.0.1:{srv.port}",
+                     "--store", store]) == 2
+        err = capsys.readouterr().err
+        assert "No pip package ships" in err and "android_aarch64_benchmark_model" in err
+
+
+def socket_port_closed() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+def test_smoke_suite_on_two_fake_phones_then_nothing_to_push(tmp_path: Path, tiny_tflite: Path, standin: Path,
+                                                             capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    devices = [FakeDevice("PHONE1", root=tmp_path / "p1"), FakeDevice("PHONE2", root=tmp_path / "p2")]
+    store_url = f"sqlite:///{tmp_path}/x.db"
+    farm = _farm(tmp_path / "farm.yaml")
+    graph = ["--set", f"options.extra.graph={tiny_tflite}", "--set", "options.extra.enable_op_profiling=true"]
+    with FakeAdbServer(devices) as srv:
+        # 1) the real command line, in a subprocess
+        proc = subprocess.run([sys.executable, "-m", "harness", *_run_args(srv.port, standin, store_url, farm, *graph),
+                               "--report", str(tmp_path / "r1.html")], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        first = [d.bytes_pushed for d in devices]
+        expected = standin.stat().st_size + AGENT_SCRIPT.stat().st_size + tiny_tflite.stat().st_size
+        assert first == [expected, expected]
+        for title in ("android:PHONE1 (SM-S918B, Adreno (TM) 740)", "android:PHONE2 (SM-S918B, Adreno (TM) 740)"):
+            assert title in proc.stdout  # one Table-1 per device
+        # 2) again, in process: every file is already on the phones
+        monkeypatch.chdir(tmp_path)
+        assert main(_run_args(srv.port, standin, store_url, farm, *graph, "--no-report")) == 0
+        second = [d.bytes_pushed - f for d, f in zip(devices, first)]
+        assert second == [0, 0]
+        print(f"\nbytes pushed per device: first run {first}, second run {second}")
+
+    store = Store(store_url)
+    runs = store.list_runs()
+    assert len(runs) == 2
+    for run_meta in runs:
+        run = store.load_run(run_meta["id"])
+        assert len(run.jobs) == 10 and all(j.status == "ok" for j in run.jobs)
+        assert {j.device_id for j in run.jobs} == {"android:PHONE1", "android:PHONE2"}
+    run = store.load_run(runs[0]["id"] if runs[0]["started_at"] > runs[1]["started_at"] else runs[1]["id"])
+    kb = devices[0].meminfo_kb
+    for job in run.jobs:
+        res = job.result
+        assert res.timing_method == "benchmark_model" and res.extra["push"]["bytes_pushed"] == 0
+        summary = res.extra["latency_summary_ms"]
+        assert summary["n"] == 5 and 0 < summary["min"] <= summary["median"] <= summary["max"]
+        assert res.init_ms > 0 and res.first_run_ms > 0 and res.warmup_ms  # one warm-up run: exact
+        assert res.memory.peak_rss_bytes > 10 * 2**20
+        assert res.memory.gpu_bytes == (kb["GL mtrack"] + kb["EGL mtrack"] + kb["Gfx dev"]) * 1024
+        assert res.device_state_before["hottest_c"] == 43.9 and res.device_state_after["battery_c"] == 31.2
+        assert set(res.op_times_ms) == {"groupnorm", "gelu", "attention", "conv3x3", "other"}
+        assert {"CONV_2D", "SOFTMAX", "GELU"} <= set(res.extra["op_type_ms"])
+        assert res.extra["accelerator"] == "gpu" and "--use_gpu=true" in res.extra["benchmark_flags"]
+    assert len(list(Path(f"results/runs/{run.id}").glob("*/device/stdout.txt"))) == 10  # pulled, kept per job
+    # nothing is left on the phones but the binary, the agent and the model
+    left = sorted(str(p.relative_to(tmp_path / "p1")) for p in (tmp_path / "p1" / "data/local/tmp").rglob("*")
+                  if p.is_file())
+    assert left == ["data/local/tmp/harness/bin/benchmark_model",
+                    f"data/local/tmp/harness/models/{hashlib.sha256(tiny_tflite.read_bytes()).hexdigest()[:16]}.tflite",
+                    "data/local/tmp/harness/run_job.sh"]
+
+
+@pytest.mark.slow
+def test_smoke_suite_with_exported_artifacts(tmp_path: Path, standin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same run with the variants exported by harness.export (4 tiny-UNet conversions: minutes)."""
+    devices = [FakeDevice("PHONE1", root=tmp_path / "p1"), FakeDevice("PHONE2", root=tmp_path / "p2")]
+    store_url = f"sqlite:///{tmp_path}/x.db"
+    monkeypatch.chdir(tmp_path)
+    with FakeAdbServer(devices) as srv:
+        args = _run_args(srv.port, standin, store_url, _farm(tmp_path / "farm.yaml"), "--cache", str(tmp_path / "cache"),
+                         "--no-report")
+        assert main(args) == 0
+        first = [d.bytes_pushed for d in devices]
+        assert main(args) == 0
+        second = [d.bytes_pushed - f for d, f in zip(devices, first)]
+    print(f"\nexported artifacts, bytes pushed per device: first run {first}, second run {second}")
+    assert second == [0, 0]
+    store = Store(store_url)
+    run = store.load_run(store.resolve_run())
+    models = {j.result.extra["artifact"]["sha256"] for j in run.jobs}
+    # +winograd is n/a for .tflite: the same artifact as +flash_attention
+    assert len(models) == 4 and all(j.status == "ok" for j in run.jobs)
+    wino = [j for j in run.jobs if j.variant == "+winograd"][0]
+    assert wino.result.extra["na_flags"] == ["conv3x3"] and wino.result.memory.weight_bytes > 0
+    sizes = sum({j.result.extra["artifact"]["sha256"]: j.result.extra["artifact"]["size_bytes"] for j in run.jobs}.values())
+    assert first[0] == standin.stat().st_size + AGENT_SCRIPT.stat().st_size + sizes
+
+
+def test_quoting_of_variant_names_and_device_paths(tmp_path: Path, tiny_tflite: Path, standin: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    weird = "v'1 \"q\"; touch PWNED; $(touch PWNED2) `touch PWNED3` & echo"
+    device_dir = "/data/local/tmp/h a'r\"n;ess $(touch PWNED4)"
+    graph = tmp_path / "my model's; \"x\".tflite"
+    shutil.copy(tiny_tflite, graph)
+    suite = tmp_path / "weird.yaml"
+    suite.write_text(yaml.safe_dump({"name": "weird", "model": "tiny", "variants": [{"name": weird, "flags": {}}],
+                                     "options": {"extra": {"graph": str(graph)}},
+                                     "measure": {"iterations": 2, "warmup_runs": 1}}))
+    farm = _farm(tmp_path / "farm.yaml", device_dir=device_dir)
+    monkeypatch.chdir(tmp_path)
+    fake = FakeDevice("Q1", root=tmp_path / "q")
+    with FakeAdbServer([fake]) as srv:
+        args = ["run", str(suite), "--device", "android:Q1", "--adb", f"127.0.0.1:{srv.port}", "--benchmark-model",
+                str(standin), "--farm", str(farm), "--store", f"sqlite:///{tmp_path}/q.db", "--no-report"]
+        assert main(args) == 0
+    store = Store(f"sqlite:///{tmp_path}/q.db")
+    job = store.load_run(store.resolve_run()).jobs[0]
+    assert job.status == "ok" and job.variant == weird
+    assert job.result.extra["artifact"]["device_path"].startswith(device_dir + "/models/")
+    assert fake.host_path(device_dir + "/run_job.sh").is_file()  # the directory exists under its exact name
+    assert not [p for p in (tmp_path / "q").rglob("PWNED*")]  # nothing in a name was ever executed
+    assert not list(tmp_path.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+
+
+def test_cooldown_waits_for_a_cool_device_and_affinity_reaches_taskset(tmp_path: Path, tiny_tflite: Path,
+                                                                         standin: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake = FakeDevice("HOT1", root=tmp_path / "hot")
+    fake.thermal_c = {**fake.thermal_c, "gpuss-0": 71.5}
+    farm = _farm(tmp_path / "farm.yaml", affinity="f0", cooldown={"max_temp_c": 45, "timeout_s": 5, "poll_s": 0.2})
+    store_url = f"sqlite:///{tmp_path}/c.db"
+    with FakeAdbServer([fake]) as srv:
+        common = ["run", str(SMOKE), "--device", "android:HOT1", "--adb", f"127.0.0.1:{srv.port}",
+                  "--benchmark-model", str(standin), "--farm", str(farm), "--store", store_url, "--no-report",
+                  "--set", f"options.extra.graph={tiny_tflite}", "--set", "variants=[baseline, +opt_softmax]"]
+        # the phone cools down once the harness has looked at it three times (0.2 s apart)
+        reads = lambda: sum("thermal_zone" in r for s, r in srv.requests if s == "HOT1")  # noqa: E731
+        cool = _watch(lambda: reads() >= 3, lambda: setattr(fake, "thermal_c", FakeDevice("x").thermal_c),
+                      threading.Event())
+        assert main(common) == 0
+        cool.join(timeout=5)
+        # the battery (31.2 C) never gets under 20 C: the wait gives up after its timeout and says so
+        assert main(common + ["--set", "options.extra.cooldown={max_battery_c: 20, timeout_s: 0.5}"]) == 0
+        launches = [r for s, r in srv.requests if s == "HOT1" and r.endswith("echo launched")]
+    store = Store(store_url)
+    runs = sorted(store.list_runs(), key=lambda r: r["started_at"])
+    first, second = (store.load_run(r["id"]).jobs for r in runs)
+    waited = [j.result.device_state_before["cooldown"] for j in first]
+    assert waited[0]["reached"] and 0.35 <= waited[0]["waited_s"] < 5 and waited[0]["hottest_c"] <= 45
+    assert waited[1]["reached"] and waited[1]["waited_s"] < 0.5
+    assert [j.result.device_state_before["cooldown"]["reached"] for j in second] == [False, False]
+    assert all(0.5 <= j.result.device_state_before["cooldown"]["waited_s"] < 2 for j in second)
+    assert all(j.result.extra["affinity"] == "f0" for j in first + second)
+    assert len(launches) == 4 and all(" f0 /sys/class/thermal " in r for r in launches)
+
+
+def test_ctrl_c_stops_the_benchmark_on_the_phone(tmp_path: Path, tiny_tflite: Path, standin: Path) -> None:
+    import psutil
+    import signal
+
+    fake = FakeDevice("INT1", root=tmp_path / "int")
+    store_url = f"sqlite:///{tmp_path}/i.db"
+    with FakeAdbServer([fake]) as srv:
+        _fault_file("hang")(fake, srv)
+        proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(SMOKE), "--device", "android:INT1",
+                                 "--adb", f"127.0.0.1:{srv.port}", "--benchmark-model", str(standin), "--farm",
+                                 str(_farm(tmp_path / "farm.yaml")), "--store", store_url, "--no-report",
+                                 "--set", f"options.extra.graph={tiny_tflite}"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        jobs = fake.host_path(DEVICE_DIR + "/jobs")
+        deadline = time.monotonic() + 60
+        pid_files: list[Path] = []
+        while time.monotonic() < deadline and not pid_files:
+            pid_files = list(jobs.glob("*/pid")) if jobs.is_dir() else []
+            time.sleep(0.05)
+        assert pid_files, "the benchmark never started"
+        time.sleep(0.3)
+        pid = int(pid_files[0].read_text())
+        assert psutil.pid_exists(pid)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err[-2000:]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and psutil.pid_exists(pid) and \
+                psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.05)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert Store(store_url).list_runs()[0]["status"] == "interrupted"
+
+
+# ------------------------------------------------------------------------------------ faults
+
+class DropPushes(FakeDevice):
+    """Drops the connection during its next `drops` pushes (after the first data chunk), then behaves."""
+
+    def __init__(self, *args, drops: int = 1, **kw):
+        self._drops = drops
+        super().__init__(*args, **kw)
+
+    @property
+    def drop_push_after_bytes(self):  # read by the server once per DATA chunk
+        if self._drops > 0:
+            self._drops -= 1
+            return 1
+        return None
+
+    @drop_push_after_bytes.setter
+    def drop_push_after_bytes(self, value) -> None:
+        pass
+
+
+def _watch(cond, action, stop: threading.Event, interval: float = 0.01) -> threading.Thread:
+    def loop() -> None:
+        while not stop.is_set():
+            if cond():
+                action()
+                return
+            time.sleep(interval)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+def _job_dirs(dev: FakeDevice) -> list[str]:
+    jobs = dev.host_path(DEVICE_DIR + "/jobs")
+    return [p.name for p in jobs.iterdir()] if jobs.is_dir() else []
+
+
+def _has_pid(dev: FakeDevice, index: str) -> bool:
+    jobs = dev.host_path(DEVICE_DIR + "/jobs")
+    return jobs.is_dir() and any(p.name.split("-")[3:4] == [index] and (p / "pid").is_file() for p in jobs.iterdir())
+
+
+def _scenario(name: str, tmp: Path, tiny_tflite: Path, standin: Path, setup, extra_args=(),
+              retries: int = 1) -> dict:
+    """Run 2 variants on FAULTY and GOOD (FAULTY first) with one injected fault; count what the store holds."""
+    tmp.mkdir(parents=True)
+    factory = setup.get("device") or (lambda root: FakeDevice("FAULTY", root=root))
+    faulty = factory(tmp / "faulty")
+    good = FakeDevice("GOOD", root=tmp / "good")
+    store_url = f"sqlite:///{tmp}/f.db"
+    farm = _farm(tmp / "farm.yaml")
+    stop = threading.Event()
+    with FakeAdbServer([faulty, good]) as srv:
+        if setup.get("before"):
+            setup["before"](faulty, srv)
+        watchers = [_watch(c, a, stop) for c, a in setup.get("watch", [])]
+        args = _run_args(srv.port, standin, store_url, farm, "--set", f"options.extra.graph={tiny_tflite}",
+                         "--set", "variants=[baseline, +opt_softmax]", "--set", "iterations=3",
+                         "--retries", str(retries), "--no-report", *extra_args)
+        rc = main(args)
+        stop.set()
+        for w in watchers:
+            w.join(timeout=5)
+    store = Store(store_url)
+    run = store.load_run(store.resolve_run())
+    planned = 4
+    by_dev = {d: [j for j in run.jobs if j.device_id == d] for d in ("android:FAULTY", "android:GOOD")}
+    return {
+        "fault": name, "rc": rc, "planned": planned, "stored": len(run.jobs),
+        "completed": sum(j.status == "ok" for j in run.jobs),
+        "retried": sum(j.attempts - 1 for j in run.jobs),
+        "failed": sum(j.status == "failed" for j in run.jobs),
+        "lost": planned - len(run.jobs),
+        "good_ok": sum(j.status == "ok" for j in by_dev["android:GOOD"]),
+        "errors": [(j.result.error.kind, j.result.error.message, j.result.error.detail or "", j.result.error.transient)
+                   for j in by_dev["android:FAULTY"] if j.result.error],
+        "faulty_ok": sum(j.status == "ok" for j in by_dev["android:FAULTY"]),
+        "status": run.status,
+    }
+
+
+def _fault_file(word: str):
+    def before(dev: FakeDevice, srv: FakeAdbServer) -> None:
+        path = dev.host_path(DEVICE_DIR + "/bin/" + FAULT_FILE_NAME)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(word + "\n")
+    return before
+
+
+def test_fault_matrix(tmp_path: Path, tiny_tflite: Path, standin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    holder: dict[str, FakeDevice] = {}
+
+    def offline_at(index: str, state: str):
+        def cond() -> bool:
+            return _has_pid(holder["dev"], index)
+
+        def act() -> None:
+            holder["dev"].state = state
+        return cond, act
+
+    def drop_mid_run():
+        # arm when FAULTY's first benchmark is running: the poll (a 0.5 s wait) is cut after 0.3 s;
+        # disarm as soon as the retry's first command (mkdir) reaches the server
+        armed: dict[str, int] = {}
+
+        def cond_arm() -> bool:
+            return _has_pid(holder["dev"], "000")
+
+        def arm() -> None:
+            armed["at"] = len(holder["srv"].requests)
+            holder["dev"].drop_shell_after_seconds = 0.3
+            _watch(lambda: any(s == "FAULTY" and "mkdir -p" in r for s, r in holder["srv"].requests[armed["at"]:]),
+                   lambda: setattr(holder["dev"], "drop_shell_after_seconds", None), threading.Event())
+        return cond_arm, arm
+
+    def keep(dev_factory=None, before=None, watch=()):
+        def setup_before(dev, srv):
+            holder["dev"], holder["srv"] = dev, srv
+            if before:
+                before(dev, srv)
+        return {"device": dev_factory, "before": setup_before, "watch": list(watch)}
+
+    scenarios = [
+        ("device offline mid-run (stays offline)", keep(watch=[offline_at("001", "offline")]), (), 1),
+        ("device unauthorized mid-run", keep(watch=[offline_at("001", "unauthorized")]), (), 1),
+        ("dropped mid-push (once)", keep(dev_factory=lambda root: DropPushes("FAULTY", root=root, drops=2)), (), 1),
+        ("dropped mid-push (every push)", keep(dev_factory=lambda root: DropPushes("FAULTY", root=root, drops=10**6)), (), 1),
+        ("dropped mid-run (once)", keep(watch=[drop_mid_run()]), ("--set", "options.extra.run_delay=0.15"), 1),
+        ("benchmark crash (SIGSEGV)", keep(before=_fault_file("crash")), (), 1),
+        ("garbage output", keep(before=_fault_file("garbage")), (), 1),
+        ("full disk", keep(before=lambda d, s: setattr(d, "disk_quota_bytes", 20_000)), (), 1),
+        ("benchmark hangs (job timeout 3 s)", keep(before=_fault_file("hang")),
+         ("--set", "measure.timeout_seconds=3"), 1),
+    ]
+    rows = []
+    for i, (name, setup, extra, retries) in enumerate(scenarios):
+        rows.append(_scenario(name, tmp_path / f"s{i}", tiny_tflite, standin, setup, extra, retries))
+    table = ["| fault | completed | retried | failed | lost | FAULTY's failure reason |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        reason = "; ".join(f"{k}: {m[:90]}" for k, m, _, _ in r["errors"][:1]) or "-"
+        table.append(f"| {r['fault']} | {r['completed']} | {r['retried']} | {r['failed']} | {r['lost']} | {reason} |")
+    print("\n" + "\n".join(table))
+
+    by = {r["fault"]: r for r in rows}
+    for r in rows:  # every fault: the other phone finished both jobs, nothing stored was lost, run completed
+        assert r["good_ok"] == 2 and r["lost"] == 0 and r["status"] == "completed", r
+        assert r["rc"] == (0 if r["failed"] == 0 else 1), r
+
+    def faulty(name: str) -> tuple[int, int, int, list]:
+        r = by[name]
+        return r["faulty_ok"], r["retried"], r["failed"], r["errors"]
+
+    ok, retried, failed, errs = faulty("device offline mid-run (stays offline)")
+    assert (ok, retried, failed) == (1, 1, 1)
+    assert errs[0][0] == "device" and "did not come back" in errs[0][1] and errs[0][3] is True
+    ok, retried, failed, errs = faulty("device unauthorized mid-run")
+    assert (ok, retried, failed) == (1, 0, 1) and "Allow USB debugging" in errs[0][1] and errs[0][3] is False
+    ok, retried, failed, errs = faulty("dropped mid-push (once)")
+    assert (ok, retried, failed) == (2, 1, 0)
+    ok, retried, failed, errs = faulty("dropped mid-push (every push)")
+    assert (ok, retried, failed) == (0, 2, 2) and all("pushing" in e[1] and e[3] for e in errs)
+    ok, retried, failed, errs = faulty("dropped mid-run (once)")
+    assert (ok, retried, failed) == (2, 1, 0)
+    ok, retried, failed, errs = faulty("benchmark crash (SIGSEGV)")
+    assert (ok, retried, failed) == (0, 0, 2)
+    assert errs[0][0] == "crash" and "SIGSEGV" in errs[0][1] and "Loaded model" in errs[0][2]
+    ok, retried, failed, errs = faulty("garbage output")
+    assert (ok, retried, failed) == (0, 0, 2) and errs[0][0] == "parse" and "random bytes" in errs[0][2]
+    ok, retried, failed, errs = faulty("full disk")
+    assert (ok, retried, failed) == (0, 0, 2) and errs[0][0] == "disk_full" and "full" in errs[0][1]
+    ok, retried, failed, errs = faulty("benchmark hangs (job timeout 3 s)")
+    assert (ok, retried, failed) == (0, 0, 2) and errs[0][0] == "timeout"

@@ -1,0 +1,305 @@
+"""harness.export on a small config of the SD 1.4 UNet architecture ("nano": one down/up level with
+cross attention, one without, no mid block; every block type, GroupNorm/GEGLU/attention/3x3 conv).
+
+Conversions are real (litert-torch, coremltools) and shared through one cache per test session;
+each takes seconds on an idle 2-core machine.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness.export import (
+    FORMATS, ExportError, ReferenceMismatchError, UnknownFormatError, cache, ensure_artifact, lookup_artifact,
+    plan_artifacts,
+)
+from harness.export.mapping import effective_flags, na_flags
+from harness.models.configs import MODELS, TINY_UNET, ModelConfig
+from harness.protocol import ModelRef
+from harness.variants import LADDER, Flags, ladder_flags
+
+NANO = ModelConfig(
+    "nano",
+    {**TINY_UNET, "block_out_channels": [32, 32], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "layers_per_block": 1, "sample_size": 8,
+     "mid_block_type": None},
+    text_tokens=8, description="test config: the SD 1.4 blocks at one level each",
+)
+# What the nano UNet holds (harness.models.patch.flag_coverage): 6 attention blocks (3 transformer
+# blocks x self + cross), 16 GroupNorms, 3 GEGLUs.
+ATTENTION, GROUPNORM, GELU = 6, 16, 3
+MODEL = ModelRef(name="nano", seed=0)
+
+
+@pytest.fixture(scope="module")
+def nano():
+    added = "nano" not in MODELS
+    MODELS.setdefault("nano", NANO)
+    yield NANO
+    if added:
+        MODELS.pop("nano", None)
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One artifact cache for the session's export tests (every module finds it at the same path)."""
+    path = tmp_path_factory.getbasetemp() / "export-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tflite_ladder(nano, shared_cache):
+    """The five ladder rows as .tflite artifacts (fp16 weights), with their read-back graphs."""
+    from harness.export.tflite import read_graph
+
+    out = {}
+    for name, flags in LADDER:
+        art = ensure_artifact(MODEL, flags, "tflite", cache_dir=shared_cache)
+        out[name] = (art, read_graph(art.path))
+    return out
+
+
+# ------------------------------------------------------------------------------------ mapping
+
+def test_flags_a_format_cannot_express_are_na_and_share_the_artifact():
+    flash, winograd = ladder_flags("+flash_attention"), ladder_flags("+winograd")
+    for fmt in FORMATS:
+        assert effective_flags(winograd, fmt) == effective_flags(flash, fmt)
+        assert na_flags(winograd, fmt) == ["conv3x3"]
+        assert na_flags(flash, fmt) == []
+        assert effective_flags(replace(winograd, winograd_tile=2), fmt) == effective_flags(flash, fmt)
+    with pytest.raises(UnknownFormatError, match="known formats: tflite, coreml"):
+        effective_flags(flash, "onnx")
+
+
+def test_unknown_format_is_an_error_listing_the_formats(nano, tmp_path):
+    with pytest.raises(UnknownFormatError, match="unknown artifact format 'onnx'; known formats: tflite, coreml"):
+        ensure_artifact(MODEL, ladder_flags("baseline"), "onnx", cache_dir=tmp_path)
+
+
+def test_key_hashes_config_weights_flags_format_dtype_and_versions(nano):
+    base = ladder_flags("baseline")
+    key, doc = cache.artifact_key(MODEL, NANO, base, "tflite", "fp16", {"litert-torch": "1"})
+    assert key == cache.artifact_key(MODEL, NANO, base, "tflite", "fp16", {"litert-torch": "1"})[0]
+    assert doc["flags"] == base.to_dict() and doc["weights"] == {"random_seed": 0}
+    others = [
+        cache.artifact_key(MODEL, NANO, ladder_flags("+opt_softmax"), "tflite", "fp16", {"litert-torch": "1"}),
+        cache.artifact_key(MODEL, NANO, base, "coreml", "fp16", {"litert-torch": "1"}),
+        cache.artifact_key(MODEL, NANO, base, "tflite", "fp32", {"litert-torch": "1"}),
+        cache.artifact_key(MODEL, NANO, base, "tflite", "fp16", {"litert-torch": "2"}),
+        cache.artifact_key(ModelRef(name="nano", seed=1), NANO, base, "tflite", "fp16", {"litert-torch": "1"}),
+        cache.artifact_key(MODEL, replace(NANO, text_tokens=9), base, "tflite", "fp16", {"litert-torch": "1"}),
+    ]
+    assert len({key, *(k for k, _ in others)}) == 1 + len(others)
+    # n/a flags do not change the key: +flash_attention and +winograd are one artifact.
+    assert (cache.artifact_key(MODEL, NANO, ladder_flags("+winograd"), "tflite", "fp16")[0]
+            == cache.artifact_key(MODEL, NANO, ladder_flags("+flash_attention"), "tflite", "fp16")[0])
+
+
+def test_weights_identity_follows_the_checkpoint_files(tmp_path):
+    unet = tmp_path / "ckpt" / "unet"
+    unet.mkdir(parents=True)
+    (unet / "config.json").write_text("{}")
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"x" * 10)
+    first = cache.weights_identity(str(tmp_path / "ckpt"), 0)
+    assert cache.weights_identity(str(tmp_path / "ckpt"), 5) == first  # the seed does not matter then
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"x" * 11)
+    assert cache.weights_identity(str(tmp_path / "ckpt"), 0) != first
+
+
+# ------------------------------------------------------------------------------------ .tflite graphs
+
+def _ops(graph) -> dict[str, int]:
+    return graph.op_histogram()
+
+
+def test_tflite_graph_changes_exactly_as_the_mapping_says(tflite_ladder):
+    (base, g0), (soft, g1), (sgn, g2), (flash, g3), (wino, g4) = (tflite_ladder[n] for n, _ in LADDER)
+    h0, h1, h2, h3 = _ops(g0), _ops(g1), _ops(g2), _ops(g3)
+    c0, c1, c2, c3 = (g.category_histogram() for g in (g0, g1, g2, g3))
+
+    # baseline: softmax as separate ops, GroupNorm and GELU decomposed, no composites.
+    assert h0.get("SOFTMAX", 0) == 0 and h0["REDUCE_MAX"] == ATTENTION and h0["EXP"] == ATTENTION
+    assert h0["SUM"] == ATTENTION and h0.get("GELU", 0) == 0 and g0.composites() == {}
+    assert {"MEAN", "RSQRT"} <= set(c0["groupnorm"]) and c0["groupnorm"]["RSQRT"] == GROUPNORM
+    assert c0["gelu"] and "GELU" not in c0["gelu"]
+
+    # + optimized softmax: one SOFTMAX per attention; GroupNorm, GELU and convolutions untouched.
+    assert h1["SOFTMAX"] == ATTENTION and h1.get("REDUCE_MAX", 0) == 0 and h1.get("EXP", 0) == 0
+    assert c1["groupnorm"] == c0["groupnorm"] and c1["gelu"] == c0["gelu"] and c1["conv3x3"] == c0["conv3x3"]
+
+    # + S-GN/GELU: the odml.group_norm composite per GroupNorm, the builtin GELU; attention untouched.
+    assert g2.composites() == {"odml.group_norm": GROUPNORM}
+    assert c2["groupnorm"] == {"composite odml.group_norm": GROUPNORM}
+    assert h2["GELU"] == GELU and c2["attention"] == c1["attention"]
+    assert set(g2.decompositions) == {"odml.group_norm"}
+
+    # + FlashAttention: the odml.scaled_dot_product_attention composite per attention block.
+    assert g3.composites() == {"odml.group_norm": GROUPNORM, "odml.scaled_dot_product_attention": ATTENTION}
+    assert h3.get("SOFTMAX", 0) == 0 and h3.get("BATCH_MATMUL", 0) == 0
+    assert c3["groupnorm"] == c2["groupnorm"] and c3["gelu"] == c2["gelu"]
+    assert "SOFTMAX" in g3.decompositions["odml.scaled_dot_product_attention"]
+
+    # + Winograd: n/a on .tflite, the same file as + FlashAttention, said so.
+    assert wino.path == flash.path and wino.key == flash.key and wino.sha256 == flash.sha256
+    assert wino.na_flags == ["conv3x3"] and flash.na_flags == []
+    assert c3["conv3x3"]["CONV_2D"] == c0["conv3x3"]["CONV_2D"] > 0
+
+    for art, graph in tflite_ladder.values():
+        ref = art.meta["reference"]
+        assert ref["passed"] and 0 < ref["rel_error"] < 5e-2  # fp16 weights: close, not exact
+        assert graph.weight_bytes_by_dtype["float16"] > 0.9 * graph.weight_bytes
+        assert art.meta["planned_tensor_bytes"] == graph.plan().total_bytes > 0
+
+
+def test_fp16_weights_are_half_the_parameters(tflite_ladder, nano):
+    from harness.models.unet import build_unet, count_parameters
+
+    params = count_parameters(build_unet(NANO))
+    graph = tflite_ladder["baseline"][1]
+    fp16, fp32 = graph.weight_bytes_by_dtype["float16"], graph.weight_bytes_by_dtype.get("float32", 0)
+    # Every parameter is stored once: fp16 for the matrices, fp32 for what the recipe leaves (norm scales).
+    assert abs((fp16 / 2 + fp32 / 4) - params) / params < 0.02
+
+
+# ------------------------------------------------------------------------------------ cache
+
+def test_cache_hit_builds_nothing_and_a_corrupt_entry_is_rebuilt(tflite_ladder, shared_cache, nano):
+    art = tflite_ladder["baseline"][0]
+    again = ensure_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache)
+    assert again.cached and again.path == art.path and again.sha256 == art.sha256
+    key, hit, _ = lookup_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache)
+    assert key == art.key and hit is not None
+
+    # A flipped byte keeps the size but not the hash; a truncated file loses both.
+    data = bytearray(art.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    art.path.write_bytes(bytes(data))
+    assert "does not hash" in lookup_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache)[2]
+    art.path.write_bytes(bytes(data[: len(data) // 3]))
+    _, hit, why = lookup_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache)
+    assert hit is None and "truncated" in why
+
+    rebuilt = ensure_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache)
+    assert not rebuilt.cached and "truncated" in rebuilt.meta["rebuilt_because"]
+    assert cache.sha256_path(rebuilt.path) == rebuilt.sha256 and rebuilt.path.stat().st_size == rebuilt.size_bytes
+    assert ensure_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache).cached
+
+
+def test_conversion_lock_makes_a_second_caller_wait(tmp_path):
+    waited, order = [], []
+    with cache.conversion_lock(tmp_path):
+        def other():
+            with cache.conversion_lock(tmp_path, on_wait=lambda: waited.append(True)):
+                order.append("other")
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first")
+    thread.join(5)
+    assert waited == [True] and order == ["first", "other"]
+
+
+def test_plan_shares_rows_identical_under_the_mapping(tflite_ladder, shared_cache, nano):
+    planned = plan_artifacts(MODEL, list(LADDER), ["tflite"], "fp16", shared_cache)
+    assert len(planned) == 4
+    shared = [p for p in planned if len(p.variants) > 1]
+    assert [[n for n, _ in p.variants] for p in shared] == [["+flash_attention", "+winograd"]]
+    assert shared[0].na() == {"+winograd": ["conv3x3"]}
+    assert all(p.cached is not None for p in planned)
+
+
+# ------------------------------------------------------------------------------------ the reference check
+
+def test_cached_artifact_is_judged_against_the_callers_tolerance(tflite_ladder, shared_cache, nano):
+    with pytest.raises(ReferenceMismatchError, match=r"variant '\+sgn_gelu' \(tflite\).*tolerance 1e-09"):
+        ensure_artifact(MODEL, ladder_flags("+sgn_gelu"), "tflite", cache_dir=shared_cache, rel_tolerance=1e-9)
+
+
+def test_failing_reference_check_is_not_cached_and_names_the_variant(nano, tmp_path):
+    with pytest.raises(ReferenceMismatchError) as info:
+        ensure_artifact(MODEL, ladder_flags("+opt_softmax"), "tflite", cache_dir=tmp_path, rel_tolerance=1e-9)
+    msg = str(info.value)
+    assert "'+opt_softmax'" in msg and "disagrees with the PyTorch reference" in msg and "1e-09" in msg
+    assert info.value.kind == "check"
+    left = [p for p in (tmp_path / "artifacts").iterdir() if p.name != ".lock"]
+    assert left == []  # neither an entry nor a half-built directory
+
+
+def test_converter_crash_fails_that_variant_and_the_others_go_on(tflite_ladder, shared_cache, nano, monkeypatch,
+                                                                 capsys):
+    """A conversion killed mid-way (here: by the export timeout) fails its variant with the reason;
+    the cached variants of the same suite are still reported and built ones stay usable."""
+    from harness.export.commands import export_suite
+    from harness.suite import Suite
+
+    monkeypatch.setenv("HARNESS_EXPORT_TIMEOUT", "1")
+    suite = Suite(name="t", model={"name": "nano"},
+                  variants=["baseline", {"name": "wino", "flags": {"conv3x3": "winograd"}},
+                            {"name": "flash-only", "flags": {"attention": "flash"}}])
+    assert export_suite(suite, ["tflite"], "fp16", shared_cache) == 1
+    err = capsys.readouterr().err
+    assert "FAILED flash-only (tflite)" in err and "export timeout" in err
+    assert "FAILED baseline" not in err and "baseline, wino (n/a: conv3x3)" in err
+    with pytest.raises(ExportError, match=r"variant 'x' \(tflite\): the converter process ran past") as info:
+        ensure_artifact(MODEL, Flags(attention="flash"), "tflite", cache_dir=shared_cache, variant="x")
+    assert info.value.kind == "crash"
+    assert ensure_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache).cached
+
+
+def test_second_export_builds_nothing_and_says_so(tflite_ladder, shared_cache, nano, capsys):
+    from harness.export.commands import export_suite
+    from harness.suite import Suite
+
+    suite = Suite(name="t", model={"name": "nano"}, variants="ladder")
+    assert export_suite(suite, ["tflite"], "fp16", shared_cache) == 0
+    err = capsys.readouterr().err
+    assert "nothing to build: all 4 artifact(s) for 5 variant(s) are in the cache" in err
+    assert "+flash_attention, +winograd (n/a: conv3x3)" in err
+
+
+# ------------------------------------------------------------------------------------ .mlpackage
+
+@pytest.fixture(scope="module")
+def coreml_pair(nano, shared_cache):
+    from harness.export.coreml import read_graph
+
+    out = {}
+    for name in ("baseline", "+flash_attention"):
+        art = ensure_artifact(MODEL, ladder_flags(name), "coreml", cache_dir=shared_cache)
+        out[name] = (art, read_graph(art.path))
+    return out
+
+
+def test_coreml_baseline_and_flash_differ_as_the_mapping_says(coreml_pair, shared_cache, nano):
+    (base, g0), (flash, g1) = coreml_pair["baseline"], coreml_pair["+flash_attention"]
+    h0, h1 = g0.op_histogram(), g1.op_histogram()
+    assert h0.get("scaled_dot_product_attention", 0) == 0 and h0["reduce_max"] == ATTENTION
+    assert h0["erf"] == GELU and h0.get("gelu", 0) == 0 and h0.get("softmax", 0) == 0
+    assert h1["scaled_dot_product_attention"] == ATTENTION and h1["gelu"] == GELU and h1.get("erf", 0) == 0
+    assert base.meta["removed_passes"] and not flash.meta["removed_passes"]
+    # GroupNorm is primitive ops either way (Core ML has no GroupNorm op), attributed to its category.
+    assert g0.category_histogram()["groupnorm"] and g1.category_histogram()["groupnorm"]
+    for art in (base, flash):
+        ref = art.meta["reference"]
+        assert ref["spec_ok"] and ref["passed"] and ref["torch_program_rel_error"] < 1e-4
+        assert art.path.suffix == ".mlpackage" and art.path.is_dir()
+    assert g1.weight_bytes_by_dtype["float16"] > 0.9 * g1.weight_bytes
+    wino = ensure_artifact(MODEL, ladder_flags("+winograd"), "coreml", cache_dir=shared_cache)
+    assert wino.cached and wino.path == flash.path and wino.na_flags == ["conv3x3"]
+
+
+@pytest.mark.slow
+def test_coreml_middle_rows(nano, shared_cache):
+    from harness.export.coreml import read_graph
+
+    soft = read_graph(ensure_artifact(MODEL, ladder_flags("+opt_softmax"), "coreml", cache_dir=shared_cache).path)
+    sgn = read_graph(ensure_artifact(MODEL, ladder_flags("+sgn_gelu"), "coreml", cache_dir=shared_cache).path)
+    assert soft.op_histogram()["softmax"] == ATTENTION and soft.op_histogram()["erf"] == GELU
+    assert sgn.op_histogram()["softmax"] == ATTENTION and sgn.op_histogram()["gelu"] == GELU
