@@ -124,7 +124,8 @@ def test_devices_lists_the_host():
 def test_interrupt_keeps_finished_jobs(tmp_path, sig):
     url = f"sqlite:///{tmp_path}/r.db"
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "suites/smoke.yaml", "--store", url,
-                             "--no-report", "--set", "iterations=1"], cwd=REPO, stdout=subprocess.PIPE,
+                             "--no-report", "--set", "iterations=1", "--set", "variants=[baseline, +opt_softmax]"],
+                            cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     store = None
     deadline = time.time() + 300
@@ -142,7 +143,14 @@ def test_interrupt_keeps_finished_jobs(tmp_path, sig):
     assert proc.returncode == 130, err[-2000:]
     run = store.load_run(store.resolve_run())
     assert run.status == "interrupted"
-    assert 1 <= len(run.jobs) < 5 and all(j.status == "ok" for j in run.jobs)
+    assert len(run.jobs) == 1 and run.jobs[0].status == "ok" and run.jobs[0].variant == "baseline"
     # The agent of the job in flight was stopped with the controller.
     agents = subprocess.run(["pgrep", "-f", f"device_agents/host/agent.py.*{run.id}"], capture_output=True)
     assert agents.stdout.strip() == b""
+    if sig == signal.SIGINT:
+        # --resume runs only the job without a stored result, into the same run.
+        resumed = harness("run", "--resume", run.id, "--store", url, "--no-report")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "1 of 2 jobs have no stored result" in resumed.stderr
+        run = store.load_run(run.id)
+        assert run.status == "completed" and [j.variant for j in run.jobs] == ["baseline", "+opt_softmax"]

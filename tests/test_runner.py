@@ -1,0 +1,19 @@
+"""Sharding is a deterministic partition of the devices."""
+import pytest
+
+from harness.runner import shard_devices
+
+
+def test_shards_partition_the_devices():
+    devices = [f"android:d{i}" for i in range(7)] + ["host"]
+    shards = [shard_devices(devices, f"{i}/3") for i in (1, 2, 3)]
+    assert sorted(sum(shards, [])) == sorted(devices)  # every device in exactly one shard
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1  # balanced
+    assert shard_devices(list(reversed(devices)), "2/3") == shards[1]  # independent of discovery order
+    assert shard_devices(devices, None) == devices
+
+
+@pytest.mark.parametrize("bad", ["0/3", "4/3", "x", "1/0", "1-3"])
+def test_bad_shard(bad):
+    with pytest.raises(ValueError, match="expected I/N"):
+        shard_devices(["host"], bad)
