@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a suite field, e.g. --set iterations=20 --set measure.warmup_runs=2")
     p.add_argument("--weights", metavar="DIR", help="local diffusers checkpoint for real weights (default random)")
+    p.add_argument("--prompt", metavar="TEXT", help="e2e workload: the prompt (same as --set workload_args.prompt=TEXT)")
     p.add_argument("--report", metavar="PATH", type=Path, help="HTML report path (default reports/RUN_ID.html)")
     p.add_argument("--no-report", action="store_true", help="do not print or write the report")
     p.add_argument("--retries", type=int, default=1, metavar="N", help="retries of a transient failure (default 1)")
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a suite field, as for `harness run`")
     p.add_argument("--weights", metavar="DIR", help="local diffusers checkpoint for real weights (default random)")
+    p.add_argument("--prompt", metavar="TEXT", help="e2e workload: the prompt (same as --set workload_args.prompt=TEXT)")
     p.add_argument("--cache", metavar="DIR", type=Path, help="artifact cache (default $HARNESS_CACHE or ~/.cache/harness)")
     p.set_defaults(func=cmd_export)
 
@@ -232,6 +234,8 @@ def cmd_run(args) -> int:
             raise InputError(f"--weights {args.weights!r}: no such directory; give a local diffusers checkpoint "
                              "(the folder with unet/config.json) or leave --weights out for random weights")
         overrides.append(f"model.weights={Path(args.weights).expanduser().resolve()}")
+    if args.prompt is not None:
+        overrides.append(f"workload_args.prompt={json.dumps(args.prompt)}")  # JSON is YAML: quotes kept
     store = _store(args)
     skip_keys: set[str] = set()
     if args.resume:
@@ -321,6 +325,8 @@ def cmd_export(args) -> int:
         if not Path(args.weights).expanduser().is_dir():
             raise InputError(f"--weights {args.weights!r}: no such directory; give a local diffusers checkpoint")
         overrides.append(f"model.weights={Path(args.weights).expanduser().resolve()}")
+    if args.prompt is not None:
+        overrides.append(f"workload_args.prompt={json.dumps(args.prompt)}")  # JSON is YAML: quotes kept
     try:
         suite = load_suite(args.suite, overrides)
         formats = formats_from_arg(args.format, suite.options.runtime)

@@ -257,7 +257,12 @@ def test_smoke_suite_on_two_fake_phones_then_nothing_to_push(tmp_path: Path, tin
         run = store.load_run(run_meta["id"])
         assert len(run.jobs) == 10 and all(j.status == "ok" for j in run.jobs)
         assert {j.device_id for j in run.jobs} == {"android:PHONE1", "android:PHONE2"}
-    run = store.load_run(runs[0]["id"] if runs[0]["started_at"] > runs[1]["started_at"] else runs[1]["id"])
+    earlier, run = (store.load_run(r["id"]) for r in sorted(runs, key=lambda r: r["started_at"]))
+    for older, newer in zip([j for j in earlier.jobs if j.variant == "baseline"],
+                            [j for j in run.jobs if j.variant == "baseline"]):
+        # prepare() pushed everything before the first job of each phone; the job reports it
+        assert older.result.extra["prepare_push"]["bytes_pushed"] == expected
+        assert newer.result.extra["prepare_push"] == {"bytes_pushed": 0, "files_pushed": [], "files_skipped": 3}
     kb = devices[0].meminfo_kb
     for job in run.jobs:
         res = job.result
@@ -282,13 +287,14 @@ def test_smoke_suite_on_two_fake_phones_then_nothing_to_push(tmp_path: Path, tin
 
 @pytest.mark.slow
 def test_smoke_suite_with_exported_artifacts(tmp_path: Path, standin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same run with the variants exported by harness.export (4 tiny-UNet conversions: minutes)."""
+    """The same run with the variants exported by harness.export (4 tiny-UNet conversions: minutes; with
+    $HARNESS_CACHE set, that cache is used and may already hold them)."""
     devices = [FakeDevice("PHONE1", root=tmp_path / "p1"), FakeDevice("PHONE2", root=tmp_path / "p2")]
     store_url = f"sqlite:///{tmp_path}/x.db"
     monkeypatch.chdir(tmp_path)
     with FakeAdbServer(devices) as srv:
-        args = _run_args(srv.port, standin, store_url, _farm(tmp_path / "farm.yaml"), "--cache", str(tmp_path / "cache"),
-                         "--no-report")
+        cache = [] if os.environ.get("HARNESS_CACHE") else ["--cache", str(tmp_path / "cache")]
+        args = _run_args(srv.port, standin, store_url, _farm(tmp_path / "farm.yaml"), *cache, "--no-report")
         assert main(args) == 0
         first = [d.bytes_pushed for d in devices]
         assert main(args) == 0

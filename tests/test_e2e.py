@@ -61,6 +61,7 @@ def test_sd14_parameter_counts_from_configs():
     with torch.device("meta"):
         text = build_text_encoder("sd14")
         decoder = build_vae_decoder("sd14")
+    assert isinstance(decoder, VAEDecoder)
     assert count_parameters(text) == SD14_TEXT_ENCODER_PARAMS == 123_060_480
     # 49,490,199 = the decoder (49,490,179) + post_quant_conv (a 4->4 1x1 conv: 16 weights + 4 biases);
     # the encoder and quant_conv of the AutoencoderKL are not kept.

@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without install
 
@@ -88,6 +88,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001
         print(f"cannot read the job spec {job_path}: {exc}", file=sys.stderr)
         return 2
+    os.environ["HARNESS_JOB_DIR"] = str(Path(result_path).resolve().parent)  # where files beside the result go
     write_json_atomic(result_path, run(spec))
     return 0
 

@@ -647,6 +647,7 @@ class AndroidDevice(Device):
         self._stale_possible = True  # an earlier run or attempt may have left a job running on the device
         self._current_out: str | None = None
         self.prepare_note: str | None = None
+        self.prepare_push: dict[str, Any] | None = None  # what prepare() pushed, reported with the next job
 
     # ---- adb plumbing
 
@@ -857,7 +858,7 @@ class AndroidDevice(Device):
             except _JobFailure:
                 continue
         try:
-            self._sync_files(self._files_for(arts), None)
+            self.prepare_push = self._sync_files(self._files_for(arts), None)
             self._probe_flags()
         except (_JobFailure, DeviceError) as exc:
             self.prepare_note = f"prepare: {exc}"
@@ -945,6 +946,8 @@ class AndroidDevice(Device):
             extra["ignored_options"] = ignored
         if self.prepare_note:
             extra["prepare_note"], self.prepare_note = self.prepare_note, None  # said once, on the next job
+        if self.prepare_push:
+            extra["prepare_push"], self.prepare_push = self.prepare_push, None
         if (workdir / "device" / RESULT_PROTO).is_file():
             extra["result_proto"] = str(workdir / "device" / RESULT_PROTO)
         fail_kw = dict(started_at=started, ended_at=ended, device_state_before=before, device_state_after=after,

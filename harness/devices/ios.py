@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import hashlib
 import importlib
-import io
 import json
 import os
 import plistlib
@@ -53,7 +52,7 @@ import traceback
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 from harness.devices.base import (
     Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceKind,
@@ -277,12 +276,13 @@ def file_sha256(path: Path) -> str:
 
 
 def tree_sha256(path: Path) -> str:
-    """The hash of a file, or of a directory tree (relative paths and file hashes, sorted)."""
+    """The hash of a file, or of a directory tree: SHA-256 over one "relative/path\\0<file sha256>\\n"
+    line per file, sorted by path (the agent app computes the same: JobRunner.swift treeSHA256)."""
     if path.is_file():
         return file_sha256(path)
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(f"{p.relative_to(path).as_posix()}\0{file_sha256(p)}\n".encode())
+    for rel, p in sorted((q.relative_to(path).as_posix(), q) for q in path.rglob("*") if q.is_file()):
+        h.update(f"{rel}\0{file_sha256(p)}\n".encode())
     return h.hexdigest()
 
 

@@ -90,7 +90,8 @@ def export_suite(suite: Any, formats: list[str], dtype: str, cache_dir: Path | N
     console = _console()
     shared = [p for p in planned if len(p.variants) > 1]
     for p in shared:
-        console.print(f"{p.fmt}: rows {_rows_text(p)} are the same artifact under the mapping; built once", soft_wrap=True, markup=False, highlight=False)
+        console.print(f"{p.fmt}: rows {_rows_text(p)} are the same artifact under the mapping; built once",
+                      soft_wrap=True, markup=False, highlight=False)
     results: dict[int, Artifact | ExportError] = {}
     if not todo:
         console.print(f"nothing to build: all {len(planned)} artifact(s) for {len(variants)} variant(s) are in the "

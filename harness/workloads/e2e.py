@@ -30,7 +30,6 @@ What the JobResult holds:
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,15 +43,11 @@ ARGS = ("steps", "scheduler", "guidance_scale", "prompt", "seed", "height", "wid
 
 
 def job_output_dir(spec: JobSpec) -> Path:
-    """The directory the image goes to: workload_args.output_dir; else $HARNESS_JOB_DIR; else, in the
-    host agent (`agent.py JOB_JSON RESULT_JSON`), the directory of its result file (the job's workdir,
-    results/runs/RUN/NNN-variant/); else the cache (HARNESS_CACHE/e2e/JOB_ID)."""
+    """The directory the image goes to: workload_args.output_dir; else $HARNESS_JOB_DIR (the host
+    agent sets it to the job's workdir, results/runs/RUN/NNN-variant/); else the cache."""
     explicit = spec.workload_args.get("output_dir") or os.environ.get("HARNESS_JOB_DIR")
     if explicit:
         return Path(explicit).expanduser().resolve()
-    argv = sys.argv
-    if len(argv) == 3 and Path(argv[0]).name == "agent.py" and argv[2].endswith(".json"):
-        return Path(argv[2]).expanduser().resolve().parent
     return cache_dir() / "e2e" / spec.job_id
 
 
