@@ -292,7 +292,12 @@ def cmd_run(args) -> int:
               file=sys.stderr)
     from harness.export.commands import prepare_run_artifacts
 
-    prepare_run_artifacts(plan, ctx.cache_dir)  # host runtimes that run an artifact (litert-cpu): via the cache
+    try:
+        prepare_run_artifacts(plan, ctx.cache_dir)  # host runtimes that run an artifact (litert-cpu): via the cache
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted")
+        print(f"\ninterrupted while exporting artifacts; run {run_id} is marked interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     progress = RichProgress()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # CI cancels with SIGTERM: same as Ctrl-C
     try:

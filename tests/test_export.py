@@ -53,13 +53,13 @@ def shared_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tflite_ladder(nano, shared_cache):
-    """The five ladder rows as .tflite artifacts (fp16 weights), with their read-back graphs."""
+def tflite_pair(nano, shared_cache):
+    """The baseline and the all-optimizations rows as .tflite artifacts (fp16 weights), read back."""
     from harness.export.tflite import read_graph
 
     out = {}
-    for name, flags in LADDER:
-        art = ensure_artifact(MODEL, flags, "tflite", cache_dir=shared_cache)
+    for name in ("baseline", "+flash_attention"):
+        art = ensure_artifact(MODEL, ladder_flags(name), "tflite", cache_dir=shared_cache)
         out[name] = (art, read_graph(art.path))
     return out
 
@@ -118,50 +118,66 @@ def _ops(graph) -> dict[str, int]:
     return graph.op_histogram()
 
 
-def test_tflite_graph_changes_exactly_as_the_mapping_says(tflite_ladder):
-    (base, g0), (soft, g1), (sgn, g2), (flash, g3), (wino, g4) = (tflite_ladder[n] for n, _ in LADDER)
-    h0, h1, h2, h3 = _ops(g0), _ops(g1), _ops(g2), _ops(g3)
-    c0, c1, c2, c3 = (g.category_histogram() for g in (g0, g1, g2, g3))
-
-    # baseline: softmax as separate ops, GroupNorm and GELU decomposed, no composites.
+def _check_baseline(g0) -> None:
+    h0, c0 = g0.op_histogram(), g0.category_histogram()
+    # Softmax as separate ops, GroupNorm and GELU decomposed, no composites.
     assert h0.get("SOFTMAX", 0) == 0 and h0["REDUCE_MAX"] == ATTENTION and h0["EXP"] == ATTENTION
     assert h0["SUM"] == ATTENTION and h0.get("GELU", 0) == 0 and g0.composites() == {}
     assert {"MEAN", "RSQRT"} <= set(c0["groupnorm"]) and c0["groupnorm"]["RSQRT"] == GROUPNORM
     assert c0["gelu"] and "GELU" not in c0["gelu"]
 
-    # + optimized softmax: one SOFTMAX per attention; GroupNorm, GELU and convolutions untouched.
-    assert h1["SOFTMAX"] == ATTENTION and h1.get("REDUCE_MAX", 0) == 0 and h1.get("EXP", 0) == 0
-    assert c1["groupnorm"] == c0["groupnorm"] and c1["gelu"] == c0["gelu"] and c1["conv3x3"] == c0["conv3x3"]
 
-    # + S-GN/GELU: the odml.group_norm composite per GroupNorm, the builtin GELU; attention untouched.
-    assert g2.composites() == {"odml.group_norm": GROUPNORM}
-    assert c2["groupnorm"] == {"composite odml.group_norm": GROUPNORM}
-    assert h2["GELU"] == GELU and c2["attention"] == c1["attention"]
-    assert set(g2.decompositions) == {"odml.group_norm"}
-
-    # + FlashAttention: the odml.scaled_dot_product_attention composite per attention block.
+def _check_flash(g3) -> None:
+    h3, c3 = g3.op_histogram(), g3.category_histogram()
     assert g3.composites() == {"odml.group_norm": GROUPNORM, "odml.scaled_dot_product_attention": ATTENTION}
-    assert h3.get("SOFTMAX", 0) == 0 and h3.get("BATCH_MATMUL", 0) == 0
-    assert c3["groupnorm"] == c2["groupnorm"] and c3["gelu"] == c2["gelu"]
+    assert c3["groupnorm"] == {"composite odml.group_norm": GROUPNORM}
+    assert h3["GELU"] == GELU and h3.get("SOFTMAX", 0) == 0 and h3.get("BATCH_MATMUL", 0) == 0
+    assert h3.get("REDUCE_MAX", 0) == 0
     assert "SOFTMAX" in g3.decompositions["odml.scaled_dot_product_attention"]
+    assert "MEAN" in g3.decompositions["odml.group_norm"]
 
+
+def test_tflite_baseline_and_all_optimizations_differ_as_the_mapping_says(tflite_pair, shared_cache, nano):
+    (base, g0), (flash, g3) = tflite_pair["baseline"], tflite_pair["+flash_attention"]
+    _check_baseline(g0)
+    _check_flash(g3)
+    # The 3x3 convolutions are the same CONV_2D ops in both (Winograd is the delegate's choice).
+    assert g3.category_histogram()["conv3x3"]["CONV_2D"] == g0.category_histogram()["conv3x3"]["CONV_2D"] > 0
     # + Winograd: n/a on .tflite, the same file as + FlashAttention, said so.
-    assert wino.path == flash.path and wino.key == flash.key and wino.sha256 == flash.sha256
+    wino = ensure_artifact(MODEL, ladder_flags("+winograd"), "tflite", cache_dir=shared_cache)
+    assert wino.cached and wino.path == flash.path and wino.key == flash.key and wino.sha256 == flash.sha256
     assert wino.na_flags == ["conv3x3"] and flash.na_flags == []
-    assert c3["conv3x3"]["CONV_2D"] == c0["conv3x3"]["CONV_2D"] > 0
-
-    for art, graph in tflite_ladder.values():
+    for art, graph in tflite_pair.values():
         ref = art.meta["reference"]
         assert ref["passed"] and 0 < ref["rel_error"] < 5e-2  # fp16 weights: close, not exact
         assert graph.weight_bytes_by_dtype["float16"] > 0.9 * graph.weight_bytes
         assert art.meta["planned_tensor_bytes"] == graph.plan().total_bytes > 0
+    # Fusing GroupNorm and attention into single ops leaves fewer activations to plan.
+    assert g3.plan().total_bytes < g0.plan().total_bytes
 
 
-def test_fp16_weights_are_half_the_parameters(tflite_ladder, nano):
+@pytest.mark.slow
+def test_tflite_each_ladder_row_changes_only_its_ops(tflite_pair, shared_cache, nano):
+    """Row by row: + optimized softmax touches only the softmax, + S-GN/GELU only GroupNorm/GELU."""
+    from harness.export.tflite import read_graph
+
+    g0, g3 = tflite_pair["baseline"][1], tflite_pair["+flash_attention"][1]
+    g1 = read_graph(ensure_artifact(MODEL, ladder_flags("+opt_softmax"), "tflite", cache_dir=shared_cache).path)
+    g2 = read_graph(ensure_artifact(MODEL, ladder_flags("+sgn_gelu"), "tflite", cache_dir=shared_cache).path)
+    h1, h2 = g1.op_histogram(), g2.op_histogram()
+    c0, c1, c2, c3 = (g.category_histogram() for g in (g0, g1, g2, g3))
+    assert h1["SOFTMAX"] == ATTENTION and h1.get("REDUCE_MAX", 0) == 0 and h1.get("EXP", 0) == 0
+    assert c1["groupnorm"] == c0["groupnorm"] and c1["gelu"] == c0["gelu"] and c1["conv3x3"] == c0["conv3x3"]
+    assert g2.composites() == {"odml.group_norm": GROUPNORM} and h2["GELU"] == GELU
+    assert c2["attention"] == c1["attention"] and h2["SOFTMAX"] == ATTENTION
+    assert c3["groupnorm"] == c2["groupnorm"] and c3["gelu"] == c2["gelu"]
+
+
+def test_fp16_weights_are_half_the_parameters(tflite_pair, nano):
     from harness.models.unet import build_unet, count_parameters
 
     params = count_parameters(build_unet(NANO))
-    graph = tflite_ladder["baseline"][1]
+    graph = tflite_pair["baseline"][1]
     fp16, fp32 = graph.weight_bytes_by_dtype["float16"], graph.weight_bytes_by_dtype.get("float32", 0)
     # Every parameter is stored once: fp16 for the matrices, fp32 for what the recipe leaves (norm scales).
     assert abs((fp16 / 2 + fp32 / 4) - params) / params < 0.02
@@ -169,22 +185,38 @@ def test_fp16_weights_are_half_the_parameters(tflite_ladder, nano):
 
 # ------------------------------------------------------------------------------------ cache
 
-def test_cache_hit_builds_nothing_and_a_corrupt_entry_is_rebuilt(tflite_ladder, shared_cache, nano):
-    art = tflite_ladder["baseline"][0]
+def test_cache_hit_builds_nothing_and_corruption_is_detected(tflite_pair, shared_cache, nano, tmp_path):
+    art = tflite_pair["baseline"][0]
     again = ensure_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache)
     assert again.cached and again.path == art.path and again.sha256 == art.sha256
+    assert again.meta["created_at"] == art.meta["created_at"]  # the same entry, nothing rewritten
     key, hit, _ = lookup_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache)
     assert key == art.key and hit is not None
+    assert lookup_artifact(MODEL, ladder_flags("+opt_softmax"), "tflite", cache_dir=tmp_path)[1] is None  # miss
 
-    # A flipped byte keeps the size but not the hash; a truncated file loses both.
-    data = bytearray(art.path.read_bytes())
+    # A copy of the entry in another cache: a flipped byte keeps the size but not the hash, a
+    # truncated file loses both, a missing meta.json is not an entry.
+    import shutil
+
+    copy = cache.entry(tmp_path, art.key)
+    shutil.copytree(art.path.parent, copy.dir)
+    meta, why = copy.verify()
+    assert meta is not None and why == ""
+    path = copy.dir / art.path.name
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    art.path.write_bytes(bytes(data))
-    assert "does not hash" in lookup_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache)[2]
-    art.path.write_bytes(bytes(data[: len(data) // 3]))
-    _, hit, why = lookup_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache)
-    assert hit is None and "truncated" in why
+    path.write_bytes(bytes(data))
+    assert "does not hash" in lookup_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=tmp_path)[2]
+    path.write_bytes(bytes(data[: len(data) // 3]))
+    assert "truncated" in lookup_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=tmp_path)[2]
+    (copy.dir / "meta.json").unlink()
+    assert "meta.json" in copy.verify()[1]
 
+
+@pytest.mark.slow
+def test_a_corrupt_entry_is_rebuilt(tflite_pair, shared_cache, nano):
+    art = tflite_pair["baseline"][0]
+    art.path.write_bytes(art.path.read_bytes()[: art.size_bytes // 3])
     rebuilt = ensure_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache)
     assert not rebuilt.cached and "truncated" in rebuilt.meta["rebuilt_because"]
     assert cache.sha256_path(rebuilt.path) == rebuilt.sha256 and rebuilt.path.stat().st_size == rebuilt.size_bytes
@@ -206,22 +238,26 @@ def test_conversion_lock_makes_a_second_caller_wait(tmp_path):
     assert waited == [True] and order == ["first", "other"]
 
 
-def test_plan_shares_rows_identical_under_the_mapping(tflite_ladder, shared_cache, nano):
-    planned = plan_artifacts(MODEL, list(LADDER), ["tflite"], "fp16", shared_cache)
-    assert len(planned) == 4
-    shared = [p for p in planned if len(p.variants) > 1]
-    assert [[n for n, _ in p.variants] for p in shared] == [["+flash_attention", "+winograd"]]
-    assert shared[0].na() == {"+winograd": ["conv3x3"]}
-    assert all(p.cached is not None for p in planned)
+def test_plan_shares_rows_identical_under_the_mapping(tflite_pair, shared_cache, nano):
+    planned = plan_artifacts(MODEL, list(LADDER), ["tflite", "coreml"], "fp16", shared_cache)
+    assert [p.fmt for p in planned] == ["tflite"] * 4 + ["coreml"] * 4
+    for fmt in ("tflite", "coreml"):
+        shared = [p for p in planned if p.fmt == fmt and len(p.variants) > 1]
+        assert [[n for n, _ in p.variants] for p in shared] == [["+flash_attention", "+winograd"]]
+        assert shared[0].na() == {"+winograd": ["conv3x3"]}
+    cached = {p.label for p in planned if p.fmt == "tflite" and p.cached is not None}
+    assert {"baseline", "+flash_attention"} <= cached
 
 
 # ------------------------------------------------------------------------------------ the reference check
 
-def test_cached_artifact_is_judged_against_the_callers_tolerance(tflite_ladder, shared_cache, nano):
-    with pytest.raises(ReferenceMismatchError, match=r"variant '\+sgn_gelu' \(tflite\).*tolerance 1e-09"):
-        ensure_artifact(MODEL, ladder_flags("+sgn_gelu"), "tflite", cache_dir=shared_cache, rel_tolerance=1e-9)
+def test_cached_artifact_is_judged_against_the_callers_tolerance(tflite_pair, shared_cache, nano):
+    with pytest.raises(ReferenceMismatchError, match=r"variant 'baseline' \(tflite\).*tolerance 1e-09") as info:
+        ensure_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache, rel_tolerance=1e-9)
+    assert info.value.kind == "check"
 
 
+@pytest.mark.slow
 def test_failing_reference_check_is_not_cached_and_names_the_variant(nano, tmp_path):
     with pytest.raises(ReferenceMismatchError) as info:
         ensure_artifact(MODEL, ladder_flags("+opt_softmax"), "tflite", cache_dir=tmp_path, rel_tolerance=1e-9)
@@ -232,7 +268,7 @@ def test_failing_reference_check_is_not_cached_and_names_the_variant(nano, tmp_p
     assert left == []  # neither an entry nor a half-built directory
 
 
-def test_converter_crash_fails_that_variant_and_the_others_go_on(tflite_ladder, shared_cache, nano, monkeypatch,
+def test_converter_crash_fails_that_variant_and_the_others_go_on(tflite_pair, shared_cache, nano, monkeypatch,
                                                                  capsys):
     """A conversion killed mid-way (here: by the export timeout) fails its variant with the reason;
     the cached variants of the same suite are still reported and built ones stay usable."""
@@ -253,14 +289,14 @@ def test_converter_crash_fails_that_variant_and_the_others_go_on(tflite_ladder, 
     assert ensure_artifact(MODEL, ladder_flags("baseline"), "tflite", cache_dir=shared_cache).cached
 
 
-def test_second_export_builds_nothing_and_says_so(tflite_ladder, shared_cache, nano, capsys):
+def test_second_export_builds_nothing_and_says_so(tflite_pair, shared_cache, nano, capsys):
     from harness.export.commands import export_suite
     from harness.suite import Suite
 
-    suite = Suite(name="t", model={"name": "nano"}, variants="ladder")
+    suite = Suite(name="t", model={"name": "nano"}, variants=["baseline", "+flash_attention", "+winograd"])
     assert export_suite(suite, ["tflite"], "fp16", shared_cache) == 0
     err = capsys.readouterr().err
-    assert "nothing to build: all 4 artifact(s) for 5 variant(s) are in the cache" in err
+    assert "nothing to build: all 2 artifact(s) for 3 variant(s) are in the cache" in err
     assert "+flash_attention, +winograd (n/a: conv3x3)" in err
 
 

@@ -17,3 +17,15 @@ def test_shards_partition_the_devices():
 def test_bad_shard(bad):
     with pytest.raises(ValueError, match="expected I/N"):
         shard_devices(["host"], bad)
+
+
+def test_farm_aliases_and_pools():
+    from harness.devices.base import UnknownDeviceError, expand_device_ids
+
+    farm = {"aliases": {"s23": "android:R5CT", "iphone": "ios:0001"},
+            "pools": {"flagship": ["s23", "iphone", "android:X"]}}
+    assert expand_device_ids(["pool:flagship", "s23", "host"], farm) == ["android:R5CT", "ios:0001", "android:X",
+                                                                         "host"]
+    with pytest.raises(UnknownDeviceError, match="unknown device pool 'mid'; pools in the farm file: flagship"):
+        expand_device_ids(["pool:mid"], farm)
+    assert expand_device_ids(["host"], None) == ["host"]

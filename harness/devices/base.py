@@ -134,10 +134,33 @@ def discover_all(ctx: DeviceContext, kinds: list[str] | None = None) -> list[Dev
     return infos
 
 
+def expand_device_ids(ids: list[str], farm: dict[str, Any] | None) -> list[str]:
+    """Apply farm.yaml's `aliases: {NAME: ID}` and `pools: {NAME: [ID or alias, ...]}`:
+    `--device pool:flagship` names every device of the pool, `--device pixel8` its alias's id."""
+    farm = farm or {}
+    aliases = farm.get("aliases") or {}
+    pools = farm.get("pools") or {}
+    if not isinstance(aliases, dict) or not isinstance(pools, dict):
+        raise UnknownDeviceError("farm.yaml: aliases and pools must be mappings (aliases: {pixel8: android:SERIAL}, "
+                                 "pools: {flagship: [pixel8, ios:UDID]})")
+    out: list[str] = []
+    for dev_id in ids:
+        if dev_id.startswith("pool:"):
+            name = dev_id[5:]
+            if name not in pools:
+                known = ", ".join(pools) or "none (add `pools:` to farm.yaml)"
+                raise UnknownDeviceError(f"unknown device pool {name!r}; pools in the farm file: {known}")
+            members = pools[name] or []
+            out.extend(str(aliases.get(m, m)) for m in members)
+        else:
+            out.append(str(aliases.get(dev_id, dev_id)))
+    return list(dict.fromkeys(out))
+
+
 def resolve_devices(ids: list[str], ctx: DeviceContext) -> list[DeviceInfo]:
     """Device ids from a suite or the command line -> the devices they name, checked to exist."""
     out: list[DeviceInfo] = []
-    for dev_id in ids:
+    for dev_id in expand_device_ids(ids, getattr(ctx, "farm", None)):
         kind_name, _, serial = dev_id.partition(":")
         kind = get_kind(kind_name)
         found = kind.discover(ctx)

@@ -806,10 +806,13 @@ class IOSDevice(Device):
             self.agent_report, self._agent_checked = agent, True
             async with self._container(sess.lockdown) as afc:
                 push = await self._push_models(afc, list(arts.values()), progress)
-                await self._op("removing an old job directory", afc.rm(job_dir, force=True))
+                # what an earlier, abandoned attempt left (a drop mid-job) goes first
+                await self._op("removing old job directories", afc.rm(JOBS_DIR, force=True))
                 await self._op(f"creating {job_dir}", afc.makedirs(job_dir))
-                await self._op("writing job.json", afc.set_file_contents(f"{job_dir}/job.json",
-                                                                         dspec.model_dump_json(indent=2).encode()))
+                text = dspec.model_dump_json(indent=2)
+                (workdir / "device").mkdir(exist_ok=True)
+                (workdir / "device" / "job.json").write_text(text)  # what the phone read, kept with the result
+                await self._op("writing job.json", afc.set_file_contents(f"{job_dir}/job.json", text.encode()))
                 outcome = await self._launch_and_wait(sess, afc, spec, job_dir, progress)
                 self._in_flight = False
                 if progress:
@@ -825,7 +828,7 @@ class IOSDevice(Device):
             extra["ignored_options"] = ignored
         if self.prepare_note:
             extra["prepare_note"] = self.prepare_note
-        fail_kw = dict(started_at=started, ended_at=ended, extra=extra)
+        fail_kw = dict(started_at=started, ended_at=ended, extra={"ios": extra})
         status_text = (files.get(STATUS) or b"").decode(errors="replace")
         if outcome["end"] == "timeout":
             return JobResult.failure(spec.job_id, "timeout", outcome["message"], detail=status_text or None, **fail_kw)

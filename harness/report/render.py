@@ -64,6 +64,10 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
     timings = sorted(set(df["timing_method"].dropna()))
     if timings:
         notes.append("Latency: median of the timed iterations (vs base: against the first row), timed with " + ", ".join(timings) + ".")
+    summarized = sorted(set(df["latency_source"].dropna()) - {"samples"}) if "latency_source" in df else []
+    if summarized:
+        notes.append("Latency on some devices is the runtime's own " + " / ".join(summarized) + " (benchmark_model "
+                     "prints count/avg/std, not each run); their IQR is n/a.")
     model = run.suite.get("model", {})
     if not model.get("weights"):
         notes.append("Weights: random (no --weights given); latency and memory do not depend on weight values.")

@@ -16,7 +16,7 @@ MB = 1024 * 1024  # the paper's MB (weights of 859.5M fp16 parameters: 1,639 MB)
 COLUMNS = [
     "device", "step", "variant", "label", "status", "latency_ms", "change_pct", "n", "iqr_ms", "cv",
     "tensor_mb_measured", "tensor_mb_planned", "weight_mb", "tensor_method", "timing_method",
-    "first_run_ms", "init_ms", "check_rel_error", "error", "runtime", "dtype", "accelerator",
+    "first_run_ms", "init_ms", "check_rel_error", "error", "runtime", "dtype", "accelerator", "latency_source",
 ]
 
 
@@ -33,7 +33,7 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
         row = {
             "device": job.device_id, "step": job.variant_index, "variant": job.variant,
             "label": LADDER_LABELS.get(job.variant, job.variant), "status": job.status,
-            "runtime": job.options.get("runtime"), "dtype": job.options.get("dtype"),
+            "runtime": res.extra.get("runtime", job.options.get("runtime")), "dtype": job.options.get("dtype"),
             "accelerator": res.extra.get("accelerator", job.options.get("accelerator")),
             "tensor_mb_measured": _mb(res.memory.tensor_bytes_measured),
             "tensor_mb_planned": _mb(res.memory.tensor_bytes_planned),
@@ -41,11 +41,19 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             "timing_method": res.timing_method, "first_run_ms": res.first_run_ms, "init_ms": res.init_ms,
             "check_rel_error": res.check.rel_error if res.check else None,
             "error": f"{res.error.kind}: {res.error.message}" if res.error else None,
-            "latency_ms": None, "n": 0, "iqr_ms": None, "cv": None,
+            "latency_ms": None, "n": 0, "iqr_ms": None, "cv": None, "latency_source": None,
         }
+        summary = res.extra.get("latency_summary_ms") or {}
         if res.samples_ms:
             s = summarize(res.samples_ms)
-            row.update(latency_ms=s.median, n=s.n, iqr_ms=s.iqr, cv=s.cv)
+            row.update(latency_ms=s.median, n=s.n, iqr_ms=s.iqr, cv=s.cv, latency_source="samples")
+        elif summary.get("n"):
+            # A runtime that reports only a summary (benchmark_model: count/avg/std, median where the
+            # build prints percentiles): its median, else its mean, flagged as such.
+            center = summary.get("median") if summary.get("median") is not None else summary.get("avg")
+            cv = summary["std"] / summary["avg"] if summary.get("std") is not None and summary.get("avg") else None
+            row.update(latency_ms=center, n=summary["n"], cv=cv,
+                       latency_source="device median" if summary.get("median") is not None else "device mean")
         rows.append(row)
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:

@@ -13,7 +13,7 @@ The world file (JSON, `write_world`) names each usbmuxd's devices and the fake r
      "usbmux": {"local": [DEVICE, ...], "10.0.0.5:27015": [...]},   # "local": the default usbmuxd
     }
     DEVICE = {"udid", "product_type", "version", "build", "name", "paired", "developer_mode",
-              "locked", "ddi", "connection_type", "faults": [{"kind": ..., "times": N}]}
+              "locked", "ddi", "connection_type", "faults": [{"kind": ..., "times": N, "skip": M}]}
 
 A device's state lives under ROOT/UDID: `installed.json` (the installed apps) and
 `containers/BUNDLE_ID/` (the app's container: Documents/, Library/Caches/), which house_arrest's
@@ -140,21 +140,27 @@ class FakeDevice:
     # faults
 
     def take_fault(self, kind: str) -> bool:
-        """True (and counted) when a `kind` fault is configured and has uses left."""
-        wanted = sum(int(f.get("times", 1)) for f in self.cfg.get("faults", []) if f.get("kind") == kind)
-        if not wanted:
+        """True (and counted) when a `kind` fault is configured and has uses left. A fault with
+        "skip": N lets its first N chances pass."""
+        specs = [f for f in self.cfg.get("faults", []) if f.get("kind") == kind]
+        if not specs:
             return False
+        wanted = sum(int(f.get("times", 1)) for f in specs)
+        skip = sum(int(f.get("skip", 0)) for f in specs)
         path = self.dir / "faults_used.json"
         used = json.loads(path.read_text()) if path.is_file() else {}
-        if used.get(kind, 0) >= wanted:
-            return False
-        used[kind] = used.get(kind, 0) + 1
-        path.write_text(json.dumps(used))
-        return True
+        seen = used.pop(f"{kind}#seen", 0) + 1
+        fire = seen > skip and used.get(kind, 0) < wanted
+        if fire:
+            used[kind] = used.get(kind, 0) + 1
+        path.write_text(json.dumps({**used, f"{kind}#seen": seen}))
+        return fire
 
     def faults_used(self) -> dict[str, int]:
+        """kind -> how often it fired."""
         path = self.dir / "faults_used.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        used = json.loads(path.read_text()) if path.is_file() else {}
+        return {k: v for k, v in used.items() if "#" not in k}
 
 
 class World:
@@ -588,9 +594,16 @@ class EmulatedApp:
 
     def start(self) -> None:
         self.fault = next((k for k in ("hang", "crash", "malformed") if self.dev.take_fault(k)), None)
+        self.interval = self.dev.world.heartbeat_s
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # the agent reads job.json first
+            self.interval = float(json.loads((self.job_dir / "job.json").read_text())["options"]["extra"]["heartbeat_s"])
         threading.Thread(target=self._main, name=f"fake-app-{self.pid}", daemon=True).start()
 
     def kill(self) -> None:
+        """SIGKILL: the app stops at once (recorded in ROOT/UDID/killed.log for the tests)."""
+        if self.alive:
+            with (self.dev.dir / "killed.log").open("a") as fh:
+                fh.write(f"{self.pid} {self.job_id}\n")
         self.killed.set()
         self._beat.set()
         self.alive = False
@@ -598,16 +611,18 @@ class EmulatedApp:
     def status(self, phase: str, done: int, total: int) -> None:
         self._status = {"phase": phase, "done": done, "total": total}
 
+    def _write_status(self) -> None:
+        self._seq += 1
+        doc = {**self._status, "seq": self._seq, "t": time.time(), "pid": self.pid}
+        with contextlib.suppress(OSError):
+            _write_atomic(self.job_dir / "status.json", json.dumps(doc).encode())
+
     def _heartbeat(self) -> None:
-        interval = self.dev.world.heartbeat_s
-        while not self._beat.is_set():
-            self._seq += 1
-            doc = {**self._status, "seq": self._seq, "t": time.time(), "pid": self.pid}
-            with contextlib.suppress(OSError):
-                _write_atomic(self.job_dir / "status.json", json.dumps(doc).encode())
-            self._beat.wait(interval)
+        while not self._beat.wait(self.interval):
+            self._write_status()
 
     def _main(self) -> None:
+        self._write_status()  # the first beat before any work, as Heartbeat.init does
         beat = threading.Thread(target=self._heartbeat, daemon=True)
         beat.start()
         try:
@@ -658,7 +673,8 @@ def _input_shapes(package: Path) -> list[dict[str, Any]]:
     rel = manifest["itemInfoEntries"][root]["path"]
     model = Model_pb2.Model()
     model.ParseFromString((package / "Data" / rel).read_bytes())
-    return [{"name": i.name, "shape": [int(d) for d in i.type.multiArrayType.shape]} for i in model.description.input]
+    inputs = [{"name": i.name, "shape": [int(d) for d in i.type.multiArrayType.shape]} for i in model.description.input]
+    return sorted(inputs, key=lambda i: i["name"])  # as the agent lists them (JobRunner.swift multiArrayInputs)
 
 
 def _phys_footprint() -> int:

@@ -76,10 +76,49 @@ def scheduler_reference() -> dict[str, Any]:
     return out
 
 
+TREE_FILES = {
+    "Manifest.json": '{"fileFormatVersion": "1.0.0"}',
+    "Data/com.apple.CoreML/model.mlmodel": "model spec bytes",
+    "Data/com.apple.CoreML/weights/weight.bin": "weight bytes",
+}
+
+
+def tree_hash() -> dict[str, Any]:
+    """A tiny package's files and the host's tree_sha256 of them (JobRunner.swift treeSHA256 must agree)."""
+    import tempfile
+
+    from harness.devices.ios import tree_sha256
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "x.mlpackage"
+        for rel, text in TREE_FILES.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        return {"files": TREE_FILES, "sha256": tree_sha256(root)}
+
+
+def apple_json(doc: Any) -> str:
+    """JSON as Foundation's JSONEncoder writes it with [.prettyPrinted, .sortedKeys,
+    .withoutEscapingSlashes]: two-space indents, `"key" : value`, a Double with no fraction as an
+    integer (411.0 -> 411), no newline at the end."""
+
+    def swiftly(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, dict):
+            return {k: swiftly(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [swiftly(v) for v in value]
+        return value
+
+    return json.dumps(swiftly(doc), indent=2, sort_keys=True, separators=(",", " : "), ensure_ascii=False)
+
+
 def render() -> dict[str, str]:
-    """file name -> text."""
+    """file name -> text (result.json is checked, not written: see the module docstring)."""
     files = {name: spec.model_dump_json(indent=2) + "\n" for name, spec in job_specs().items()}
     files["scheduler_reference.json"] = json.dumps(scheduler_reference(), indent=1) + "\n"
+    files["tree_hash.json"] = json.dumps(tree_hash(), indent=2) + "\n"
     return files
 
 

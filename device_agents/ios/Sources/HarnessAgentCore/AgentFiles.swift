@@ -74,8 +74,9 @@ public final class Heartbeat {
     public init(url: URL, interval: Double) {
         self.url = url
         timer = DispatchSource.makeTimerSource(queue: queue)
-        timer.schedule(deadline: .now(), repeating: max(0.05, interval))
+        timer.schedule(deadline: .now() + max(0.05, interval), repeating: max(0.05, interval))
         timer.setEventHandler { [weak self] in self?.beat() }
+        beat()  // the first beat before any work: status.json exists as soon as the job starts
         timer.resume()
     }
 

@@ -97,15 +97,16 @@ func fileSHA256(_ url: URL) throws -> String {
 }
 
 func regularFiles(under root: URL) throws -> [(relative: String, url: URL)] {
-    let base = root.standardizedFileURL.path
-    guard let walker = FileManager.default.enumerator(at: root, includingPropertiesForKeys: [.isRegularFileKey]) else {
+    let fm = FileManager.default
+    guard let subpaths = fm.subpaths(atPath: root.path) else {
         throw AgentFailure.input("cannot list \(root.path)")
     }
     var files: [(relative: String, url: URL)] = []
-    for case let url as URL in walker {
-        let values = try url.resourceValues(forKeys: [.isRegularFileKey])
-        if values.isRegularFile == true {
-            files.append((String(url.standardizedFileURL.path.dropFirst(base.count + 1)), url))
+    for relative in subpaths {
+        let url = root.appendingPathComponent(relative)
+        var isDirectory: ObjCBool = false
+        if fm.fileExists(atPath: url.path, isDirectory: &isDirectory), !isDirectory.boolValue {
+            files.append((relative, url))
         }
     }
     return files.sorted { $0.relative < $1.relative }
@@ -116,7 +117,8 @@ func regularFiles(under root: URL) throws -> [(relative: String, url: URL)] {
 public func treeSHA256(_ root: URL) throws -> String {
     var hasher = SHA256()
     for file in try regularFiles(under: root) {
-        hasher.update(data: Data("\(file.relative)\u{0}\(try fileSHA256(file.url))\n".utf8))
+        let digest = try fileSHA256(file.url)
+        hasher.update(data: Data("\(file.relative)\u{0}\(digest)\n".utf8))
     }
     return hasher.finalize().map { String(format: "%02x", $0) }.joined()
 }
