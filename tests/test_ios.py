@@ -322,11 +322,15 @@ def test_e2e_smoke_runs_the_native_loop_contract(tmp_path: Path, mlpackage: Path
     _, jobs = _jobs_by_variant(store_url)
     assert all(j.result.error.kind == "input" and "mlpackages" in j.result.error.message for j in jobs.values())
     components = [f"options.extra.mlpackages.{c}={mlpackage}" for c in ("text_encoder", "unet", "vae_decoder")]
+    base = [a for a in base if a != "--no-report"] + ["--report", str(tmp_path / "e2e.html")]
     assert main([*base, *[x for c in components for x in ("--set", c)]]) == 0
+    assert f"ios:{UDID}" in (tmp_path / "e2e.html").read_text()  # the e2e report renders the phone's rows
     run, jobs = _jobs_by_variant(store_url, Store(store_url).list_runs()[0]["id"])
     res = jobs["baseline"].result
     assert res.status == "ok" and res.components_ms["steps"] == 20
     assert len(res.components_ms["unet_ms"]) == 1 and len(res.components_ms["unet_ms"][0]) == 20
+    assert set(res.components_ms) >= {"text_encoder_ms", "scheduler_ms", "decoder_ms", "prepare_ms",
+                                      "postprocess_ms", "total_ms", "gap_ms", "unet_evals"}
     workdir = next((tmp_path / "results" / "runs" / run.id).glob("000-*"))
     pushed = parse_spec((workdir / "device" / "job.json").read_text())
     assert set(pushed.options.extra["models"]) == {"text_encoder", "unet", "vae_decoder"}
@@ -591,3 +595,26 @@ def test_real_coreml_export_pushed_and_run_by_the_host_agent_app(tmp_path: Path,
     unet = res.extra["ios"]["models"]["unet"]
     assert unet["source"] == "export"
     assert (_container(tmp_path) / unet["device_path"] / "Manifest.json").is_file()
+
+
+@pytest.mark.device
+def test_real_iphone_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a real iPhone: `HARNESS_IOS_AGENT=build/ios/HarnessAgent.ipa pytest -m device tests/test_ios.py`
+    (HARNESS_IOS_UDID picks one phone, else every ready one), on a host with usbmuxd (and tunneld for
+    iOS 17+). Exports the tiny UNet to Core ML, installs the agent, runs the smoke ladder on the GPU."""
+    ipa = os.environ.get("HARNESS_IOS_AGENT")
+    if not ipa:
+        pytest.skip("set HARNESS_IOS_AGENT to the agent IPA built on a Mac (make ios-agent)")
+    monkeypatch.delenv("HARNESS_IOS_SERVICES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    udid = os.environ.get("HARNESS_IOS_UDID")
+    store_url = f"sqlite:///{tmp_path}/real.db"
+    assert main(["run", str(SMOKE), "--device", f"ios:{udid}" if udid else "ios", "--ios-agent", ipa,
+                 "--store", store_url, "--set", "iterations=3", "--set", "dtype=fp16"]) == 0
+    _, jobs = _jobs_by_variant(store_url)
+    for job in jobs.values():
+        res = job.result
+        assert res.timing_method == "mach_absolute_time" and len(res.samples_ms) >= 3
+        assert res.memory.peak_rss_bytes and res.device_state_before["thermal_state"] in (
+            "nominal", "fair", "serious", "critical")
+        assert res.extra["compute_units"] == "cpuAndGPU"

@@ -472,7 +472,7 @@ final class JobRunner {
         result.warmup_ms = warmup
         result.samples_ms = samples
         result.first_run_ms = warmup.first ?? samples.first
-        result.init_ms = [textEncoder, unet, decoder].reduce(0) { $0 + $1.compileMs + $1.loadMs }
+        result.init_ms = [textEncoder, unet, decoder].reduce(0.0) { $0 + $1.compileMs + $1.loadMs }
         result.memory.weight_bytes = textEncoder.weightBytes + unet.weightBytes + decoder.weightBytes
         result.extra["scheduler"] = .string(schedulerName)
         result.extra["steps"] = .int(steps)

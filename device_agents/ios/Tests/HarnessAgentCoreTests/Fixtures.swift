@@ -1,4 +1,5 @@
 import Foundation
+@testable import HarnessAgentCore
 
 /// tests/data/ios/ of the harness checkout this package lies in.
 enum Fixtures {
@@ -14,8 +15,8 @@ enum Fixtures {
         try Data(contentsOf: dir.appendingPathComponent(name))
     }
 
-    /// A JSON document as Foundation objects, for comparisons that ignore whitespace and key order.
-    static func object(_ data: Data) throws -> NSObject {
-        try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) as! NSObject
+    /// A JSON document as a JSONValue tree, for comparisons that ignore whitespace and key order.
+    static func object(_ data: Data) throws -> JSONValue {
+        try JSONDecoder().decode(JSONValue.self, from: data)
     }
 }

@@ -67,9 +67,9 @@ final class ProtocolTests: XCTestCase {
     func testFailedResultCarriesTheErrorKind() throws {
         var r = JobResult(job_id: "j")
         r.fail(kind: "input", message: "no .mlpackage")
-        let doc = try Fixtures.object(ProtocolCoding.encoder().encode(r)) as! NSDictionary
-        XCTAssertEqual(doc["status"] as? String, "failed")
-        XCTAssertEqual((doc["error"] as? NSDictionary)?["kind"] as? String, "input")
+        let doc = try XCTUnwrap(Fixtures.object(ProtocolCoding.encoder().encode(r)).objectValue)
+        XCTAssertEqual(doc["status"], .string("failed"))
+        XCTAssertEqual(doc["error"]?.objectValue?["kind"], .string("input"))
         XCTAssertNil(doc["init_ms"], "nil optionals are left out; the host fills the defaults")
     }
 
