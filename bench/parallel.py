@@ -216,7 +216,7 @@ def controller_env() -> dict[str, str]:
 
 def measure(n: int, workdir: Path, standin: Path, tflite: Path, variants: list[str], run_delay_s: float,
             runs: int, warmup_runs: int, meminfo_interval_s: float, poll_s: float | None,
-            timeout_s: float) -> Point:
+            timeout_s: float, max_parallel: int | None = None) -> Point:
     """Run the smoke suite once on `n` fresh fake phones; account wall, CPU and the stored jobs."""
     workdir.mkdir(parents=True)
     store_url = f"sqlite:///{workdir}/x.db"
@@ -230,6 +230,8 @@ def measure(n: int, workdir: Path, standin: Path, tflite: Path, variants: list[s
                "--set", f"options.extra.run_delay={run_delay_s}",
                "--set", "variants=[" + ", ".join(variants) + "]",
                "--set", f"iterations={runs}", "--set", f"measure.warmup_runs={warmup_runs}"]
+        if max_parallel is not None:
+            cmd += ["--max-parallel", str(max_parallel)]
         load = os.getloadavg()[0]
         self0 = resource.getrusage(resource.RUSAGE_SELF)
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -357,7 +359,9 @@ def notes(rows: list[dict], settings: dict) -> list[str]:
          "stand-in sleeps it, standing for a phone's own GPU time). The fake phones' real work (the stand-in's "
          "Python start-up and invokes, run_job.sh, the dumpsys stand-in) runs on this host and shares its CPUs "
          "with the controller."),
-        (f"Farm: meminfo_interval_s={s['meminfo_interval_s']}, poll_s={poll}. Host: {cores} CPUs, shared with "
+        (f"Farm: meminfo_interval_s={s['meminfo_interval_s']}, poll_s={poll}"
+         + (f"; CLI --max-parallel {s['max_parallel']}" if s["max_parallel"] else "")
+         + f". Host: {cores} CPUs, shared with "
          "other work (load1 before each run; 'other procs' = CPU seconds of every other process on the machine "
          "during the run, from /proc/stat)."),
         (f"eff = (completed jobs/s at N) / (N/{first['devices']} x completed jobs/s at N={first['devices']}); "
@@ -390,12 +394,12 @@ def notes(rows: list[dict], settings: dict) -> list[str]:
                        - (first["busiest_phone_jobs_s"] - first["mean_phone_jobs_s"]))
         prep_part = last["prep_and_gaps_s"] - first["prep_and_gaps_s"]
         out.append(
-            f"Where N={last['devices']} loses against N={first['devices']}: the run span is {extra:+.2f} s longer = "
-            f"the phone-side part of a phone's {per_phone} jobs {phone_part:+.2f} s (the fake phones' host-side work, "
-            f"mostly the stand-in's Python start-up, slows as {last['devices']} fake phones share {cores} CPUs) "
-            f"{ctrl_part:+.2f} s the controller's handling of those jobs {spread_part:+.2f} s the slowest phone "
-            f"against the mean phone {prep_part:+.2f} s preparation (discovery, pushes, the stand-in's --help "
-            "probe) and the gaps between jobs.")
+            f"Where N={last['devices']} loses against N={first['devices']}: its run span is {extra:+.2f} s longer = "
+            f"{phone_part:+.2f} s phone side of a phone's {per_phone} jobs (the fake phones' host-side work, mostly "
+            f"the stand-in's Python start-up, slows as {last['devices']} fake phones share {cores} CPUs) "
+            f"{ctrl_part:+.2f} s controller handling of those jobs {spread_part:+.2f} s slowest phone against the "
+            f"mean phone {prep_part:+.2f} s preparation (discovery, pushes, the stand-in's --help probe) and gaps "
+            "between jobs.")
     wall = last["cli_wall_s"]
     mine = (last["controller_cpu_s"] + last["phones_cpu_s"] + last["adb_server_cpu_s"]) / wall
     verdict = "meets" if last["efficiency_run"] >= TARGET_EFFICIENCY else "misses"
@@ -423,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--meminfo-interval", type=float, default=1.0,
                     help="farm meminfo_interval_s: s between dumpsys samples on a phone (default 1.0)")
     ap.add_argument("--poll", type=float, default=None, help="farm poll_s (default: the harness default)")
+    ap.add_argument("--max-parallel", type=int, default=None,
+                    help="pass --max-parallel N to the CLI (default: one worker per device)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per device count; the median wall is shown")
     ap.add_argument("--tflite", type=Path, default=None, help="the .tflite to run (default: a tiny block, "
                     "converted once and cached under $HARNESS_CACHE or ~/.cache/harness/bench)")
@@ -447,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [name for name, _ in LADDER[: args.variants]]
     settings = {"variants": variants, "run_delay_s": args.run_delay, "runs": args.runs,
                 "warmup_runs": args.warmup_runs, "meminfo_interval_s": args.meminfo_interval, "poll_s": args.poll,
+                "max_parallel": args.max_parallel,
                 "host_cores": os.cpu_count() or 1, "subreaper": subreaper, "tflite": str(tflite),
                 "python": sys.version.split()[0]}
     if args.keep:
@@ -458,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeats):
             for n in counts:
                 p = measure(n, root / f"n{n}-r{rep}", standin, tflite, variants, args.run_delay, args.runs,
-                            args.warmup_runs, args.meminfo_interval, args.poll, args.timeout)
+                            args.warmup_runs, args.meminfo_interval, args.poll, args.timeout, args.max_parallel)
                 print(f"N={n} repeat {rep + 1}: {p.cli_wall_s:.2f} s, {p.jobs_ok} ok, {p.jobs_failed} failed, "
                       f"controller {p.controller_cpu_s:.2f} CPU s", file=sys.stderr, flush=True)
                 points.append(p)

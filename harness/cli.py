@@ -223,7 +223,6 @@ def cmd_devices(args) -> int:
 
 def cmd_run(args) -> int:
     from harness.devices.base import DeviceError, resolve_devices
-    from harness.report.render import render
     from harness.runner import execute, shard_devices
     from harness.store import new_run_id
     from harness.suite import Suite, SuiteError, expand, load_suite
@@ -309,6 +308,8 @@ def cmd_run(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not args.no_report:
+        from harness.report.render import render  # pandas/matplotlib: only when reporting
+
         run = store.load_run(run_id)
         render(run, "terminal")
         report = args.report or Path("reports") / f"{run_id}.html"
