@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         hit_s = time.perf_counter() - t1
         assert hit.cached, "the second call should have been a cache hit"
         ref = art.meta.get("reference", {})
-        err = ref.get("rel_error", ref.get("torch_program_rel_error"))
+        err = ref["rel_error"] if ref.get("rel_error") is not None else ref.get("torch_program_rel_error")
         table.append((name, planned.fmt, shares, "cached before" if art.cached else "built", f"{wall:.1f}",
                       f"{art.meta.get('convert_seconds', 0):.1f}", f"{art.meta.get('check_seconds', 0):.1f}",
                       f"{peak / 2**30:.1f}", f"{art.size_bytes / MB:.0f}",

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -27,11 +27,47 @@ class _Strict(BaseModel):
 
 
 class ModelRef(_Strict):
-    """Which network to build: a built-in config name and optional local weights."""
+    """Which network to build: exactly one of a built-in config `name`, a diffusers UNet `unet_config`
+    JSON file, or a Python `factory` ("package.module:function"; contract in harness.models.loaders);
+    plus optional local weights (built-in/config models) and the seed.
+
+    For a config or factory model, `name` is filled with a label ("config:<file stem>",
+    "factory:<module:function>") so every consumer that names the model still has a string.
+    """
 
     name: str = "sd14"
+    unet_config: str | None = None  # path of a diffusers UNet2DConditionModel config.json
+    factory: str | None = None  # "package.module:function" returning the module and its input shapes
     weights: str | None = None  # local diffusers checkpoint directory
     seed: int = 0  # seeds random weights and inputs
+
+    @property
+    def kind(self) -> str:
+        """builtin | unet_config | factory."""
+        return "unet_config" if self.unet_config else "factory" if self.factory else "builtin"
+
+    def derived_name(self) -> str:
+        if self.unet_config:
+            return f"config:{Path(self.unet_config).stem}"
+        if self.factory:
+            return f"factory:{self.factory}"
+        return self.name
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ModelRef":
+        if self.unet_config and self.factory:
+            raise ValueError("model gives both unet_config and factory; give exactly one of name, "
+                             "unet_config, factory")
+        if self.kind != "builtin":
+            label = self.derived_name()
+            if "name" in self.model_fields_set and self.name != label:
+                raise ValueError(f"model gives both name {self.name!r} and {self.kind}; give exactly one of "
+                                 "name (a built-in model), unet_config, factory")
+            self.name = label
+            if self.factory and self.weights:
+                raise ValueError("model.weights applies to built-in and unet_config models; a factory "
+                                 "loads its own weights, so drop model.weights")
+        return self
 
 
 class RuntimeOptions(_Strict):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.models.configs import MODELS
 from harness.protocol import CheckPolicy, JobSpec, MeasurePolicy, ModelRef, RuntimeOptions
@@ -31,12 +31,23 @@ class _Strict(BaseModel):
 
 
 class SuiteModel(ModelRef):
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; known models: {', '.join(MODELS)}")
-        return v
+    @model_validator(mode="after")
+    def _loadable(self) -> "SuiteModel":
+        """A built-in name must be known; a unet_config must be a readable JSON config; a factory must
+        import and be callable (harness.models.loaders raises errors naming the problem and the fix)."""
+        from harness.models import loaders
+
+        if self.kind == "builtin" and self.name not in MODELS:
+            raise ValueError(f"unknown model {self.name!r}; known models: {', '.join(MODELS)}, or give "
+                             "model: {unet_config: path/to/config.json} or model: {factory: 'module:function'}")
+        try:
+            if self.kind == "unet_config":
+                loaders.read_unet_config(self.unet_config)
+            elif self.kind == "factory":
+                loaders.load_factory(self.factory)
+        except loaders.ModelLoadError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class VariantSpec(_Strict):

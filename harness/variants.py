@@ -10,14 +10,14 @@ from typing import Literal
 
 SoftmaxImpl = Literal["naive", "optimized"]
 GroupNormGeluImpl = Literal["decomposed", "fused"]
-AttentionImpl = Literal["standard", "flash"]
+AttentionImpl = Literal["standard", "flash", "relu"]  # relu: MobileDiffusion's ReLU attention
 Conv3x3Impl = Literal["direct", "winograd"]
 
 # Allowed values per flag, in ladder order (the first is the paper's baseline).
 FLAG_VALUES: dict[str, tuple[str, ...]] = {
     "softmax": ("naive", "optimized"),
     "groupnorm_gelu": ("decomposed", "fused"),
-    "attention": ("standard", "flash"),
+    "attention": ("standard", "flash", "relu"),  # relu changes the model (kernels/attention.py)
     "conv3x3": ("direct", "winograd"),
 }
 

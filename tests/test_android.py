@@ -257,6 +257,12 @@ def test_smoke_suite_on_two_fake_phones_then_nothing_to_push(tmp_path: Path, tin
         run = store.load_run(run_meta["id"])
         assert len(run.jobs) == 10 and all(j.status == "ok" for j in run.jobs)
         assert {j.device_id for j in run.jobs} == {"android:PHONE1", "android:PHONE2"}
+        # The two phones ran in parallel: each one's span of jobs overlaps the other's.
+        spans = {d: (min(j.result.started_at for j in run.jobs if j.device_id == d),
+                     max(j.result.ended_at for j in run.jobs if j.device_id == d))
+                 for d in ("android:PHONE1", "android:PHONE2")}
+        (s1, e1), (s2, e2) = spans.values()
+        assert max(s1, s2) < min(e1, e2), spans
     earlier, run = (store.load_run(r["id"]) for r in sorted(runs, key=lambda r: r["started_at"]))
     for older, newer in zip([j for j in earlier.jobs if j.variant == "baseline"],
                             [j for j in run.jobs if j.variant == "baseline"]):
@@ -524,6 +530,15 @@ def test_fault_matrix(tmp_path: Path, tiny_tflite: Path, standin: Path, monkeypa
                    lambda: setattr(holder["dev"], "drop_shell_after_seconds", None), threading.Event())
         return cond_arm, arm
 
+    def restart_mid_run():
+        # while FAULTY's first benchmark runs, the adb server drops every connection and is gone 1 s
+        def cond() -> bool:
+            return _has_pid(holder["dev"], "000")
+
+        def act() -> None:
+            holder["srv"].restart(downtime_s=1.0)
+        return cond, act
+
     def keep(dev_factory=None, before=None, watch=()):
         def setup_before(dev, srv):
             holder["dev"], holder["srv"] = dev, srv
@@ -542,6 +557,8 @@ def test_fault_matrix(tmp_path: Path, tiny_tflite: Path, standin: Path, monkeypa
         ("full disk", keep(before=lambda d, s: setattr(d, "disk_quota_bytes", 20_000)), (), 1),
         ("benchmark hangs (job timeout 3 s)", keep(before=_fault_file("hang")),
          ("--set", "measure.timeout_seconds=3"), 1),
+        ("adb server restarted mid-run", keep(watch=[restart_mid_run()]),
+         ("--set", "options.extra.run_delay=0.15"), 2),
     ]
     rows = []
     for i, (name, setup, extra, retries) in enumerate(scenarios):
@@ -580,5 +597,7 @@ def test_fault_matrix(tmp_path: Path, tiny_tflite: Path, standin: Path, monkeypa
     assert (ok, retried, failed) == (0, 0, 2) and errs[0][0] == "parse" and "random bytes" in errs[0][2]
     ok, retried, failed, errs = faulty("full disk")
     assert (ok, retried, failed) == (0, 0, 2) and errs[0][0] == "disk_full" and "full" in errs[0][1]
+    ok, retried, failed, errs = faulty("adb server restarted mid-run")
+    assert (ok, failed) == (2, 0) and retried >= 1  # both phones' jobs came back through retries
     ok, retried, failed, errs = faulty("benchmark hangs (job timeout 3 s)")
     assert (ok, retried, failed) == (0, 0, 2) and errs[0][0] == "timeout"

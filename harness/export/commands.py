@@ -70,6 +70,12 @@ def _console():
     return Console(stderr=True)
 
 
+def _ref_error(art: Artifact) -> float | None:
+    """The artifact's relative error against the reference (.mlpackage: of the converted torch program)."""
+    ref = art.meta.get("reference") or {}
+    return ref["rel_error"] if ref.get("rel_error") is not None else ref.get("torch_program_rel_error")
+
+
 def _rows_text(planned: PlannedArtifact) -> str:
     parts = []
     na = planned.na()
@@ -107,8 +113,7 @@ def export_suite(suite: Any, formats: list[str], dtype: str, cache_dir: Path | N
                 try:
                     art = ensure_artifact(model, flags, p.fmt, dtype, cache_dir, bar.phase, variant=name)
                     results[id(p)] = art
-                    ref = art.meta.get("reference", {})
-                    err = ref.get("rel_error", ref.get("torch_program_rel_error"))
+                    err = _ref_error(art)
                     bar.finish(f"built {name} ({p.fmt}): {art.size_bytes / MB:.1f} MB, "
                                f"{art.meta.get('convert_seconds', 0):.0f} s, reference error {err:.3g}"
                                if err is not None else f"built {name} ({p.fmt})")
@@ -117,7 +122,7 @@ def export_suite(suite: Any, formats: list[str], dtype: str, cache_dir: Path | N
                     bar.finish(f"FAILED {name} ({p.fmt}): {exc}")
     table = Table(title=f"Artifacts: {model.name}, {dtype} weights")
     for col in ("format", "rows", "status", "MB", "weights MB", "planned tensor MB", "ref. error", "path"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     failed = 0
     for p in planned:
         got = results.get(id(p), p.cached)
@@ -126,8 +131,7 @@ def export_suite(suite: Any, formats: list[str], dtype: str, cache_dir: Path | N
             table.add_row(p.fmt, _rows_text(p), "FAILED", "", "", "", "", str(got)[:120])
             continue
         assert got is not None
-        ref = got.meta.get("reference", {})
-        err = ref.get("rel_error", ref.get("torch_program_rel_error"))
+        err = _ref_error(got)
         table.add_row(p.fmt, _rows_text(p), "cached" if p.cached is not None else "built",
                       f"{got.size_bytes / MB:.1f}", f"{got.meta.get('weight_bytes', 0) / MB:.1f}",
                       f"{got.meta.get('planned_tensor_bytes', 0) / MB:.1f}",

@@ -162,7 +162,7 @@ def describe_patch(unet: nn.Module) -> dict[str, dict[str, int]]:
         if isinstance(module, Attention):
             proc = module.processor
             if isinstance(proc, KernelAttnProcessor):
-                add("attention", "flash" if proc.attention == "flash" else f"standard/{proc.softmax}")
+                add("attention", proc.attention if proc.attention in ("flash", "relu") else f"standard/{proc.softmax}")
             else:
                 add("attention", type(proc).__name__)
         elif isinstance(module, GroupNorm):

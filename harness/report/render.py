@@ -36,12 +36,37 @@ def _cell(value, fmt, status: str) -> str:
     return fmt(value)
 
 
+def _has_headroom(df: pd.DataFrame) -> bool:
+    """Show the memory-limit column only when some row has a known limit."""
+    return "mem_limit_mb" in df and df["mem_limit_mb"].notna().any()
+
+
+def headers(df: pd.DataFrame) -> list[str]:
+    return [h for _, h, _ in DISPLAY] + (["Peak MB / limit"] if _has_headroom(df) else [])
+
+
+def _headroom_cell(r) -> str:
+    if r["mem_limit_mb"] is None or pd.isna(r["mem_limit_mb"]):
+        return "n/a"
+    if r["peak_mb"] is None or pd.isna(r["peak_mb"]):
+        return f"? / {r['mem_limit_mb']:,.0f}"
+    mark = {"over": " OVER", "unknown": " ?"}.get(r["headroom"], "")
+    return f"{r['peak_mb']:,.0f} / {r['mem_limit_mb']:,.0f}{mark}"
+
+
 def display_rows(df: pd.DataFrame) -> dict[str, list[list[str]]]:
-    """Per device: formatted cells in DISPLAY order (the one formatting path for every renderer)."""
+    """Per device: formatted cells in DISPLAY order (the one formatting path for every renderer).
+    "vs base" is n/a for a row whose only change is a flag that touches nothing in the model."""
     out: dict[str, list[list[str]]] = {}
+    room = _has_headroom(df)
     for device, group in df.groupby("device", sort=False):
-        out[device] = [[_cell(r[col], fmt, r["status"]) for col, _, fmt in DISPLAY]
-                       for _, r in group.iterrows()]
+        rows = []
+        for _, r in group.iterrows():
+            cells = [_cell(r[col], fmt, r["status"]) for col, _, fmt in DISPLAY]
+            if bool(r.get("na_change")):
+                cells[[c for c, _, _ in DISPLAY].index("change_pct")] = "n/a"
+            rows.append(cells + ([_headroom_cell(r)] if room else []))
+        out[device] = rows
     return out
 
 
@@ -71,6 +96,14 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
     model = run.suite.get("model", {})
     if not model.get("weights"):
         notes.append("Weights: random (no --weights given); latency and memory do not depend on weight values.")
+    if "na_change" in df:
+        for _, r in df[df["na_change"] == True].iterrows():  # noqa: E712 - pandas mask
+            notes.append(f"{r['device']} / {r['label']}: n/a — the flag(s) this row adds "
+                         f"({', '.join(r['na_flags'])}) touch no block of this model, so it runs the same "
+                         "network as the row above; its latency is a repeat, not an effect.")
+    if "headroom" in df:
+        for _, r in df[df["headroom"] == "over"].iterrows():
+            notes.append(f"OVER THE MEMORY LIMIT: {r['device']} / {r['label']}: {r['headroom_note']}")
     failed = df[df["status"] == "failed"]
     for _, r in failed.iterrows():
         notes.append(f"{r['device']} / {r['label']}: {r['error']}")
@@ -88,7 +121,7 @@ def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
     console.print(f"[bold]Run {run.id}[/] — suite {run.suite_name} ({run.status})")
     for device, rows in display_rows(df).items():
         table = Table(title=_device_title(run, device, df), title_justify="left")
-        for i, (_, header, _) in enumerate(DISPLAY):
+        for i, header in enumerate(headers(df)):
             table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for row in rows:
             table.add_row(*row)
@@ -102,8 +135,8 @@ def render_markdown(run: RunRecord, df: pd.DataFrame, output: Path | None = None
     lines = [f"# Run {run.id}: {run.suite_name}", ""]
     for device, rows in display_rows(df).items():
         lines += [f"## {_device_title(run, device, df)}", "",
-                  "| " + " | ".join(h for _, h, _ in DISPLAY) + " |",
-                  "|" + "|".join("---" if i == 0 else "---:" for i in range(len(DISPLAY))) + "|"]
+                  "| " + " | ".join(headers(df)) + " |",
+                  "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers(df)))) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines.append("")
     lines += [f"- {n}" for n in _notes(run, df)]
@@ -133,7 +166,7 @@ def render_html(run: RunRecord, df: pd.DataFrame, output: Path | None = None) ->
     plot = base64.b64encode(latency_bars(df)).decode() if df["latency_ms"].notna().any() else None
     fmt_time = lambda t: dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "—"  # noqa: E731
     return _env.get_template("run.html.j2").render(
-        run=run, headers=[h for _, h, _ in DISPLAY],
+        run=run, headers=headers(df),
         devices=[(device, _device_title(run, device, df), rows, run.devices.get(device, {}))
                  for device, rows in display_rows(df).items()],
         notes=_notes(run, df), plot_png_b64=plot, started=fmt_time(run.started_at),

@@ -17,6 +17,11 @@ COLUMNS = [
     "device", "step", "variant", "label", "status", "latency_ms", "change_pct", "n", "iqr_ms", "cv",
     "tensor_mb_measured", "tensor_mb_planned", "weight_mb", "tensor_method", "timing_method",
     "first_run_ms", "init_ms", "check_rel_error", "error", "runtime", "dtype", "accelerator", "latency_source",
+    # Flags whose blocks the model lacks (result extra["na_flags"]); na_change: this row's only change from
+    # the row above is such a flag, so its "vs base" is n/a (the same network as the row above).
+    "na_flags", "na_change",
+    # Peak memory against the device's per-app limit (harness.headroom): ok | over | unknown.
+    "peak_mb", "mem_limit_mb", "headroom", "headroom_note",
 ]
 
 
@@ -25,6 +30,8 @@ def _mb(value: int | None) -> float | None:
 
 
 def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
+    from harness.headroom import headroom, job_peak_bytes
+
     rows = []
     for job in run.jobs:
         if job.workload != workload:
@@ -42,7 +49,13 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             "check_rel_error": res.check.rel_error if res.check else None,
             "error": f"{res.error.kind}: {res.error.message}" if res.error else None,
             "latency_ms": None, "n": 0, "iqr_ms": None, "cv": None, "latency_source": None,
+            "na_flags": list(res.extra.get("na_flags") or []), "na_change": False, "_flags": job.flags,
         }
+        peak, peak_source = job_peak_bytes(res.memory)
+        room = headroom(peak, run.devices.get(job.device_id, {"id": job.device_id}),
+                        bool(job.options.get("extra", {}).get("increased_memory_limit")))
+        row.update(peak_mb=_mb(room.peak_bytes), mem_limit_mb=_mb(room.limit_bytes), headroom=room.verdict,
+                   headroom_note=f"{room.reason} [{peak_source}]" if peak is not None else room.reason)
         summary = res.extra.get("latency_summary_ms") or {}
         if res.samples_ms:
             s = summarize(res.samples_ms)
@@ -55,14 +68,21 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             row.update(latency_ms=center, n=summary["n"], cv=cv,
                        latency_source="device median" if summary.get("median") is not None else "device mean")
         rows.append(row)
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS + ["_flags"])
     if df.empty:
-        return df
+        return df.drop(columns="_flags")
     # A rerun of the same step on the same device (a retry stored twice) keeps the last row.
     df = df.drop_duplicates(subset=["device", "variant"], keep="last")
     df = df.sort_values(["device", "step"], kind="stable").reset_index(drop=True)
     df["change_pct"] = None
     for device, group in df.groupby("device", sort=False):
+        prev = None
+        for idx in group.index:  # a row that only turns on flags touching nothing in the model: n/a
+            flags, na = df.at[idx, "_flags"] or {}, set(df.at[idx, "na_flags"])
+            if prev is not None:
+                changed = {k for k in set(flags) | set(prev) if flags.get(k) != prev.get(k)}
+                df.at[idx, "na_change"] = bool(changed) and changed <= na
+            prev = flags
         base = group.iloc[0]["latency_ms"]
         if base is None or pd.isna(base):
             continue
@@ -70,4 +90,4 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             lat = df.at[idx, "latency_ms"]
             if lat is not None and not pd.isna(lat):
                 df.at[idx, "change_pct"] = (lat / base - 1.0) * 100.0
-    return df
+    return df.drop(columns="_flags")

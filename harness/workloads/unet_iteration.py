@@ -19,8 +19,13 @@ from harness.workloads.common import (InputError, Timer, cache_dir, cuda_graph_r
 MIN_GRAPH_REPLAYS = 30
 
 
-def reference_output(spec: JobSpec, device: str, inputs) -> "Any":
-    """The plain PyTorch (unpatched diffusers) output on these inputs, cached on disk by its key."""
+def reference_output(spec: JobSpec, device: str, inputs, attention: str = "standard") -> "Any":
+    """The plain PyTorch (unpatched diffusers) output on these inputs, cached on disk by its key.
+
+    With `attention="relu"` the reference is the unpatched model whose attention modules run ReLU
+    attention (`KernelAttnProcessor(attention="relu")`, everything else diffusers' own): ReLU attention
+    is a different function from softmax attention, so a relu variant is checked against the same
+    function, not against the softmax model."""
     import hashlib
     import json
 
@@ -32,7 +37,13 @@ def reference_output(spec: JobSpec, device: str, inputs) -> "Any":
     if spec.model.weights:
         w = Path(spec.model.weights).expanduser()
         weights_id = [str(w.resolve()), max((p.stat().st_mtime for p in w.rglob("*") if p.is_file()), default=0)]
-    key = hashlib.sha256(json.dumps([spec.model.name, weights_id, spec.model.seed, spec.options.dtype,
+    model_id: list[Any] = [spec.model.name]
+    if spec.model.unet_config:
+        cfg_path = Path(spec.model.unet_config).expanduser()
+        model_id += [str(cfg_path.resolve()), cfg_path.stat().st_mtime if cfg_path.is_file() else None]
+    if attention == "relu":
+        model_id.append("relu_attention")
+    key = hashlib.sha256(json.dumps([*model_id, weights_id, spec.model.seed, spec.options.dtype,
                                      device, torch.__version__]).encode()).hexdigest()[:24]
     path = cache_dir() / "reference" / f"unet-{key}.pt"
     if path.is_file():
@@ -40,7 +51,15 @@ def reference_output(spec: JobSpec, device: str, inputs) -> "Any":
             return torch.load(path, map_location=device)
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
             path.unlink(missing_ok=True)
-    ref = build_unet(spec.model.name, spec.model.weights, spec.model.seed, spec.options.dtype).to(device)
+    ref = build_unet(spec.model, spec.model.weights, spec.model.seed, spec.options.dtype).to(device)
+    if attention == "relu":
+        from diffusers.models.attention_processor import Attention
+
+        from harness.models.kernels.attention import KernelAttnProcessor
+
+        for module in ref.modules():
+            if isinstance(module, Attention):
+                module.set_processor(KernelAttnProcessor(attention="relu"))
     with torch.no_grad():
         out = ref(*inputs[:2], encoder_hidden_states=inputs[2], return_dict=False)[0]
     del ref
@@ -55,7 +74,8 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     import torch
 
     from harness import memory
-    from harness.models.patch import apply_flags
+    from harness.models.loaders import ModelLoadError
+    from harness.models.patch import FLAG_SCOPE, apply_flags, flag_applies, flag_coverage
     from harness.models.unet import WeightsError, build_unet, example_inputs
     from harness.variants import Flags
 
@@ -67,23 +87,29 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     torch.set_grad_enabled(False)
-    inputs = example_inputs(spec.model.name, spec.model.seed, spec.options.dtype, device)
+    try:
+        inputs = example_inputs(spec.model, spec.model.seed, spec.options.dtype, device)
+    except (ModelLoadError, KeyError) as exc:
+        raise InputError(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from exc
 
     reference = None
     if spec.check.enabled:
         emit("reference", 0, 1)
         try:
-            reference = reference_output(spec, device, inputs)
-        except WeightsError as exc:
+            reference = reference_output(spec, device, inputs, attention=flags.attention)
+        except (WeightsError, ModelLoadError) as exc:
             raise InputError(str(exc)) from exc
 
     emit("build", 0, 1)
     t0 = time.perf_counter_ns()
     try:
-        unet = build_unet(spec.model.name, spec.model.weights, spec.model.seed, spec.options.dtype)
-    except WeightsError as exc:
+        unet = build_unet(spec.model, spec.model.weights, spec.model.seed, spec.options.dtype)
+    except (WeightsError, ModelLoadError) as exc:
         raise InputError(str(exc)) from exc
+    coverage = flag_coverage(unet)
     replaced = apply_flags(unet, flags)
+    # Flags whose blocks this model lacks (e.g. a model without attention): the report shows them n/a.
+    result["extra"]["na_flags"] = [f for f in FLAG_SCOPE if not flag_applies(coverage, f)]
     unet = unet.to(device)
     if device == "cuda":
         unet = unet.to(memory_format=torch.channels_last)

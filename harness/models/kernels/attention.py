@@ -20,6 +20,15 @@ All three compute softmax(Q K^T * scale + mask) V for q [..., T_q, d], k [..., T
   Statistics and the accumulator are fp32 for half-precision inputs, as in FlashAttention. On CUDA,
   fp16/bf16 inputs of a supported shape go to torch's flash SDPA kernel instead (`use_sdpa=True`).
 
+* `relu_attention` (the `attention: relu` flag, MobileDiffusion's ReLU attention): softmax replaced
+  by ReLU, out = relu(Q K^T * scale + mask) V / T_k. MobileDiffusion (Zhao et al., arXiv 2311.16567,
+  section on transformer blocks: "finetune softmax into relu") swaps softmax for ReLU and fine-tunes
+  the model; the normalization by the key length T_k is the L^-1 scaling of Wortsman et al.,
+  "Replacing softmax with ReLU in Vision Transformers" (arXiv 2309.08586), our choice where the
+  MobileDiffusion text gives no normalizer. Without row statistics, the kernel tiles over key/value
+  blocks with no rescaling (a plain sum of relu(Q K_blk^T) V_blk); it is a different model from
+  softmax attention, not an approximation of it.
+
 The loops run over static block counts (shapes, not tensor values), so the kernels trace/export.
 """
 from __future__ import annotations
@@ -31,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 SoftmaxImpl = Literal["naive", "optimized"]
-AttentionImpl = Literal["standard", "flash"]
+AttentionImpl = Literal["standard", "flash", "relu"]
 
 DEFAULT_FLASH_BLOCK = 128
 _HALF = (torch.float16, torch.bfloat16)
@@ -174,16 +183,47 @@ def _flash_query_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     return (acc / row_sum).to(v.dtype)
 
 
+def relu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                   mask: torch.Tensor | None = None, block_kv: int | None = DEFAULT_FLASH_BLOCK,
+                   upcast_attention: bool = False) -> torch.Tensor:
+    """ReLU attention: relu(Q K^T * scale + mask) V / T_k, over key/value blocks of `block_kv` keys.
+
+    `mask` is additive as for the softmax kernels (a large negative entry makes its weight 0 after the
+    ReLU). Scores and the accumulator are fp32 for half-precision inputs (or with `upcast_attention`);
+    `block_kv=None` computes the whole [T_q, T_k] matrix at once. See the module docstring for the source.
+    """
+    if block_kv is not None and block_kv < 1:
+        raise ValueError(f"relu attention block size must be positive, got block_kv={block_kv}")
+    scale = _scale(q, scale)
+    acc_dtype = torch.float32 if (q.dtype in _HALF or upcast_attention) else q.dtype
+    t_k = k.shape[-2]
+    step = t_k if block_kv is None else block_kv
+    acc = None
+    for start in range(0, t_k, step):
+        k_blk = k[..., start:start + step, :]
+        v_blk = v[..., start:start + step, :]
+        scores = torch.matmul(q.to(acc_dtype), k_blk.to(acc_dtype).transpose(-1, -2)) * scale
+        if mask is not None:
+            m_blk = mask if mask.shape[-1] == 1 else mask[..., start:start + step]
+            scores = scores + m_blk.to(acc_dtype)
+        part = torch.matmul(torch.relu(scores), v_blk.to(acc_dtype))
+        acc = part if acc is None else acc + part
+    return (acc / t_k).to(v.dtype)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
               mask: torch.Tensor | None = None, softmax: SoftmaxImpl = "naive",
               impl: AttentionImpl = "standard", block_kv: int = DEFAULT_FLASH_BLOCK,
               upcast_attention: bool = False, upcast_softmax: bool = False) -> torch.Tensor:
     """Attention by the flags: `impl="flash"` ignores `softmax` (flash has its own online softmax) and
-    the upcast options (its softmax statistics are always fp32 for half-precision inputs)."""
+    the upcast options (its softmax statistics are always fp32 for half-precision inputs); `impl="relu"`
+    is ReLU attention (`relu_attention`), a different function from softmax attention."""
     if impl == "flash":
         return flash_attention(q, k, v, scale, mask, block_kv=block_kv)
+    if impl == "relu":  # no softmax at all: `softmax` does not apply
+        return relu_attention(q, k, v, scale, mask, block_kv=block_kv, upcast_attention=upcast_attention)
     if impl != "standard":
-        raise ValueError(f"unknown attention impl {impl!r}; known: standard, flash")
+        raise ValueError(f"unknown attention impl {impl!r}; known: standard, flash, relu")
     if softmax == "naive":
         return naive_attention(q, k, v, scale, mask, upcast_attention, upcast_softmax)
     if softmax == "optimized":
@@ -203,8 +243,8 @@ class KernelAttnProcessor:
                  block_kv: int = DEFAULT_FLASH_BLOCK) -> None:
         if softmax not in ("naive", "optimized"):
             raise ValueError(f"unknown softmax impl {softmax!r}; known: naive, optimized")
-        if attention not in ("standard", "flash"):
-            raise ValueError(f"unknown attention impl {attention!r}; known: standard, flash")
+        if attention not in ("standard", "flash", "relu"):
+            raise ValueError(f"unknown attention impl {attention!r}; known: standard, flash, relu")
         self.softmax: SoftmaxImpl = softmax
         self.attention: AttentionImpl = attention
         self.block_kv = block_kv
