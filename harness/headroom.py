@@ -104,8 +104,10 @@ def device_memory_limit(info: Any) -> tuple[int | None, str]:
     ram = _get(info, "ram_bytes")
     if kind == "ios":
         return ios_app_limit(extra.get("product_type") or _get(info, "model"), ram)
+    if kind != "android":
+        return None, f"no per-app memory limit for a {kind or 'unknown'} device (phones only)"
     if ram:
-        return int(ram), f"device RAM ({kind or 'device'}; an upper bound for one app)"
+        return int(ram), "device RAM (Android; an upper bound for one app)"
     return None, "the device did not report its RAM"
 
 

@@ -12,6 +12,8 @@ PyTorch reference, and only then puts it into the cache. How each flag maps onto
 """
 from __future__ import annotations
 
+from harness.models.configs import MODELS
+
 import json
 import os
 import subprocess
@@ -152,6 +154,14 @@ def ensure_artifact(model: ModelRef, flags: Flags, fmt: str, dtype: str = "fp16"
     progress = progress or (lambda phase, done, total: None)
     variant = variant or variant_name(flags)
     tolerance = DEFAULT_REL_TOLERANCE[dtype] if rel_tolerance is None else float(rel_tolerance)
+    if flags.attention == "relu":  # the export rewrite maps attention onto softmax/SDPA ops only
+        raise ExportError(f"variant {variant!r} ({fmt}): attention=relu cannot be exported yet (the {fmt} "
+                          "rewrite knows softmax and flash attention only); run it on the torch runtime",
+                          variant=variant, fmt=fmt, kind="input")
+    if model.kind != "builtin":
+        raise ExportError(f"variant {variant!r} ({fmt}): only built-in models ({', '.join(MODELS)}) export "
+                          f"so far, not a {model.kind} model; run it on the torch runtime",
+                          variant=variant, fmt=fmt, kind="input")
     cfg = _model_config(model)
     if model.weights is not None and not Path(model.weights).expanduser().is_dir():
         raise ExportError(f"variant {variant!r} ({fmt}): weights directory {model.weights!r} does not exist",

@@ -96,6 +96,9 @@ extension JSONValue {
 
 public struct ModelRef: Codable, Equatable {
     public var name: String
+    // unet_config / factory (harness.models.loaders): models built on the host, nil for built-ins.
+    public var unet_config: String?
+    public var factory: String?
     public var weights: String?
     public var seed: Int
 }
