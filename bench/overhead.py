@@ -34,7 +34,10 @@ def main() -> None:
     ap.add_argument("--variant", default="+flash_attention", help="ladder step to time")
     ap.add_argument("--blocks", type=int, default=5, help="alternating blocks per side")
     ap.add_argument("--per-block", type=int, default=20, help="iterations per block")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.set_grad_enabled(False)
     unet = build_unet(args.model)
