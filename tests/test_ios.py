@@ -90,7 +90,8 @@ def _world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, devices: list[dict],
 
 
 def _farm(path: Path, **ios) -> Path:
-    settings = {"poll_s": 0.05, "heartbeat_s": 0.1, "heartbeat_timeout_s": 1.0, "launch_timeout_s": 5.0}
+    # A generous heartbeat timeout: a loaded CI machine can stall the emulated app for seconds.
+    settings = {"poll_s": 0.05, "heartbeat_s": 0.1, "heartbeat_timeout_s": 60.0, "launch_timeout_s": 30.0}
     settings.update(ios)
     path.write_text(json.dumps({"ios": settings}))  # JSON is YAML
     return path
@@ -281,7 +282,7 @@ def test_fault_matrix(tmp_path: Path, mlpackage: Path, ipa: Path, monkeypatch: p
     faults = [{"kind": k, "times": 1} for k in ("launch_locked", "hang", "crash", "malformed", "disconnect_on_pull")]
     faults[-1]["skip"] = 1  # not while the malformed job's result.json is read: the next job's
     _world(tmp_path, monkeypatch, [ios_fake.device(UDID, faults=faults)])
-    farm = _farm(tmp_path / "farm.yaml")
+    farm = _farm(tmp_path / "farm.yaml", heartbeat_timeout_s=5.0, launch_timeout_s=5.0)  # the hang must time out
     store_url = f"sqlite:///{tmp_path}/f.db"
     monkeypatch.chdir(tmp_path)
     rc = main(["run", str(SMOKE), "--device", f"ios:{UDID}", "--ios-agent", str(ipa), "--farm", str(farm),
