@@ -170,3 +170,20 @@ def pick_device(spec: JobSpec) -> str:
     return "cpu"
 
 
+
+
+def record_check(result: dict[str, Any], spec: JobSpec, max_abs: float, rel: float, subject: str,
+                 hint: str = "the kernel is wrong, or raise check.rel_tolerance for a lower-precision dtype",
+                 finite: bool = True) -> bool:
+    """Put the reference check into `result` (and a reference_mismatch error when it fails); the one
+    place every workload and runtime judges a variant against its reference."""
+    from harness.protocol import ReferenceCheck
+
+    tol = spec.check.rel_tolerance
+    check = ReferenceCheck(max_abs_error=max_abs, rel_error=rel, rel_tolerance=tol, passed=bool(finite and rel <= tol))
+    result["check"] = check
+    if not check.passed:
+        result["error"] = {"kind": "reference_mismatch",
+                           "message": f"{subject}: max abs error {max_abs:.3g}, relative {rel:.3g} > tolerance "
+                                      f"{tol:g}; {hint}"}
+    return check.passed

@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.protocol import JobSpec, MemoryFigures, ReferenceCheck
-from harness.workloads.common import InputError, cache_dir, emit, measure_loop, pick_device
+from harness.protocol import JobSpec, MemoryFigures
+from harness.workloads.common import InputError, cache_dir, emit, measure_loop, pick_device, record_check
 
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
 IMAGE_NAME = "image.png"
@@ -200,16 +200,8 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
         extra["check_components"] = {name: {"max_abs_error": a, "rel_error": r} for name, (a, r) in checks.items()}
         worst = max(checks, key=lambda n: checks[n][1])
         max_abs, rel = checks[worst]
-        check = ReferenceCheck(max_abs_error=max_abs, rel_error=rel, rel_tolerance=spec.check.rel_tolerance,
-                               passed=bool(rel <= spec.check.rel_tolerance))
-        result["check"] = check
-        if not check.passed:
-            result["error"] = {"kind": "reference_mismatch",
-                               "message": f"variant {spec.variant!r}: the patched {worst} disagrees with the "
-                                          f"unpatched {worst} on the first step's inputs: max abs error "
-                                          f"{max_abs:.3g}, relative {rel:.3g} > tolerance "
-                                          f"{spec.check.rel_tolerance:g}; the kernel is wrong, or raise "
-                                          "check.rel_tolerance for a lower-precision dtype"}
+        if not record_check(result, spec, max_abs, rel, f"variant {spec.variant!r}: the patched {worst} "
+                            f"disagrees with the unpatched {worst} on the first step's inputs"):
             return
     del references, outputs, probe, run_unet, run_decoder
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.protocol import JobSpec, MemoryFigures, ReferenceCheck
-from harness.workloads.common import InputError, Timer, emit, measure_loop
+from harness.protocol import JobSpec, MemoryFigures
+from harness.workloads.common import InputError, Timer, emit, measure_loop, record_check
 
 RUNTIME = "litert-cpu"
 RSS_METHOD = "rss_anon_delta_litert_allocate_first_invoke"
@@ -157,15 +157,10 @@ def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
             raise InputError(str(exc)) from exc
         max_abs = float(np.max(np.abs(output - reference)))
         rel = max_abs / max(float(np.max(np.abs(reference))), 1e-12)
-        check = ReferenceCheck(max_abs_error=max_abs, rel_error=rel, rel_tolerance=spec.check.rel_tolerance,
-                               passed=bool(np.isfinite(output).all() and rel <= spec.check.rel_tolerance))
-        result["check"] = check
-        if not check.passed:
-            result["error"] = {"kind": "reference_mismatch",
-                               "message": f"variant {spec.variant!r} (litert-cpu, {dtype} weights) disagrees with the "
-                                          f"PyTorch reference: max abs error {max_abs:.3g}, relative {rel:.3g} > "
-                                          f"tolerance {spec.check.rel_tolerance:g}; raise check.rel_tolerance "
-                                          "for fp16 weights"}
+        if not record_check(result, spec, max_abs, rel,
+                            f"variant {spec.variant!r} (litert-cpu, {dtype} weights) disagrees with the PyTorch "
+                            "reference", hint="raise check.rel_tolerance for fp16 weights",
+                            finite=bool(np.isfinite(output).all())):
             return
 
     warmup, samples = measure_loop(step, timer, spec)

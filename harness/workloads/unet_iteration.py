@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.protocol import JobSpec, MemoryFigures, ReferenceCheck
-from harness.workloads.common import (InputError, Timer, cache_dir, cuda_graph_replay_ms, emit, measure_loop,
+from harness.protocol import JobSpec, MemoryFigures
+from harness.workloads.common import (InputError, record_check, Timer, cache_dir, cuda_graph_replay_ms, emit, measure_loop,
                                       op_times, pick_device)
 
 # On CUDA the reported samples are CUDA-graph replays (eager PyTorch is launch-bound); at least this many.
@@ -134,15 +134,8 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
         ref = reference.to(out.device, torch.float32)
         max_abs = (out.float() - ref).abs().max().item()
         rel = max_abs / max(ref.abs().max().item(), 1e-12)
-        check = ReferenceCheck(max_abs_error=max_abs, rel_error=rel, rel_tolerance=spec.check.rel_tolerance,
-                               passed=bool(rel <= spec.check.rel_tolerance))
-        result["check"] = check
-        if not check.passed:
-            result["error"] = {"kind": "reference_mismatch",
-                               "message": f"variant {spec.variant!r} disagrees with the PyTorch reference: "
-                                          f"max abs error {max_abs:.3g}, relative {rel:.3g} > tolerance "
-                                          f"{spec.check.rel_tolerance:g}; the kernel is wrong, or raise "
-                                          "check.rel_tolerance for a lower-precision dtype"}
+        if not record_check(result, spec, max_abs, rel,
+                            f"variant {spec.variant!r} disagrees with the PyTorch reference"):
             return
         del reference, ref
     del out
