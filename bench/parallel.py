@@ -50,31 +50,13 @@ from harness.store import Store  # noqa: E402
 from harness.variants import LADDER  # noqa: E402
 from tests.fakes.adb_server import FakeAdbServer, FakeDevice  # noqa: E402
 from tests.fakes.benchmark_model_standin import write_standin  # noqa: E402
+from tests.fakes.tiny_block import BLOCK_SRC as _BLOCK_SRC  # noqa: E402
 
 SMOKE = REPO / "suites" / "smoke.yaml"
 TARGET_EFFICIENCY = 0.85
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PR_SET_CHILD_SUBREAPER = 36
 
-# A block with the paper's op kinds (3x3 conv, GroupNorm, attention with softmax, GELU): a tiny
-# .tflite for the stand-in to load, instead of converting the UNet for every variant.
-_BLOCK_SRC = '''
-import torch
-class Block(torch.nn.Module):
-    def __init__(self, c=8):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
-        self.norm = torch.nn.GroupNorm(2, c)
-        self.q, self.k, self.v = (torch.nn.Linear(c, c) for _ in range(3))
-        self.ff = torch.nn.Linear(c, c)
-    def forward(self, x):
-        h = self.norm(self.conv(x))
-        b, c, hh, ww = h.shape
-        t = h.reshape(b, c, hh * ww).transpose(1, 2)
-        a = torch.softmax(self.q(t) @ self.k(t).transpose(1, 2) / c ** 0.5, dim=-1) @ self.v(t)
-        t = t + torch.nn.functional.gelu(self.ff(a))
-        return x + t.transpose(1, 2).reshape(b, c, hh, ww)
-'''
 
 
 def default_tflite_path() -> Path:

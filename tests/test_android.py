@@ -32,9 +32,11 @@ from harness.store import Store
 try:
     from tests.fakes.adb_server import FakeAdbServer, FakeDevice
     from tests.fakes.benchmark_model_standin import FAULT_FILE_NAME, write_standin
+    from tests.fakes.tiny_block import BLOCK_SRC as _BLOCK_SRC
 except ModuleNotFoundError:  # pytest's default import mode puts tests/, not the repo root, on sys.path
     from fakes.adb_server import FakeAdbServer, FakeDevice  # type: ignore[no-redef]
     from fakes.benchmark_model_standin import FAULT_FILE_NAME, write_standin  # type: ignore[no-redef]
+    from fakes.tiny_block import BLOCK_SRC as _BLOCK_SRC  # type: ignore[no-redef]
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "suites" / "smoke.yaml"
@@ -47,26 +49,6 @@ def _harmless_adb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADBUTILS_ADB_PATH", shutil.which("true") or "/bin/true")
     monkeypatch.delenv("ANDROID_ADB_SERVER_HOST", raising=False)
     monkeypatch.delenv("ANDROID_ADB_SERVER_PORT", raising=False)
-
-
-# A block with the paper's op kinds (3x3 conv, GroupNorm, attention with softmax, GELU).
-_BLOCK_SRC = '''
-import torch
-class Block(torch.nn.Module):
-    def __init__(self, c=8):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
-        self.norm = torch.nn.GroupNorm(2, c)
-        self.q, self.k, self.v = (torch.nn.Linear(c, c) for _ in range(3))
-        self.ff = torch.nn.Linear(c, c)
-    def forward(self, x):
-        h = self.norm(self.conv(x))
-        b, c, hh, ww = h.shape
-        t = h.reshape(b, c, hh * ww).transpose(1, 2)
-        a = torch.softmax(self.q(t) @ self.k(t).transpose(1, 2) / c ** 0.5, dim=-1) @ self.v(t)
-        t = t + torch.nn.functional.gelu(self.ff(a))
-        return x + t.transpose(1, 2).reshape(b, c, hh, ww)
-'''
 
 
 @pytest.fixture(scope="session")
