@@ -4,6 +4,8 @@
     python bench/export.py --format all          # .tflite and .mlpackage
     python bench/export.py --model tiny          # the small config: seconds to minutes
     python bench/export.py --cache DIR --keep    # keep the artifacts (default: a fresh temporary cache)
+    python bench/export.py --dtype int8          # int8 weight-only artifacts
+    python bench/export.py --component all       # also the text encoder and the VAE decoder
 
 Each conversion runs alone in its own process (as `harness export` does); at SD 1.4 size one takes
 1 to 2.5 minutes and 13 to 18 GiB, so run this alone on the machine. Columns: conversion wall time
@@ -23,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.export import FORMATS, ExportError, ensure_artifact, plan_artifacts  # noqa: E402
+from harness.export import COMPONENTS, DTYPES, FORMATS, ExportError, ensure_artifact, plan_artifacts  # noqa: E402
 from harness.protocol import ModelRef  # noqa: E402
 from harness.variants import LADDER  # noqa: E402
 
@@ -39,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="sd14", help="sd14 (default) or tiny")
     parser.add_argument("--format", default="tflite", help="tflite | coreml | all")
-    parser.add_argument("--dtype", default="fp16", choices=["fp16", "fp32"])
+    parser.add_argument("--dtype", default="fp16", choices=list(DTYPES))
+    parser.add_argument("--component", default="unet", choices=[*COMPONENTS, "all"],
+                        help="unet (default), text_encoder, vae_decoder or all")
     parser.add_argument("--cache", type=Path, help="cache directory (default: a fresh temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary cache")
     parser.add_argument("--rows", default="all", help="comma-separated ladder rows (default: all five)")
@@ -48,34 +52,37 @@ def main(argv: list[str] | None = None) -> int:
     rows = list(LADDER) if args.rows == "all" else [(n, f) for n, f in LADDER if n in args.rows.split(",")]
     cache = args.cache or Path(tempfile.mkdtemp(prefix="harness-bench-export-"))
     model = ModelRef(name=args.model)
+    components = list(COMPONENTS) if args.component == "all" else [args.component]
     print(f"model {args.model}, {args.dtype} weights, formats {', '.join(formats)}, cache {cache}", file=sys.stderr)
 
     table = []
-    for planned in plan_artifacts(model, rows, formats, args.dtype, cache):
+    for planned in plan_artifacts(model, rows, formats, args.dtype, cache, components):
         name, flags = planned.variants[0]
         shares = ", ".join(n for n, _ in planned.variants[1:])
-        print(f"converting {name} -> {planned.fmt} ...", file=sys.stderr, flush=True)
+        comp = planned.component
+        print(f"converting {name} -> {comp} {planned.fmt} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
-            art = ensure_artifact(model, flags, planned.fmt, args.dtype, cache, variant=name)
+            art = ensure_artifact(model, flags, planned.fmt, args.dtype, cache, variant=name, component=comp)
         except ExportError as exc:
-            table.append((name, planned.fmt, shares, f"FAILED: {str(exc)[:80]}", "", "", "", "", "", "", "", ""))
+            table.append((name, comp, planned.fmt, shares, f"FAILED: {str(exc)[:80]}", "", "", "", "", "", "", "",
+                          ""))
             continue
         wall = time.perf_counter() - t0
         peak = children_peak_rss_bytes()
         t1 = time.perf_counter()
-        hit = ensure_artifact(model, flags, planned.fmt, args.dtype, cache, variant=name)
+        hit = ensure_artifact(model, flags, planned.fmt, args.dtype, cache, variant=name, component=comp)
         hit_s = time.perf_counter() - t1
         assert hit.cached, "the second call should have been a cache hit"
         ref = art.meta.get("reference", {})
         err = ref["rel_error"] if ref.get("rel_error") is not None else ref.get("torch_program_rel_error")
-        table.append((name, planned.fmt, shares, "cached before" if art.cached else "built", f"{wall:.1f}",
+        table.append((name, comp, planned.fmt, shares, "cached before" if art.cached else "built", f"{wall:.1f}",
                       f"{art.meta.get('convert_seconds', 0):.1f}", f"{art.meta.get('check_seconds', 0):.1f}",
                       f"{peak / 2**30:.1f}", f"{art.size_bytes / MB:.0f}",
                       f"{art.meta.get('weight_bytes', 0) / MB:.0f}/{art.meta.get('planned_tensor_bytes', 0) / MB:.0f}",
                       "" if err is None else f"{err:.2g}", f"{hit_s:.2f}"))
 
-    header = ("row", "format", "shared with", "status", "wall s", "convert s", "check s", "peak GiB (max so far)",
+    header = ("row", "component", "format", "shared with", "status", "wall s", "convert s", "check s", "peak GiB (max so far)",
               "file MB", "weights/tensors MB", "ref. err", "cache hit s")
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))

@@ -161,14 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="build the device artifacts (.tflite, .mlpackage) a suite needs",
-                       description="Convert every variant of SUITE into its device artifact, checked against the "
+                       description="Convert every variant of SUITE into its device artifact (workload e2e: the UNet, "
+                                   "text encoder and VAE decoder), checked against the "
                                    "PyTorch reference, into the content-addressed cache. Rows that are the same "
                                    "artifact under the flag-to-format mapping share one (README 'Artifacts').")
     p.add_argument("suite", type=Path, help="suite YAML file, e.g. suites/table1.yaml")
     p.add_argument("--format", "-f", default=None, metavar="FMT",
                    help="tflite | coreml | all (default: the suite runtime's format, tflite unless coreml)")
-    p.add_argument("--dtype", default=None, choices=["fp16", "fp32"],
-                   help="weight dtype of the artifacts (default: the suite's dtype if fp16/fp32, else fp16)")
+    p.add_argument("--dtype", default=None, choices=["fp16", "fp32", "int8"],
+                   help="weight dtype of the artifacts (default: the suite's dtype if fp16/fp32, else fp16; "
+                        "int8: weight-only, per channel)")
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a suite field, as for `harness run`")
     p.add_argument("--weights", metavar="DIR", help="local diffusers checkpoint for real weights (default random)")

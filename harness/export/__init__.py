@@ -9,6 +9,21 @@ to the recorded sha256; otherwise it converts in a subprocess (`harness.export.w
 time: a lock file in the cache makes concurrent callers wait), checks the result against the
 PyTorch reference, and only then puts it into the cache. How each flag maps onto each format:
 `harness.export.mapping` (README.md, "Artifacts"). Reading an artifact back: `harness.export.inspect`.
+
+Components (`COMPONENTS`, keyword `component=`): "unet" (default), "text_encoder" (the CLIP text
+model; the flags do not apply, one artifact for every row), "vae_decoder" (flags apply to its
+GroupNorm, attention and 3x3 convs). Each artifact's inputs, in signature order (what a runner feeds):
+
+    unet          sample [B,4,h,w] f32, timestep [] f32, encoder_hidden_states [B,T,D] f32
+                  (.tflite signature names args_0, args_1, args_2) -> noise prediction [B,4,h,w]
+    text_encoder  input_ids [B,T] int32 (B = 2: unconditional, conditional; T = 77 for sd14)
+                  -> last_hidden_state [B,T,D] f32 (D = 768 for sd14)
+    vae_decoder   latents [1,4,h,w] f32 (h = w = 64 for sd14, 512x512 images; the decoder divides by
+                  the VAE scaling factor itself) -> image [1,3,8h,8w] f32 in [-1, 1]
+
+.mlpackage inputs carry the same names; the .tflite output is `output_0`. Weight dtypes (`DTYPES`):
+fp16, fp32, int8 (weight-only, per channel; activations stay float). Models: built-in configs,
+`unet_config` and `factory` models (UNet only; see `cache` for what their keys hash).
 """
 from __future__ import annotations
 
@@ -27,7 +42,8 @@ from typing import Any, Callable
 
 from harness.export import cache as _cache
 from harness.export.mapping import (
-    FORMATS, MAPPING, NA_FLAGS, UnknownFormatError, check_format, effective_flags, na_flags,
+    COMPONENTS, FORMATS, MAPPING, NA_FLAGS, UnknownComponentError, UnknownFormatError, check_component,
+    check_format, effective_flags, na_flags,
 )
 from harness.protocol import ModelRef
 from harness.variants import LADDER, Flags
@@ -35,13 +51,17 @@ from harness.variants import LADDER, Flags
 __all__ = [
     "FORMATS", "Artifact", "ExportError", "ReferenceMismatchError", "UnknownFormatError",
     "ensure_artifact", "lookup_artifact", "variant_name", "effective_flags", "na_flags", "MAPPING",
-    "NA_FLAGS", "DEFAULT_REL_TOLERANCE", "PlannedArtifact", "plan_artifacts",
+    "NA_FLAGS", "DEFAULT_REL_TOLERANCE", "PlannedArtifact", "plan_artifacts", "COMPONENTS", "DTYPES",
+    "UnknownComponentError",
 ]
 
 # Max |artifact - reference| / max |reference| an artifact may show before it is refused, by weight
-# dtype. fp16 weights round every weight to 11 significant bits: ~1e-3 on the small configs.
-DEFAULT_REL_TOLERANCE: dict[str, float] = {"fp16": 5e-2, "fp32": 1e-3}
-DTYPES = ("fp16", "fp32")
+# dtype. fp16 weights round every weight to 11 significant bits: ~1e-3 on the small configs. int8
+# weight-only (per-channel symmetric, 8 bits) measured on the tiny config (.tflite, random weights):
+# UNet 1.5e-2, VAE decoder 2.0e-2, text encoder 1.9e-2; 1e-1 leaves 5x margin for deeper models
+# (errors of per-layer rounding add up with depth; full-size errors could not be measured here).
+DEFAULT_REL_TOLERANCE: dict[str, float] = {"fp16": 5e-2, "fp32": 1e-3, "int8": 1e-1}
+DTYPES = ("fp16", "fp32", "int8")
 ProgressFn = Callable[[str, int, int], None]
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -86,25 +106,46 @@ def variant_name(flags: Flags) -> str:
     return ",".join(diff) or "baseline"
 
 
-def _model_config(model: ModelRef):
+def _model_config(model: ModelRef, component: str = "unet"):
+    """The ModelConfig of a built-in or unet_config model; for a factory model, a dict naming the
+    factory and its declared input shapes (what the key's `model` field holds)."""
+    from harness.models import loaders
     from harness.models.configs import get_model_config
 
+    check_component(component)
+    if model.kind != "builtin" and component != "unet":
+        raise ExportError(f"component {component!r}: a {model.kind} model defines a UNet only; the text encoder "
+                          f"and VAE decoder export for the built-in models ({', '.join(MODELS)})", kind="input")
     try:
-        return get_model_config(model.name)
+        if model.kind == "factory":
+            shapes = loaders.factory_input_shapes(model.factory, model.seed)
+            cfg: Any = {"factory": model.factory, "input_shapes": {k: list(v) for k, v in shapes.items()}}
+        elif model.kind == "unet_config":
+            cfg = loaders.config_model_config(model)
+        else:
+            cfg = get_model_config(model.name)
     except KeyError as exc:
         raise ExportError(str(exc.args[0]), kind="input") from None
+    except loaders.ModelLoadError as exc:
+        raise ExportError(str(exc), kind="input") from None
+    need = {"text_encoder": "text_encoder", "vae_decoder": "vae"}.get(component)
+    if need and not getattr(cfg, need, None):
+        raise ExportError(f"component {component!r}: model {model.name!r} has no {need} config "
+                          "(harness.models.configs)", kind="input")
+    return cfg
 
 
 def _check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
-        raise ExportError(f"artifact weights are fp16 or fp32, not {dtype!r}", kind="input")
+        raise ExportError(f"artifact weights are {', '.join(DTYPES)}, not {dtype!r}; pick one with --dtype",
+                          kind="input")
     return dtype
 
 
 def _artifact(entry: _cache.Entry, meta: dict[str, Any], flags: Flags, fmt: str, variant: str,
-              cached: bool) -> Artifact:
-    call_meta = {**meta, "requested_flags": flags.to_dict(), "na_flags": na_flags(flags, fmt),
-                 "variant": variant}
+              cached: bool, component: str = "unet") -> Artifact:
+    call_meta = {**meta, "requested_flags": flags.to_dict(), "na_flags": na_flags(flags, fmt, component),
+                 "variant": variant, "component": component}
     return Artifact(path=entry.artifact_path(meta), key=entry.key, fmt=fmt, sha256=meta["sha256"],
                     size_bytes=int(meta["size_bytes"]), meta=call_meta, cached=cached)
 
@@ -121,91 +162,89 @@ def _judge(meta: dict[str, Any], tolerance: float, variant: str, fmt: str, path:
 
 
 def lookup_artifact(model: ModelRef, flags: Flags, fmt: str, dtype: str = "fp16",
-                    cache_dir: Path | None = None) -> tuple[str, Artifact | None, str]:
+                    cache_dir: Path | None = None, *, component: str = "unet") -> tuple[str, Artifact | None, str]:
     """(key, the cached artifact or None, why not cached) without converting anything."""
     check_format(fmt)
+    check_component(component)
     _check_dtype(dtype)
-    cfg = _model_config(model)
+    cfg = _model_config(model, component)
     root = _cache.cache_root(cache_dir)
-    key, _ = _cache.artifact_key(model, cfg, flags, fmt, dtype)
+    key, _ = _cache.artifact_key(model, cfg, flags, fmt, dtype, component=component)
     entry = _cache.entry(root, key)
     meta, why = entry.verify()
     if meta is None:
         return key, None, why
-    return key, _artifact(entry, meta, flags, fmt, variant_name(flags), cached=True), ""
+    return key, _artifact(entry, meta, flags, fmt, variant_name(flags), cached=True, component=component), ""
 
 
 def ensure_artifact(model: ModelRef, flags: Flags, fmt: str, dtype: str = "fp16",
                     cache_dir: Path | None = None, progress: ProgressFn | None = None, *,
                     rel_tolerance: float | None = None, variant: str | None = None,
-                    timeout_s: float | None = None) -> Artifact:
-    """The artifact of `model` under `flags` in format `fmt` with `dtype` weights: from the cache
+                    timeout_s: float | None = None, component: str = "unet") -> Artifact:
+    """The artifact of `component` (COMPONENTS) of `model` under `flags` in format `fmt` with `dtype`
+    weights: from the cache
     when it is there and intact, else converted (in a subprocess, one conversion at a time), checked
     against the PyTorch reference (max relative error <= rel_tolerance, default by dtype) and cached.
 
-    Raises UnknownFormatError for an unknown format, ExportError (naming the variant, with the
+    Raises UnknownFormatError / UnknownComponentError for an unknown format / component, ExportError (naming the variant, with the
     converter's message) when the conversion fails, ReferenceMismatchError when the artifact
     disagrees with the reference (it is not cached).
     """
     check_format(fmt)
+    check_component(component)
     _check_dtype(dtype)
     if not isinstance(flags, Flags):
         raise TypeError(f"ensure_artifact needs harness.variants.Flags, got {type(flags).__name__}")
     progress = progress or (lambda phase, done, total: None)
     variant = variant or variant_name(flags)
     tolerance = DEFAULT_REL_TOLERANCE[dtype] if rel_tolerance is None else float(rel_tolerance)
-    if flags.attention == "relu":  # the export rewrite maps attention onto softmax/SDPA ops only
-        raise ExportError(f"variant {variant!r} ({fmt}): attention=relu cannot be exported yet (the {fmt} "
-                          "rewrite knows softmax and flash attention only); run it on the torch runtime",
-                          variant=variant, fmt=fmt, kind="input")
-    if model.kind != "builtin":
-        raise ExportError(f"variant {variant!r} ({fmt}): only built-in models ({', '.join(MODELS)}) export "
-                          f"so far, not a {model.kind} model; run it on the torch runtime",
-                          variant=variant, fmt=fmt, kind="input")
-    cfg = _model_config(model)
+    try:
+        cfg = _model_config(model, component)
+    except ExportError as exc:
+        raise ExportError(f"variant {variant!r} ({fmt}): {exc}", variant=variant, fmt=fmt, kind="input") from None
     if model.weights is not None and not Path(model.weights).expanduser().is_dir():
         raise ExportError(f"variant {variant!r} ({fmt}): weights directory {model.weights!r} does not exist",
                           variant=variant, fmt=fmt, kind="input")
     root = _cache.cache_root(cache_dir)
-    key, key_doc = _cache.artifact_key(model, cfg, flags, fmt, dtype)
+    key, key_doc = _cache.artifact_key(model, cfg, flags, fmt, dtype, component=component)
     entry = _cache.entry(root, key)
 
     progress("lookup", 0, 1)
     meta, why = entry.verify()
     if meta is not None:
         _judge(meta, tolerance, variant, fmt, entry.artifact_path(meta))
-        return _artifact(entry, meta, flags, fmt, variant, cached=True)
+        return _artifact(entry, meta, flags, fmt, variant, cached=True, component=component)
 
     with _cache.conversion_lock(root, on_wait=lambda: progress("waiting", 0, 1)):
         meta, why_now = entry.verify()  # another process may have built it while we waited
         if meta is not None:
             _judge(meta, tolerance, variant, fmt, entry.artifact_path(meta))
-            return _artifact(entry, meta, flags, fmt, variant, cached=True)
+            return _artifact(entry, meta, flags, fmt, variant, cached=True, component=component)
         rebuilt = entry.dir.exists()
         if rebuilt:
             entry.remove()  # corrupted or incomplete: rebuild from scratch
         meta = _convert(root, key, key_doc, cfg, model, flags, fmt, dtype, tolerance, variant, progress,
-                        timeout_s)
+                        timeout_s, component)
         if rebuilt:
             meta["rebuilt_because"] = why
         progress("hash", 0, 1)
         meta = _cache.commit(Path(meta.pop("_build_dir")), entry, meta)
     progress("done", 1, 1)
-    return _artifact(entry, meta, flags, fmt, variant, cached=False)
+    return _artifact(entry, meta, flags, fmt, variant, cached=False, component=component)
 
 
 def _convert(root: Path, key: str, key_doc: dict[str, Any], cfg: Any, model: ModelRef, flags: Flags,
              fmt: str, dtype: str, tolerance: float, variant: str, progress: ProgressFn,
-             timeout_s: float | None) -> dict[str, Any]:
+             timeout_s: float | None, component: str = "unet") -> dict[str, Any]:
     import dataclasses
 
     build = _cache.new_build_dir(root, key)
-    filename = _cache.artifact_filename(model.name, key, fmt)
-    eff = effective_flags(flags, fmt)
+    filename = _cache.artifact_filename(model.name, key, fmt, component)
+    eff = effective_flags(flags, fmt, component)
     request = {
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items()},
+        "config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg),
         "model": model.model_dump(), "flags": eff.to_dict(), "format": fmt, "dtype": dtype,
-        "out_path": str(build / filename), "rel_tolerance": tolerance,
+        "out_path": str(build / filename), "rel_tolerance": tolerance, "component": component,
     }
     req_path, res_path = build / "request.json", build / "result.json"
     req_path.write_text(json.dumps(request, indent=2))
@@ -262,7 +301,10 @@ def _convert(root: Path, key: str, key_doc: dict[str, Any], cfg: Any, model: Mod
     res_path.unlink(missing_ok=True)
     meta = result["meta"]
     meta.update({"file": filename, "format": fmt, "dtype": dtype, "key_doc": key_doc,
-                 "flags": eff.to_dict(), "model": model.name, "_build_dir": str(build)})
+                 "flags": eff.to_dict(), "model": model.name, "component": component,
+                 "weight_mb_by_dtype": {k: round(v / (1 << 20), 3)
+                                        for k, v in meta.get("weight_bytes_by_dtype", {}).items()},
+                 "_build_dir": str(build)})
     return meta
 
 
@@ -292,6 +334,7 @@ class PlannedArtifact:
     variants: list[tuple[str, Flags]]  # (row name, requested flags) sharing this artifact
     cached: Artifact | None = None
     why_not_cached: str = ""
+    component: str = "unet"
 
     @property
     def label(self) -> str:
@@ -299,31 +342,39 @@ class PlannedArtifact:
 
     def na(self) -> dict[str, list[str]]:
         """row name -> the flags that are n/a for it in this format (non-empty rows only)."""
-        return {name: na_flags(f, self.fmt) for name, f in self.variants if na_flags(f, self.fmt)}
+        return {name: na_flags(f, self.fmt, self.component) for name, f in self.variants
+                if na_flags(f, self.fmt, self.component)}
 
 
 def plan_artifacts(model: ModelRef, variants: list[tuple[str, Flags]], formats: list[str],
-                   dtype: str = "fp16", cache_dir: Path | None = None) -> list[PlannedArtifact]:
-    """The distinct artifacts `variants` need in each format (rows identical under the mapping share
-    one), each with its cached artifact when the cache has it intact."""
-    cfg = _model_config(model)
+                   dtype: str = "fp16", cache_dir: Path | None = None,
+                   components: tuple[str, ...] | list[str] = ("unet",)) -> list[PlannedArtifact]:
+    """The distinct artifacts `variants` need in each format and component (rows identical under the
+    mapping share one), each with its cached artifact when the cache has it intact. Ordered by
+    format, then component, then first row."""
+    for component in components:
+        check_component(component)
+    _check_dtype(dtype)
+    cfgs = {component: _model_config(model, component) for component in components}
     root = _cache.cache_root(cache_dir)
     out: list[PlannedArtifact] = []
     for fmt in formats:
         check_format(fmt)
         versions = _cache.converter_versions(fmt)
-        by_key: dict[str, PlannedArtifact] = {}
-        for name, flags in variants:
-            key, _ = _cache.artifact_key(model, cfg, flags, fmt, dtype, versions)
-            if key not in by_key:
-                by_key[key] = PlannedArtifact(fmt, key, effective_flags(flags, fmt), [])
-                out.append(by_key[key])
-            by_key[key].variants.append((name, flags))
-        for planned in by_key.values():
-            entry = _cache.entry(root, planned.key)
-            meta, why = entry.verify()
-            planned.why_not_cached = why
-            if meta is not None:
-                name, flags = planned.variants[0]
-                planned.cached = _artifact(entry, meta, flags, fmt, name, cached=True)
+        for component in components:
+            by_key: dict[str, PlannedArtifact] = {}
+            for name, flags in variants:
+                key, _ = _cache.artifact_key(model, cfgs[component], flags, fmt, dtype, versions, component)
+                if key not in by_key:
+                    by_key[key] = PlannedArtifact(fmt, key, effective_flags(flags, fmt, component), [],
+                                                  component=component)
+                    out.append(by_key[key])
+                by_key[key].variants.append((name, flags))
+            for planned in by_key.values():
+                entry = _cache.entry(root, planned.key)
+                meta, why = entry.verify()
+                planned.why_not_cached = why
+                if meta is not None:
+                    name, flags = planned.variants[0]
+                    planned.cached = _artifact(entry, meta, flags, fmt, name, cached=True, component=component)
     return out

@@ -2,14 +2,22 @@
 
 Layout under the cache root ($HARNESS_CACHE, ~/.cache/harness, or --cache DIR):
 
-    artifacts/<key>/unet-<model>-<key16>.tflite   (or .mlpackage/, a directory)
+    artifacts/<key>/<component>-<model>-<key16>.tflite   (or .mlpackage/, a directory; component:
+                                                  unet, text_encoder, vae_decoder)
     artifacts/<key>/meta.json                      facts about the artifact, its sha256 included
     artifacts/.lock                                held while a conversion runs (one at a time)
     artifacts/.build-<key>-<pid>/                  a conversion in progress (renamed into place)
 
 The key hashes everything that decides the artifact's bytes: the model config, the weights' identity,
 the flags as the format realizes them, the format, the weight dtype, the converter versions and
-EXPORT_VERSION (bump it when the export code changes what it emits). An entry whose files no longer
+EXPORT_VERSION (bump it when the export code changes what it emits). Fields added after version 1
+enter the key document only when they differ from what a version-1 key meant, so every key of a
+UNet of a built-in model stays what it was: `component` (not "unet") and `model_source`:
+
+* a `unet_config` model: the config file's path and the sha256 of its content;
+* a `factory` model: the factory path, the source file of the factory's module and its sha256. Only
+  that file is hashed: a change in another module the factory uses (a helper, a base class) is not
+  seen; clear the cache (`rm -r $HARNESS_CACHE/artifacts`) or bump EXPORT_VERSION after one. An entry whose files no longer
 hash to the recorded sha256 (truncated, edited) is not a hit: it is removed and rebuilt.
 """
 from __future__ import annotations
@@ -85,11 +93,42 @@ def model_identity(model_name: str, cfg: Any) -> dict[str, Any]:
     return data
 
 
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_source(model: Any) -> dict[str, Any] | None:
+    """What identifies a non-built-in model's definition (None for a built-in model): see the module
+    docstring."""
+    kind = getattr(model, "kind", "builtin")
+    if kind == "unet_config":
+        path = Path(model.unet_config).expanduser()
+        return {"unet_config": str(model.unet_config), "sha256": _file_sha256(path)}
+    if kind == "factory":
+        import importlib.util
+
+        from harness.models.loaders import ModelLoadError
+
+        module_name = model.factory.split(":")[0]
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError) as exc:
+            raise ModelLoadError(f"model.factory {model.factory!r}: module {module_name!r} cannot be found "
+                                 f"({exc}); check the spelling and PYTHONPATH") from None
+        if spec is None or not spec.origin or not Path(spec.origin).is_file():
+            raise ModelLoadError(f"model.factory {model.factory!r}: module {module_name!r} has no source file "
+                                 "to hash for the artifact cache key; make it a .py module on PYTHONPATH")
+        origin = Path(spec.origin)
+        return {"factory": model.factory, "module_file": origin.name, "module_sha256": _file_sha256(origin)}
+    return None
+
+
 def artifact_key(model: Any, cfg: Any, flags: Flags, fmt: str, dtype: str,
-                 versions: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
-    """(key, the document it hashes) for `model` (a ModelRef) with config `cfg` under `flags`."""
+                 versions: dict[str, str] | None = None, component: str = "unet") -> tuple[str, dict[str, Any]]:
+    """(key, the document it hashes) for `component` of `model` (a ModelRef) with config `cfg` (a
+    ModelConfig; a dict for a factory model) under `flags`."""
     check_format(fmt)
-    eff = effective_flags(flags, fmt)
+    eff = effective_flags(flags, fmt, component)
     doc = {
         "export_version": EXPORT_VERSION,
         "model": model_identity(model.name, cfg),
@@ -99,13 +138,19 @@ def artifact_key(model: Any, cfg: Any, flags: Flags, fmt: str, dtype: str,
         "dtype": dtype,
         "versions": versions if versions is not None else converter_versions(fmt),
     }
+    if component != "unet":  # new fields only where they differ from a version-1 key's meaning
+        doc["component"] = component
+    source = model_source(model)
+    if source is not None:
+        doc["model_source"] = source
     key = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:40]
     return key, doc
 
 
-def artifact_filename(model_name: str, key: str, fmt: str) -> str:
+def artifact_filename(model_name: str, key: str, fmt: str, component: str = "unet") -> str:
+    """<component>-<model>-<key16><suffix>, e.g. text_encoder-sd14-0123456789abcdef.tflite."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model_name)
-    return f"unet-{safe}-{key[:16]}{SUFFIX[fmt]}"
+    return f"{component}-{safe}-{key[:16]}{SUFFIX[fmt]}"
 
 
 def sha256_path(path: Path) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.export import (
-    FORMATS, Artifact, ExportError, PlannedArtifact, ensure_artifact, plan_artifacts,
+    COMPONENTS, FORMATS, Artifact, ExportError, PlannedArtifact, ensure_artifact, plan_artifacts,
 )
 from harness.export.mapping import UnknownFormatError
 
@@ -25,6 +25,11 @@ def formats_from_arg(value: str | None, runtime: str) -> list[str]:
     if value not in FORMATS:
         raise UnknownFormatError(f"unknown artifact format {value!r}; known formats: {', '.join(FORMATS)}, all")
     return [value]
+
+
+def suite_components(suite: Any) -> tuple[str, ...]:
+    """What a suite's workload runs: every component for `workload: e2e`, else the UNet."""
+    return COMPONENTS if getattr(suite, "workload", None) == "e2e" else ("unet",)
 
 
 def artifact_dtype(dtype: str | None, suite_dtype: str) -> str:
@@ -84,55 +89,65 @@ def _rows_text(planned: PlannedArtifact) -> str:
     return ", ".join(parts)
 
 
-def export_suite(suite: Any, formats: list[str], dtype: str, cache_dir: Path | None) -> int:
-    """Build every artifact the suite's variants need in `formats`; print what was built, what was
-    cached, and which rows share an artifact. Returns the exit code (1 if a variant failed)."""
+def _what(p: PlannedArtifact) -> str:
+    return p.fmt if p.component == "unet" else f"{p.component} {p.fmt}"
+
+
+def export_suite(suite: Any, formats: list[str], dtype: str, cache_dir: Path | None,
+                 components: tuple[str, ...] | None = None) -> int:
+    """Build every artifact the suite's variants need in `formats` (the UNet; for `workload: e2e` also
+    the text encoder and the VAE decoder); print what was built, what was cached, and which rows share
+    an artifact. Returns the exit code (1 if a variant failed)."""
     from rich.table import Table
 
     model = suite.model
     variants = suite.variant_list()
-    planned = plan_artifacts(model, variants, formats, dtype, cache_dir)
+    components = components or suite_components(suite)
+    planned = plan_artifacts(model, variants, formats, dtype, cache_dir, components)
     todo = [p for p in planned if p.cached is None]
     console = _console()
     shared = [p for p in planned if len(p.variants) > 1]
     for p in shared:
-        console.print(f"{p.fmt}: rows {_rows_text(p)} are the same artifact under the mapping; built once",
+        why = " (the flags do not apply to it)" if p.component == "text_encoder" else ""
+        console.print(f"{_what(p)}: rows {_rows_text(p)} are the same artifact under the mapping{why}; built once",
                       soft_wrap=True, markup=False, highlight=False)
     results: dict[int, Artifact | ExportError] = {}
     if not todo:
         console.print(f"nothing to build: all {len(planned)} artifact(s) for {len(variants)} variant(s) are in the "
                       f"cache ({', '.join(formats)}, {dtype} weights)", soft_wrap=True, markup=False, highlight=False)
     else:
-        console.print(f"building {len(todo)} of {len(planned)} artifact(s) ({', '.join(formats)}, {dtype} weights, "
-                      f"model {model.name}); conversions run one at a time", soft_wrap=True, markup=False,
-                      highlight=False)
+        console.print(f"building {len(todo)} of {len(planned)} artifact(s) ({', '.join(formats)}, "
+                      f"{', '.join(components)}, {dtype} weights, model {model.name}); conversions run one at a time",
+                      soft_wrap=True, markup=False, highlight=False)
         with _Bar(len(todo)) as bar:
             for p in todo:
                 name, flags = p.variants[0]
-                bar.start(f"{name} -> {p.fmt}")
+                bar.start(f"{name} -> {_what(p)}")
                 try:
-                    art = ensure_artifact(model, flags, p.fmt, dtype, cache_dir, bar.phase, variant=name)
+                    art = ensure_artifact(model, flags, p.fmt, dtype, cache_dir, bar.phase, variant=name,
+                                          component=p.component)
                     results[id(p)] = art
                     err = _ref_error(art)
-                    bar.finish(f"built {name} ({p.fmt}): {art.size_bytes / MB:.1f} MB, "
+                    bar.finish(f"built {name} ({_what(p)}): {art.size_bytes / MB:.1f} MB, "
                                f"{art.meta.get('convert_seconds', 0):.0f} s, reference error {err:.3g}"
-                               if err is not None else f"built {name} ({p.fmt})")
+                               if err is not None else f"built {name} ({_what(p)})")
                 except ExportError as exc:
                     results[id(p)] = exc
-                    bar.finish(f"FAILED {name} ({p.fmt}): {exc}")
+                    bar.finish(f"FAILED {name} ({_what(p)}): {exc}")
     table = Table(title=f"Artifacts: {model.name}, {dtype} weights")
-    for col in ("format", "rows", "status", "MB", "weights MB", "planned tensor MB", "ref. error", "path"):
+    for col in ("format", "component", "rows", "status", "MB", "weights MB", "planned tensor MB", "ref. error",
+                "path"):
         table.add_column(col, overflow="fold")
     failed = 0
     for p in planned:
         got = results.get(id(p), p.cached)
         if isinstance(got, ExportError):
             failed += 1
-            table.add_row(p.fmt, _rows_text(p), "FAILED", "", "", "", "", str(got)[:120])
+            table.add_row(p.fmt, p.component, _rows_text(p), "FAILED", "", "", "", "", str(got)[:120])
             continue
         assert got is not None
         err = _ref_error(got)
-        table.add_row(p.fmt, _rows_text(p), "cached" if p.cached is not None else "built",
+        table.add_row(p.fmt, p.component, _rows_text(p), "cached" if p.cached is not None else "built",
                       f"{got.size_bytes / MB:.1f}", f"{got.meta.get('weight_bytes', 0) / MB:.1f}",
                       f"{got.meta.get('planned_tensor_bytes', 0) / MB:.1f}",
                       "" if err is None else f"{err:.2g}", str(got.path))

@@ -10,6 +10,11 @@ GroupNorm stay primitive), `fused` writes F.group_norm/F.gelu and keeps the defa
 op; Core ML has no GroupNorm op, so coremltools lowers F.group_norm to its own reshape/reduce_mean/...
 sequence). Compute units are a load-time option on the device, not part of the artifact.
 
+int8 weights: the fp16 mlprogram through coremltools' linear_quantize_weights pass (what
+`coremltools.optimize.coreml.linear_quantize_weights` runs: linear_symmetric, int8, per channel),
+appended to the conversion's pass pipeline; the package holds int8 consts and constexpr_blockwise_shift_scale
+ops that dequantize them when the model loads (not counted as ops by `read_graph`).
+
 Core ML predictions run only on Apple OSes: the check loads the spec back and verifies its inputs,
 outputs and op set against the flags, and measures the error of the exact torch program that was
 converted (the export rewrite) against the PyTorch reference.
@@ -69,26 +74,82 @@ def _op_categories(mlmodel: Any, handle_category: dict[int, str]) -> dict[str, s
     return out
 
 
+def _drop_aliases(program: Any) -> Any:
+    """Remove aten.alias nodes (a no-op view; the CLIP text model's position_ids slice becomes one),
+    which coremltools' torch.export frontend does not convert."""
+    import torch
+
+    graph = program.graph_module.graph
+    removed = 0
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in (torch.ops.aten.alias.default, torch.ops.aten.alias_copy.default):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            removed += 1
+    if removed:
+        graph.lint()
+        program.graph_module.recompile()
+    return program
+
+
+INT8_MIN_ELEMENTS = 2048  # coremltools' OpLinearQuantizerConfig weight_threshold default
+
+
+def _round_weights_int8(module: Any) -> int:
+    """Round `module`'s weights (>= 2 dims, >= INT8_MIN_ELEMENTS elements) as linear_quantize_weights
+    does: symmetric int8 per output channel (axis 0), scale max|w| / 127. Returns how many."""
+    import torch
+
+    n = 0
+    with torch.no_grad():
+        for param in list(module.parameters()) + list(module.buffers()):
+            if param.is_floating_point() and param.dim() >= 2 and param.numel() >= INT8_MIN_ELEMENTS:
+                scale = param.abs().amax(dim=tuple(range(1, param.dim())), keepdim=True) / 127.0
+                scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+                param.copy_(torch.clamp(torch.round(param / scale), -127, 127) * scale)
+                n += 1
+    return n
+
+
+INT8_CONFIG = {"mode": "linear_symmetric", "dtype": "int8", "granularity": "per_channel"}
+
+
+def add_int8_pass(pipeline: Any) -> Any:
+    """Append coremltools' `compression::linear_quantize_weights` pass (what
+    coremltools.optimize.coreml.linear_quantize_weights runs: int8, linear_symmetric, per channel;
+    weights under 2048 elements stay fp16) to the conversion's own pass pipeline. Calling
+    linear_quantize_weights on the converted model instead would run the default pipeline a second
+    time and fuse back what groupnorm_gelu=decomposed keeps primitive."""
+    import coremltools as ct
+
+    op_config = ct.optimize.coreml.OpLinearQuantizerConfig(**INT8_CONFIG)
+    name = "compression::linear_quantize_weights"
+    pipeline.append_pass(name)
+    pipeline.set_options(name, {"config": ct.optimize.coreml.OptimizationConfig(global_config=op_config),
+                                "joint_compression": False})
+    return pipeline
+
+
 def convert(cfg: Any, weights: str | None, seed: int, flags: Any, dtype: str, out_path: Path,
-            progress: Callable[[str, int, int], None]) -> dict[str, Any]:
-    """Convert the variant to `out_path` (.mlpackage). Returns facts for Artifact.meta."""
+            progress: Callable[[str, int, int], None], component: str = "unet") -> dict[str, Any]:
+    """Convert the variant's `component` to `out_path` (.mlpackage). Returns facts for Artifact.meta."""
     import coremltools as ct
     import torch
 
     from harness.export.mapping import COREML_FUSION_PASSES
-    from harness.export.rewrite import export_model, reference_model
+    from harness.export.rewrite import INPUT_NAMES, example_inputs, export_model, reference_model
     from harness.models.patch import flag_coverage
-    from harness.models.unet import example_inputs
 
-    if dtype not in ("fp16", "fp32"):
-        raise ValueError(f"Core ML artifacts hold fp16 or fp32 weights, not {dtype!r}")
+    if dtype not in ("fp16", "fp32", "int8"):
+        raise ValueError(f"Core ML artifacts hold fp16, fp32 or int8 weights, not {dtype!r}")
     torch.set_grad_enabled(False)
     progress("build", 0, 1)
-    model = export_model(cfg, weights, seed, flags, "coreml")
-    coverage = flag_coverage(model.unet)
-    inputs = example_inputs(cfg, seed)
+    model = export_model(cfg, weights, seed, flags, "coreml", component)
+    inner = next(iter(model.children()))
+    coverage = flag_coverage(inner)
+    inputs = example_inputs(cfg, seed, component)
     progress("export", 0, 1)
-    program = torch.export.export(model, inputs).run_decompositions({})
+    program = _drop_aliases(torch.export.export(model, inputs).run_decompositions({}))
     # Tag every node with a debug handle: coremltools keeps it as each MIL op's EXIR_DEBUG_HANDLE
     # scope through its passes, which maps the final ops back to their module's category.
     handle_category: dict[int, str] = {}
@@ -99,44 +160,65 @@ def convert(cfg: Any, weights: str | None, seed: int, flags: Any, dtype: str, ou
             if category:
                 handle_category[handle] = category
     # The torch program coremltools converts, against the reference (the part Linux can run).
-    out = program.module()(*inputs).float()
-    ref = reference_model(cfg, weights, seed)(*inputs).float()
+    converted = program.module()
+    if dtype == "int8":  # what linear_quantize_weights will do to the weights, in torch
+        _round_weights_int8(converted)
+    out = converted(*inputs).float()
+    del converted
+    ref = reference_model(cfg, weights, seed, component, flags)(*inputs).float()
     torch_abs = float((out - ref).abs().max())
     torch_rel = torch_abs / max(float(ref.abs().max()), 1e-12)
+    output_shape = list(out.shape)
     del out, ref
     pipeline = ct.PassPipeline.DEFAULT
     removed: list[str] = []
-    if flags.groupnorm_gelu == "decomposed":
+    # The text encoder is converted as is (the flags do not apply): the default pass pipeline.
+    if flags.groupnorm_gelu == "decomposed" and component != "text_encoder":
         removed = [p for p in COREML_FUSION_PASSES if p in pipeline.passes]
         pipeline.remove_passes(removed)
+    if dtype == "int8":
+        add_int8_pass(pipeline)
     progress("convert", 0, 1)
     mlmodel = ct.convert(
         program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
-        compute_precision=ct.precision.FLOAT16 if dtype == "fp16" else ct.precision.FLOAT32,
+        compute_precision=ct.precision.FLOAT32 if dtype == "fp32" else ct.precision.FLOAT16,
         pass_pipeline=pipeline, skip_model_load=True,
     )
     categories = _op_categories(mlmodel, handle_category)
     mlmodel.user_defined_metadata[CATEGORY_METADATA_KEY] = json.dumps(categories, separators=(",", ":"))
     progress("write", 0, 1)
     mlmodel.save(str(out_path))
-    return {
+    facts = {
         "converter": "coremltools.convert (torch.export program, mlprogram, iOS18)",
-        "compute_precision": "FLOAT16" if dtype == "fp16" else "FLOAT32",
+        "compute_precision": "FLOAT32" if dtype == "fp32" else "FLOAT16",
         "removed_passes": removed,
         "fusion_passes_run": [p for p in COREML_FUSION_PASSES if p not in removed],
         "coverage": coverage,
-        "torch_program_check": {"max_abs_error": torch_abs, "rel_error": torch_rel},
-        "input_shapes": {"sample": list(cfg.latent_shape), "encoder_hidden_states": list(cfg.context_shape)},
-        "output_shape": list(cfg.latent_shape),
+        "torch_program_check": {"max_abs_error": torch_abs, "rel_error": torch_rel,
+                                **({"weights": "rounded to int8 as linear_quantize_weights does "
+                                               "(symmetric, per output channel)"} if dtype == "int8" else {})},
+        "input_shapes": {n: list(t.shape) for n, t in zip(INPUT_NAMES[component], inputs)},
+        "output_shape": output_shape,
     }
+    if dtype == "int8":
+        facts["weights"] = ("int8 weight-only: coremltools.optimize.coreml.linear_quantize_weights "
+                            "(linear_symmetric, per_channel) on the fp16 mlprogram")
+    if component != "unet":
+        facts["component"] = component
+    return facts
 
 
-def expected_ops(flags: Any, coverage: dict[str, int]) -> tuple[dict[str, int], set[str]]:
-    """(op type -> exact count it must have, op types it must not have) for these flags."""
+def expected_ops(flags: Any, coverage: dict[str, int]) -> tuple[dict[str, int], set[str], dict[str, int]]:
+    """(op type -> exact count it must have, op types it must not have, op type -> minimum count) for
+    these flags."""
     need: dict[str, int] = {}
     forbid: set[str] = set()
+    at_least: dict[str, int] = {}
     attn = coverage.get("attention", 0)
-    if flags.attention == "flash":
+    if flags.attention == "relu":
+        at_least["relu"] = attn  # the model may have ReLUs of its own
+        forbid |= {"softmax", "reduce_max", "scaled_dot_product_attention"}
+    elif flags.attention == "flash":
         need["scaled_dot_product_attention"] = attn
         forbid |= {"softmax", "reduce_max"}
     else:
@@ -153,32 +235,39 @@ def expected_ops(flags: Any, coverage: dict[str, int]) -> tuple[dict[str, int], 
     else:
         need["erf"] = coverage.get("gelu", 0)
         forbid.add("gelu")
-    return need, forbid
+    return need, forbid, at_least
 
 
 def reference_check(path: Path, cfg: Any, weights: str | None, seed: int, flags: Any,
-                    facts: dict[str, Any]) -> dict[str, Any]:
-    """Load the spec back: inputs, outputs and op set as the flags say; plus the torch program's error."""
+                    facts: dict[str, Any], component: str = "unet") -> dict[str, Any]:
+    """Load the spec back: inputs, outputs and op set as the flags say (the text encoder: inputs and
+    outputs only, the flags do not apply to it); plus the converted torch program's error."""
     graph = read_graph(path)
     problems: list[str] = []
     spec_inputs = graph.extra["input_shapes"]
     want = facts["input_shapes"]
     for name, shape in want.items():
-        if spec_inputs.get(name) != shape:
+        if shape and spec_inputs.get(name) != shape:  # (a 0-d timestep has no tensor shape in the spec)
             problems.append(f"input {name!r} has shape {spec_inputs.get(name)}, expected {shape}")
-    if len(spec_inputs) != 3:
-        problems.append(f"expected 3 inputs (sample, timestep, context), found {sorted(spec_inputs)}")
+    if len(spec_inputs) != len(want):
+        problems.append(f"expected {len(want)} inputs ({', '.join(want)}), found {sorted(spec_inputs)}")
     outs = graph.extra["output_shapes"]
     if list(outs.values()) != [facts["output_shape"]]:
         problems.append(f"expected one output of shape {facts['output_shape']}, found {outs}")
     hist = graph.op_histogram()
-    need, forbid = expected_ops(flags, facts["coverage"])
-    for op, count in need.items():
-        if hist.get(op, 0) != count:
-            problems.append(f"expected {count} {op} op(s), found {hist.get(op, 0)}")
-    for op in sorted(forbid):
-        if hist.get(op, 0):
-            problems.append(f"found {hist[op]} {op} op(s), which these flags rule out")
+    if component != "text_encoder":
+        need, forbid, at_least = expected_ops(flags, facts["coverage"])
+        for op, count in need.items():
+            if hist.get(op, 0) != count:
+                problems.append(f"expected {count} {op} op(s), found {hist.get(op, 0)}")
+        for op, count in at_least.items():
+            if hist.get(op, 0) < count:
+                problems.append(f"expected at least {count} {op} op(s), found {hist.get(op, 0)}")
+        for op in sorted(forbid):
+            if hist.get(op, 0):
+                problems.append(f"found {hist[op]} {op} op(s), which these flags rule out")
+    if facts.get("weights", "").startswith("int8") and not graph.weight_bytes_by_dtype.get("int8"):
+        problems.append("int8 weights were asked for but the package holds no int8 weights")
     torch_check = facts["torch_program_check"]
     return {"method": "Core ML spec loaded back (inputs, outputs, op set); the converted torch "
                       "program vs the PyTorch reference (Core ML cannot predict on Linux)",
@@ -247,6 +336,24 @@ def read_graph(path: str | os.PathLike) -> Graph:
                     tensors[name] = TensorRecord(name, name, shape, dtype, int(nbytes), constant=True)
                     if dtype not in ("STRING", "BOOL"):  # op parameters (pad types, flags), not weights
                         weights[dtype.lower()] = weights.get(dtype.lower(), 0) + int(nbytes)
+            continue
+        if op.type.startswith("constexpr_"):
+            # Weight decompression done when the model loads (int8 + scale -> fp16): its inputs were
+            # stored inline (data, scale, offset: blob file values); its output is a constant, not an
+            # activation.
+            for arg in op.inputs.values():
+                for a in arg.arguments:
+                    info = _tensor_info(a.value.type) if a.HasField("value") else None
+                    if info:
+                        shape, dtype = info
+                        nbytes = int(np.ceil(np.prod(shape) * _DTYPE_BYTES.get(dtype, 4))) if shape else _DTYPE_BYTES.get(dtype, 4)
+                        weights[dtype.lower()] = weights.get(dtype.lower(), 0) + nbytes
+            for name, info in out_infos:
+                if info:
+                    shape, dtype = info
+                    tensors[name] = TensorRecord(name, name, shape, dtype,
+                                                 int(np.ceil(np.prod(shape) * _DTYPE_BYTES.get(dtype, 4))),
+                                                 constant=True)
             continue
         inputs = tuple(a.name for arg in op.inputs.values() for a in arg.arguments if a.name)
         for name, info in out_infos:

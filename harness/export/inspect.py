@@ -1,7 +1,8 @@
 """`harness inspect ARTIFACT`: what an artifact holds, read from the artifact itself.
 
 - weight MB by element type (tflite: constant buffers, Buffer.Size() for weights stored after the
-  flatbuffer; Core ML: the const values of the MIL program);
+  flatbuffer; Core ML: the const values of the MIL program, and the int8 data and scales that
+  constexpr ops dequantize at load time): int8 weight-only artifacts show their int8 bytes;
 - an op histogram grouped into the paper's categories (GroupNorm, GELU, softmax/attention, 3x3
   convolution, other), composite ops named, with the op list of each composite's decomposition;
 - planned tensor MB: the artifact's own activations (sizes and op order from the file) laid out by
@@ -72,7 +73,15 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         "flags": meta.get("flags"),
         "reference": meta.get("reference"),
         "model": meta.get("model"),
+        "component": meta.get("component") or _component_from_name(path.name),
+        "dtype": meta.get("dtype"),
     }
+
+
+def _component_from_name(name: str) -> str | None:
+    from harness.export.mapping import COMPONENTS
+
+    return next((c for c in COMPONENTS if name.startswith(c + "-")), None)
 
 
 def _hist(h: dict[str, int], limit: int = 8) -> str:
@@ -88,7 +97,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"{report['path']}  ({report['format']}, {report['ops']} ops in the main graph)"]
     if report.get("model") or report.get("flags"):
         flags = report.get("flags") or {}
-        lines.append(f"model {report.get('model')}  flags " + ", ".join(f"{k}={v}" for k, v in flags.items()))
+        what = f"  component {report['component']}" if report.get("component") else ""
+        dtype = f"  {report['dtype']} weights" if report.get("dtype") else ""
+        lines.append(f"model {report.get('model')}{what}{dtype}  flags " + ", ".join(f"{k}={v}" for k, v in flags.items()))
     ref = report.get("reference") or {}
     if ref.get("rel_error") is not None:
         lines.append(f"reference check: max abs error {ref['max_abs_error']:.3g}, relative {ref['rel_error']:.3g}")

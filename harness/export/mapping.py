@@ -11,6 +11,11 @@ from dataclasses import replace
 from harness.variants import BASELINE, FLAG_VALUES, Flags
 
 FORMATS: tuple[str, ...] = ("tflite", "coreml")
+# What can be exported: the UNet, the CLIP text encoder, the VAE decoder (harness.export.rewrite).
+COMPONENTS: tuple[str, ...] = ("unet", "text_encoder", "vae_decoder")
+# Components the flags do not apply to (no diffusers Attention, GroupNorm or 3x3 conv): one artifact
+# for every row, every flag n/a.
+FLAGLESS_COMPONENTS: tuple[str, ...] = ("text_encoder",)
 SUFFIX: dict[str, str] = {"tflite": ".tflite", "coreml": ".mlpackage"}
 
 # Flags a format cannot express, and why (the artifact is the same either way).
@@ -51,6 +56,8 @@ MAPPING: dict[str, dict[str, dict[str, str]]] = {
             "standard": "BATCH_MATMUL, the softmax of the softmax flag, BATCH_MATMUL",
             "flash": "the odml.scaled_dot_product_attention composite (q/k/v as [B,T,N,H], an "
                      "explicit zero mask [B,1,1,T_k]); the softmax flag no longer applies",
+            "relu": "BATCH_MATMUL, RELU, BATCH_MATMUL, MUL by scale/T_k (ReLU attention, "
+                    "relu(QK^T*scale)V/T_k; no SOFTMAX); the softmax flag no longer applies",
         },
         "conv3x3": {"direct": "CONV_2D", "winograd": "n/a: CONV_2D, same artifact as direct"},
     },
@@ -69,8 +76,26 @@ MAPPING: dict[str, dict[str, dict[str, str]]] = {
         "attention": {
             "standard": "matmul, the softmax of the softmax flag, matmul",
             "flash": "the fused scaled_dot_product_attention op (iOS18 target)",
+            "relu": "matmul, relu, matmul, mul by scale/T_k (no softmax); the softmax flag no longer applies",
         },
         "conv3x3": {"direct": "conv", "winograd": "n/a: conv, same artifact as direct"},
+    },
+}
+
+
+# Weight dtype -> what each format stores (README.md "Artifacts").
+DTYPE_MAPPING: dict[str, dict[str, str]] = {
+    "tflite": {
+        "fp32": "FLOAT32 constants",
+        "fp16": "FLOAT16 constants feeding DEQUANTIZE ops (litert-torch full_fp16_recipe)",
+        "int8": "INT8 constants with per-channel scales feeding DEQUANTIZE ops, activations float "
+                "(litert-torch full_weight_only_recipe, INT8 CHANNELWISE); biases and norm scales stay FLOAT32",
+    },
+    "coreml": {
+        "fp32": "compute_precision=FLOAT32",
+        "fp16": "compute_precision=FLOAT16",
+        "int8": "the fp16 program with linear_quantize_weights (linear_symmetric, int8, per_channel): int8 "
+                "consts + constexpr_blockwise_shift_scale; weights under 2048 elements stay fp16",
     },
 }
 
@@ -79,28 +104,48 @@ class UnknownFormatError(ValueError):
     """An artifact format that is not one of FORMATS."""
 
 
+class UnknownComponentError(ValueError):
+    """A component that is not one of COMPONENTS."""
+
+
+def check_component(component: str) -> str:
+    if component not in COMPONENTS:
+        raise UnknownComponentError(f"unknown component {component!r}; known components: {', '.join(COMPONENTS)}")
+    return component
+
+
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise UnknownFormatError(f"unknown artifact format {fmt!r}; known formats: {', '.join(FORMATS)}")
     return fmt
 
 
-def na_flags(flags: Flags, fmt: str) -> list[str]:
-    """The flags of `flags` that differ from the baseline but that `fmt` cannot express."""
+def na_flags(flags: Flags, fmt: str, component: str = "unet") -> list[str]:
+    """The flags of `flags` that differ from the baseline but that `fmt` cannot express (for a
+    component the flags do not apply to: every flag that differs from the baseline)."""
     check_format(fmt)
-    return [name for name in NA_FLAGS[fmt] if getattr(flags, name) != getattr(BASELINE, name)]
+    check_component(component)
+    names = FLAG_VALUES if component in FLAGLESS_COMPONENTS else NA_FLAGS[fmt]
+    return [name for name in names if getattr(flags, name) != getattr(BASELINE, name)]
 
 
-def effective_flags(flags: Flags, fmt: str) -> Flags:
+def effective_flags(flags: Flags, fmt: str, component: str = "unet") -> Flags:
     """`flags` as the artifact of `fmt` realizes them: n/a flags at their baseline values.
 
-    Also normalizes winograd_tile, which cannot matter once conv3x3 is direct.
+    Also normalizes winograd_tile, which cannot matter once conv3x3 is direct, and softmax under
+    attention=relu (ReLU attention has no softmax). A component the flags do not apply to gets the
+    baseline.
     """
     check_format(fmt)
+    check_component(component)
+    if component in FLAGLESS_COMPONENTS:
+        return BASELINE
     changes: dict[str, object] = {name: getattr(BASELINE, name) for name in NA_FLAGS[fmt]}
     eff = replace(flags, **changes)
     if eff.conv3x3 == "direct":
         eff = replace(eff, winograd_tile=BASELINE.winograd_tile)
+    if eff.attention == "relu":
+        eff = replace(eff, softmax=BASELINE.softmax)
     return eff
 
 
@@ -118,4 +163,7 @@ def markdown_table() -> str:
         for value in values:
             lines.append(f"| {name} | {value} | {MAPPING['tflite'][name][value]} | "
                          f"{MAPPING['coreml'][name][value]} |")
+    for dtype in DTYPE_MAPPING["tflite"]:
+        lines.append(f"| weights (--dtype) | {dtype} | {DTYPE_MAPPING['tflite'][dtype]} | "
+                     f"{DTYPE_MAPPING['coreml'][dtype]} |")
     return "\n".join(lines)

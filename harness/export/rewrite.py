@@ -1,4 +1,25 @@
-"""The UNet as a converter sees it: the variant's kernels, with attention written per format.
+"""The networks as a converter sees them: the variant's kernels, with attention written per format.
+
+Three components (`COMPONENTS`), each wrapped so that the artifact's signature is what the host
+pipeline (`harness.models.pipeline.Pipeline`) feeds it, inputs in this order:
+
+* `unet`: (sample [B, 4, h, w] fp32, timestep [] fp32, encoder_hidden_states [B, T, D] fp32) ->
+  noise prediction [B, 4, h, w]. (.tflite signature names args_0, args_1, args_2, as before.)
+* `text_encoder`: (input_ids [B, T] int32) -> last_hidden_state [B, T, D] fp32: the transformers
+  CLIPTextModel of `pipeline.build_text_encoder` (B = the config's batch, 2: unconditional +
+  conditional; T = its text_tokens, 77 for SD 1.4). int32 ids (the pipeline's int64 ids cast):
+  neither LiteRT's GPU delegate nor Core ML wants int64 inputs. The flags do not apply (no diffusers
+  Attention, GroupNorm or 3x3 conv in CLIP): one artifact for every ladder row.
+* `vae_decoder`: (latents [1, 4, h, w] fp32) -> image [1, 3, 8h, 8w] in [-1, 1]: `pipeline.VAEDecoder`
+  (post_quant_conv + decoder; divides by the scaling factor itself). h = w = the UNet's sample_size
+  (64 for SD 1.4: 512x512 images). The flags apply to its blocks as to the UNet's: GroupNorm
+  (groupnorm_gelu), the mid-block attention (softmax, attention; it has a GroupNorm of its own,
+  applied here on the 4-D input), 3x3 convs (n/a in both formats); it has no GELU.
+
+Signature/input names: .tflite `input_ids` / `latents` (litert-torch sample_kwargs; the UNet keeps its
+positional args_0..2), output `output_0`; .mlpackage: the forward's argument names (`sample`,
+`timestep`, `encoder_hidden_states`; `input_ids`; `latents`). A runner that feeds by signature order
+gets them in the order above.
 
 `harness.models.patch.apply_flags` installs the kernels (GroupNorm and GELU decomposed or fused,
 direct 3x3 convolution: Winograd is n/a in both formats). What a converter needs written differently
@@ -15,6 +36,11 @@ is attention, which `ExportAttnProcessor` replaces:
   1.4's 4096 tokens).
 * attention=flash, coreml: F.scaled_dot_product_attention without a scale argument (the default
   1/sqrt(d) is SD's), which the iOS18 target converts to the fused scaled_dot_product_attention op.
+* attention=relu (MobileDiffusion's ReLU attention, `kernels.attention.relu_attention`):
+  relu(Q K^T * scale) V / T_k as primitive ops, written (relu(Q K^T) V) * (scale / T_k): BATCH_MATMUL,
+  RELU, BATCH_MATMUL, MUL in .tflite; matmul, relu, matmul, mul in Core ML, no softmax; the softmax flag does not apply.
+  Its reference is the unpatched model with ReLU attention (`KernelAttnProcessor(attention="relu")`),
+  since it is a different function from softmax attention.
 """
 from __future__ import annotations
 
@@ -25,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.export.mapping import COMPONENTS, check_component  # noqa: F401 - re-exported
 from harness.variants import Flags
 
 
@@ -40,6 +67,15 @@ def _naive_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float)
 def _softmax_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def _relu_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """q/k/v [B, N, T, H]: relu(Q K^T * scale) V / T_k (kernels.attention.relu_attention, unblocked),
+    written as (relu(Q K^T) V) * (scale / T_k): the same function for scale > 0, the ReLU a separate op
+    (TFLite would fuse a ReLU after the MUL by the scale into that MUL), the scaling on [T_q, H]."""
+    if scale <= 0:
+        raise ValueError(f"relu attention export needs a positive scale, got {scale}")
+    return torch.matmul(torch.relu(torch.matmul(q, k.transpose(-1, -2))), v) * (scale / k.shape[-2])
 
 
 def _tflite_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -78,7 +114,9 @@ class ExportAttnProcessor:
         if self.attention == "flash" and self.fmt == "tflite":
             return _tflite_flash(q, k, v, scale)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if self.attention == "flash":
+        if self.attention == "relu":
+            out = _relu_core(q, k, v, scale)
+        elif self.attention == "flash":
             out = _coreml_flash(q, k, v, scale)
         elif self.softmax == "naive":
             out = _naive_core(q, k, v, scale)
@@ -90,7 +128,7 @@ class ExportAttnProcessor:
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
                  *args: Any, **kwargs: Any) -> torch.Tensor:
         unsupported = [name for name, present in (
-            ("spatial_norm", attn.spatial_norm is not None), ("group_norm", attn.group_norm is not None),
+            ("spatial_norm", attn.spatial_norm is not None),
             ("attention_mask", attention_mask is not None), ("norm_q", getattr(attn, "norm_q", None) is not None),
             ("norm_k", getattr(attn, "norm_k", None) is not None),
         ) if present]
@@ -98,8 +136,12 @@ class ExportAttnProcessor:
             raise NotImplementedError(f"export supports SD 1.x attention only; this block uses {unsupported}")
         residual = hidden_states
         input_ndim = hidden_states.ndim
+        if attn.group_norm is not None and input_ndim != 4:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         if input_ndim == 4:
             batch, channel, height, width = hidden_states.shape
+            if attn.group_norm is not None:  # the VAE's attention: the same groups over [B, C, H, W]
+                hidden_states = attn.group_norm(hidden_states)
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
         batch = hidden_states.shape[0]
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
@@ -131,25 +173,109 @@ class UNetForExport(nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
-def export_model(cfg: Any, weights: str | None, seed: int, flags: Flags, fmt: str) -> UNetForExport:
-    """The fp32 UNet of `cfg` with the kernels of `flags` (already effective for `fmt`) and the
-    attention of `fmt`, wrapped for export."""
+class TextEncoderForExport(nn.Module):
+    """input_ids [B, T] (int32) -> last_hidden_state [B, T, D] of a transformers CLIPTextModel."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, return_dict=False)[0]
+
+
+class DecoderForExport(nn.Module):
+    """latents [1, 4, h, w] -> image [1, 3, 8h, 8w]: pipeline.VAEDecoder, one tensor in and out."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents)
+
+
+# Input names in signature order, and the output's meaning, per component (see the module docstring).
+INPUT_NAMES: dict[str, tuple[str, ...]] = {
+    "unet": ("sample", "timestep", "encoder_hidden_states"),
+    "text_encoder": ("input_ids",),
+    "vae_decoder": ("latents",),
+}
+OUTPUT_NAMES: dict[str, str] = {"unet": "noise_pred", "text_encoder": "last_hidden_state", "vae_decoder": "image"}
+
+
+def example_inputs(target: Any, seed: int, component: str = "unet") -> tuple[torch.Tensor, ...]:
+    """What the host pipeline feeds `component` of `target` (a ModelConfig, or a ModelRef for a factory
+    model), seeded: the UNet's example inputs; token ids [batch, text_tokens] int32 (BOS, seeded ids,
+    EOS padding: `pipeline.random_token_ids`); decoder latents [1, 4, s, s] (s = the UNet's sample_size)."""
+    from harness.models import unet as unet_mod
+
+    check_component(component)
+    if component == "unet":
+        return unet_mod.example_inputs(target, seed)
+    if component == "text_encoder":
+        from harness.models.pipeline import random_token_ids
+
+        ids = random_token_ids(target, "a photograph of an astronaut riding a horse", seed)
+        ids = ids.repeat((target.batch + 1) // 2, 1)[: target.batch]  # [uncond, cond] for batch 2
+        return (ids.to(torch.int32),)
+    s = target.unet["sample_size"]
+    gen = torch.Generator().manual_seed(seed + 1)
+    return (torch.randn((1, target.unet.get("in_channels", 4), s, s), generator=gen),)
+
+
+def _build(target: Any, weights: str | None, seed: int, component: str) -> nn.Module:
+    if component == "unet":
+        from harness.models.unet import build_unet
+
+        return build_unet(target, weights, seed, "fp32")
+    if component == "text_encoder":
+        from harness.models.pipeline import build_text_encoder
+
+        return build_text_encoder(target, weights, seed, "fp32")
+    from harness.models.pipeline import build_vae_decoder
+
+    return build_vae_decoder(target, weights, seed, "fp32")
+
+
+def _wrap(module: nn.Module, component: str) -> nn.Module:
+    wrapper = {"unet": UNetForExport, "text_encoder": TextEncoderForExport, "vae_decoder": DecoderForExport}
+    return wrapper[component](module).eval()
+
+
+def export_model(cfg: Any, weights: str | None, seed: int, flags: Flags, fmt: str,
+                 component: str = "unet") -> nn.Module:
+    """The fp32 `component` of `cfg` (a ModelConfig, or a ModelRef for a factory model) with the
+    kernels of `flags` (already effective for `fmt`) and the attention of `fmt`, wrapped for export.
+    The text encoder is built as is (the flags do not apply to it)."""
     from diffusers.models.attention_processor import Attention
 
     from harness.models.patch import apply_flags
-    from harness.models.unet import build_unet
 
-    unet = build_unet(cfg, weights, seed, "fp32")
-    apply_flags(unet, flags)
-    processor = ExportAttnProcessor(fmt, flags.softmax, flags.attention)
-    for module in unet.modules():
-        if isinstance(module, Attention):
-            module.set_processor(processor)
-    return UNetForExport(unet).eval()
+    check_component(component)
+    module = _build(cfg, weights, seed, component)
+    if component != "text_encoder":
+        apply_flags(module, flags)
+        processor = ExportAttnProcessor(fmt, flags.softmax, flags.attention)
+        for sub in module.modules():
+            if isinstance(sub, Attention):
+                sub.set_processor(processor)
+    return _wrap(module, component)
 
 
-def reference_model(cfg: Any, weights: str | None, seed: int) -> UNetForExport:
-    """The plain diffusers UNet (no kernels patched): what every artifact is checked against."""
-    from harness.models.unet import build_unet
+def reference_model(cfg: Any, weights: str | None, seed: int, component: str = "unet",
+                    flags: Flags | None = None) -> nn.Module:
+    """The plain module (no kernels patched): what every artifact is checked against. With
+    attention=relu (a different function), the plain module with ReLU attention processors."""
+    from diffusers.models.attention_processor import Attention
 
-    return UNetForExport(build_unet(cfg, weights, seed, "fp32")).eval()
+    from harness.models.kernels.attention import KernelAttnProcessor
+
+    check_component(component)
+    module = _build(cfg, weights, seed, component)
+    if flags is not None and flags.attention == "relu" and component != "text_encoder":
+        processor = KernelAttnProcessor(softmax="optimized", attention="relu")
+        for sub in module.modules():
+            if isinstance(sub, Attention):
+                sub.set_processor(processor)
+    return _wrap(module, component)

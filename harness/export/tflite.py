@@ -5,7 +5,10 @@ Conversion (`convert`, run by the export worker in its own process): the variant
 (`harness.export.rewrite`), `litert_torch.convert(..., lightweight_conversion=True)` with
 `enable_group_norm_composite` for groupnorm_gelu=fused, and fp16 weights through litert-torch's
 fp16 weight-only recipe (weights stored as FLOAT16 constants feeding DEQUANTIZE ops; activations
-stay fp32, the GPU delegate runs fp16 throughout).
+stay fp32, the GPU delegate runs fp16 throughout), int8 weights through its int8 weight-only recipe
+(`full_weight_only_recipe`, INT8 CHANNELWISE MIN_MAX: the matrices and conv filters are INT8 tensors
+with per-channel scales; activations stay float; what ai-edge-quantizer leaves, e.g. biases and norm
+scales, stays FLOAT32). Components (UNet, text encoder, VAE decoder): `harness.export.rewrite`.
 
 Reading (`read_graph`): the flatbuffer through ai_edge_litert.schema_py_generated, memory-mapped. A
 large model keeps its weights after the flatbuffer: a buffer's bytes are Buffer.Size() when
@@ -189,53 +192,72 @@ def run_once(interpreter, arrays: list[np.ndarray]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ conversion
 
+_WEIGHTS = {"fp16": "fp16 weight-only (full_fp16_recipe)",
+            "int8": "int8 weight-only, per-channel (full_weight_only_recipe: INT8 CHANNELWISE MIN_MAX)",
+            "fp32": "fp32"}
+
+
+def quant_config_for(dtype: str):
+    """litert-torch's weight-only recipe for `dtype` (None: fp32 weights)."""
+    if dtype not in _WEIGHTS:
+        raise ValueError(f"tflite artifacts hold {', '.join(_WEIGHTS)} weights, not {dtype!r}")
+    if dtype == "fp32":
+        return None
+    from litert_torch.generative.quantize import quant_attrs, quant_recipes
+
+    if dtype == "fp16":
+        return quant_recipes.full_fp16_recipe()
+    return quant_recipes.full_weight_only_recipe(weight_dtype=quant_attrs.Dtype.INT8,
+                                                 granularity=quant_attrs.Granularity.CHANNELWISE)
+
+
 def convert(cfg: Any, weights: str | None, seed: int, flags: Any, dtype: str, out_path: Path,
-            progress: Callable[[str, int, int], None]) -> dict[str, Any]:
-    """Convert the variant to `out_path` (.tflite). Returns facts for Artifact.meta."""
+            progress: Callable[[str, int, int], None], component: str = "unet") -> dict[str, Any]:
+    """Convert the variant's `component` to `out_path` (.tflite). Returns facts for Artifact.meta."""
     import gc
 
     import litert_torch
     import torch
 
-    from harness.export.rewrite import export_model
-    from harness.models.unet import example_inputs
+    from harness.export.rewrite import INPUT_NAMES, example_inputs, export_model
 
-    if dtype not in ("fp16", "fp32"):
-        raise ValueError(f"tflite artifacts hold fp16 or fp32 weights, not {dtype!r}")
+    quant_config = quant_config_for(dtype)
     litert_torch.config.enable_group_norm_composite = flags.groupnorm_gelu == "fused"
     litert_torch.config.show_progress = False
     torch.set_grad_enabled(False)
     progress("build", 0, 1)
-    model = export_model(cfg, weights, seed, flags, "tflite")
-    inputs = example_inputs(cfg, seed)
-    quant_config = None
-    if dtype == "fp16":
-        from litert_torch.generative.quantize import quant_recipes
-
-        quant_config = quant_recipes.full_fp16_recipe()
+    model = export_model(cfg, weights, seed, flags, "tflite", component)
+    inputs = example_inputs(cfg, seed, component)
     progress("convert", 0, 1)
-    edge = litert_torch.convert(model, inputs, quant_config=quant_config, lightweight_conversion=True)
+    if component == "unet":  # positional (signature args_0..2), as artifacts built before components
+        edge = litert_torch.convert(model, inputs, quant_config=quant_config, lightweight_conversion=True)
+    else:  # named signature inputs (input_ids, latents)
+        edge = litert_torch.convert(model, (), dict(zip(INPUT_NAMES[component], inputs)),
+                                    quant_config=quant_config, lightweight_conversion=True)
     progress("write", 0, 1)
     edge.export(str(out_path))
     del edge, model
     gc.collect()
-    return {"converter": "litert_torch.convert", "lightweight_conversion": True,
-            "group_norm_composite": flags.groupnorm_gelu == "fused",
-            "weights": "fp16 weight-only (full_fp16_recipe)" if dtype == "fp16" else "fp32"}
+    facts = {"converter": "litert_torch.convert", "lightweight_conversion": True,
+             "group_norm_composite": flags.groupnorm_gelu == "fused", "weights": _WEIGHTS[dtype]}
+    if component != "unet":
+        facts["component"] = component
+        facts["input_shapes"] = {n: list(t.shape) for n, t in zip(INPUT_NAMES[component], inputs)}
+        facts["input_dtypes"] = {n: str(t.dtype).replace("torch.", "") for n, t in zip(INPUT_NAMES[component], inputs)}
+    return facts
 
 
 def reference_check(path: Path, cfg: Any, weights: str | None, seed: int, flags: Any = None,
-                    facts: dict[str, Any] | None = None) -> dict[str, Any]:
+                    facts: dict[str, Any] | None = None, component: str = "unet") -> dict[str, Any]:
     """Run the artifact through ai-edge-litert on the example inputs and compare with the plain
-    PyTorch UNet: max abs error and max abs error / max |reference|."""
+    PyTorch module: max abs error and max abs error / max |reference|."""
     import torch
 
-    from harness.export.rewrite import reference_model
-    from harness.models.unet import example_inputs
+    from harness.export.rewrite import example_inputs, reference_model
 
     torch.set_grad_enabled(False)
-    inputs = example_inputs(cfg, seed)
-    reference = reference_model(cfg, weights, seed)(*inputs).float().numpy()
+    inputs = example_inputs(cfg, seed, component)
+    reference = reference_model(cfg, weights, seed, component, flags)(*inputs).float().numpy()
     interpreter = load_interpreter(path)
     interpreter.allocate_tensors()
     out = run_once(interpreter, [t.numpy() for t in inputs]).astype(np.float32)
@@ -244,6 +266,9 @@ def reference_check(path: Path, cfg: Any, weights: str | None, seed: int, flags:
     max_abs = float(np.max(np.abs(out - reference)))
     scale = float(np.max(np.abs(reference))) or 1e-12
     finite = bool(np.isfinite(out).all())
-    return {"method": "ai_edge_litert.Interpreter vs PyTorch (diffusers UNet, fp32) on the example inputs",
+    what = {"unet": "diffusers UNet", "text_encoder": "transformers CLIPTextModel",
+            "vae_decoder": "diffusers VAE decoder"}[component]
+    relu = " with ReLU attention" if flags is not None and flags.attention == "relu" else ""
+    return {"method": f"ai_edge_litert.Interpreter vs PyTorch ({what}{relu}, fp32) on the example inputs",
             "max_abs_error": max_abs if finite else float("inf"),
             "rel_error": max_abs / scale if finite else float("inf")}

@@ -1,8 +1,9 @@
 """The conversion subprocess: `python -m harness.export.worker REQUEST_JSON RESULT_JSON`.
 
 One conversion per process (a full SD 1.4 UNet takes 13-18 GiB while converting; the controller
-stays small and a converter crash stays here). The request names the model config, flags (already
-effective for the format), format, dtype, output path and tolerance; the worker converts, checks the
+stays small and a converter crash stays here). The request names the model config (or the model
+reference of a factory model), the component, flags (already effective for the format), format,
+dtype, output path and tolerance; the worker converts, checks the
 artifact against the PyTorch reference, reads its graph back and writes a result JSON:
 {"ok": true, "meta": {...}} or {"ok": false, "error": {"kind": convert|check|input, "message", "detail"}}.
 Progress goes to stdout as `@@progress PHASE DONE TOTAL` lines; everything else goes to stderr.
@@ -42,11 +43,22 @@ def graph_summary(graph) -> dict[str, Any]:
     }
 
 
-def run(request: dict[str, Any]) -> dict[str, Any]:
+def build_target(request: dict[str, Any]):
+    """What the converter builds from: the request's ModelConfig, or the ModelRef of a factory model
+    (its module and input shapes come from the factory)."""
     from harness.models.configs import ModelConfig
+    from harness.protocol import ModelRef
+
+    if request["model"].get("factory"):
+        return ModelRef(**request["model"])
+    return ModelConfig(**request["config"])
+
+
+def run(request: dict[str, Any]) -> dict[str, Any]:
     from harness.variants import Flags
 
-    cfg = ModelConfig(**request["config"])
+    cfg = build_target(request)
+    component = request.get("component", "unet")
     flags = Flags.from_dict(request["flags"])
     fmt, dtype = request["format"], request["dtype"]
     out_path = Path(request["out_path"])
@@ -57,7 +69,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     conv = importlib.import_module(module)
     t0 = time.perf_counter()
     try:
-        facts = conv.convert(cfg, weights, seed, flags, dtype, out_path, emit)
+        facts = conv.convert(cfg, weights, seed, flags, dtype, out_path, emit, component=component)
     except Exception as exc:  # noqa: BLE001 - the converter's message is the result
         return {"ok": False, "error": {"kind": "convert", "message": f"{type(exc).__name__}: {exc}",
                                        "detail": traceback.format_exc()[-6000:]}}
@@ -65,7 +77,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     emit("check", 0, 1)
     t1 = time.perf_counter()
     try:
-        check = conv.reference_check(out_path, cfg, weights, seed, flags, facts)
+        check = conv.reference_check(out_path, cfg, weights, seed, flags, facts, component=component)
     except Exception as exc:  # noqa: BLE001
         return {"ok": False, "error": {"kind": "check",
                                        "message": f"the reference check could not run: {type(exc).__name__}: {exc}",
