@@ -259,7 +259,7 @@ def notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
                    "call (batch 2, classifier-free guidance); the UNet total is the sum per image (PNDM "
                    "makes steps + 1 calls). Scheduler: all steps' non-UNet work (input scaling, guidance, "
                    "scheduler.step). Other: token ids, timesteps, initial noise, conversion to 8 bits.")
-    kinds = sorted(set(df["peak_kind"].dropna()))
+    kinds = sorted(set(df[df["method"] != "composed"]["peak_kind"].dropna()))
     if kinds:
         out.append("Peak MB: " + "; ".join({"RSS": "RSS = the job process's peak resident set (every component, "
                                                    "the reference check included)",
@@ -267,7 +267,9 @@ def notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
                                            for k in kinds) + ".")
     for device in df[df["method"] == "composed"]["device"].unique():
         out.append(f"{device}: {COMPOSED_LABEL}: text encoder + steps × (UNet iteration + the host's measured "
-                   "scheduler cost) + decoder, each measured on the device in its own run.")
+                   "scheduler cost) + decoder, each measured on the device in its own run (the median of its "
+                   "timed runs). Peak MB: the largest of the three component runs' peaks (GPU = dumpsys meminfo "
+                   "Graphics, else RSS = benchmark_model's peak resident set).")
     if (df["prompt_tokens"] == "random").any():
         out.append("Prompt: no tokenizer without --weights (offline), so the prompt is seeded random token ids "
                    "(one per word); the text encoder runs the same 77-token shapes.")
