@@ -179,6 +179,7 @@ def test_e2e_on_a_fake_phone_composes_three_component_runs(tmp_path: Path, three
 
     # the report: the row is labelled, in the terminal, Markdown and HTML; the breakdown plot holds it
     assert "End-to-end" in terminal and "composed from on-device" in terminal.replace("\n", " ")
+    assert "litert-gpu" in terminal  # the runtime that ran (the suite's `torch` means LiteRT on the GPU here)
     run = store.load_run(runs[0]["id"])
     df = e2e_table(run)
     assert list(df["method"]) == ["composed"] and df["total_s"].iloc[0] == pytest.approx(

@@ -18,6 +18,12 @@ A job on a phone:
 4. poll for its DONE marker, pull its files into the job's workdir, parse them
    (`harness.devices.android_parse`) into a JobResult.
 
+An `e2e` job runs steps 2-4 three times in one device session, for the text encoder, the UNet and the
+VAE decoder .tflite (`options.extra.graphs.{text_encoder,unet,vae_decoder}`, else
+`ensure_artifact(..., component=...)`), and composes the three medians with the host's measured
+scheduler cost (`harness.workloads.e2e.measure_scheduler_ms`) into one result
+(`harness.report.e2e.composed_components`; README "Android", *End-to-end on a phone*).
+
 Every string that reaches the device shell goes through `shlex.quote`.
 
 Failures are JobResults with an error kind: `crash` (benchmark_model exited non-zero; the stderr
@@ -31,7 +37,8 @@ Runtime options (`options.extra` of a suite, e.g. `--set options.extra.gpu_backe
 `report_peak_memory_footprint` (default true), `run_delay`, `warmup_min_secs` (default 0, so
 `measure.warmup_runs` is the number of warm-up runs), `num_threads`, `affinity` (taskset hex mask),
 `cooldown` (seconds, or {max_temp_c, max_battery_c, timeout_s, poll_s, zones}), `graph` (a host
-.tflite to run instead of exporting the variant), `flags` ({name: value} passed to benchmark_model
+.tflite to run instead of exporting the variant), `graphs` (e2e: {text_encoder, unet, vae_decoder}
+host .tflite paths, all three), `flags` ({name: value} passed to benchmark_model
 as --name=value), `meminfo_interval_s`. From `measure`: iterations -> --num_runs, warmup_runs ->
 --warmup_runs, min_seconds -> --min_secs, max_seconds -> --max_secs, timeout_seconds bounds the job,
 cooldown_seconds is the pause (or the cooldown wait's timeout when thresholds are set).

@@ -174,7 +174,7 @@ def e2e_table(run: RunRecord, workload: str = "e2e") -> pd.DataFrame:
         row: dict[str, Any] = {
             "device": job.device_id, "step": job.variant_index, "variant": job.variant,
             "label": LADDER_LABELS.get(job.variant, job.variant), "status": job.status,
-            "runtime": job.options.get("runtime"), "dtype": job.options.get("dtype"),
+            "runtime": extra.get("runtime") or job.options.get("runtime"), "dtype": job.options.get("dtype"),
             "accelerator": extra.get("accelerator", job.options.get("accelerator")),
             "peak_mb": None if peak is None else peak / MB, "peak_kind": kind if peak is not None else None,
             "scheduler": extra.get("scheduler"), "prompt_tokens": extra.get("prompt_tokens"),
