@@ -583,7 +583,10 @@ def _component_records(results: dict[str, JobResult]) -> dict[str, dict[str, Any
         if res.error is not None:
             rec["error"] = res.error.model_dump()
         else:
-            rec["ms"], rec["statistic"] = component_ms(res)
+            try:
+                rec["ms"], rec["statistic"] = component_ms(res)
+            except _JobFailure as exc:
+                rec["ms"], rec["statistic"] = None, exc.message
         out[component] = rec
     return out
 
@@ -1224,7 +1227,14 @@ class AndroidDevice(Device):
             scheduler_ms = measure_scheduler_ms(args["scheduler"], args["steps"], latent_shape, args["guidance_scale"])
         except InputError as exc:
             raise _JobFailure("input", str(exc)) from None
-        ms = {c: component_ms(r) for c, r in results.items()}
+        ms: dict[str, tuple[float, str]] = {}
+        for component, res in results.items():
+            try:
+                ms[component] = component_ms(res)
+            except _JobFailure as failure:
+                raise _JobFailure(failure.kind, f"e2e component {component}: {failure.message}",
+                                  extra={"failed_component": component,
+                                         "components": _component_records(results)}) from None
         sources = {c: {"sha256": arts[c].sha256, "source": arts[c].source, "statistic": ms[c][1]}
                    for c in E2E_COMPONENTS}
         sources["scheduler"] = {"source": "host", "function": "harness.workloads.e2e.measure_scheduler_ms",
