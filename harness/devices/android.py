@@ -18,6 +18,12 @@ A job on a phone:
 4. poll for its DONE marker, pull its files into the job's workdir, parse them
    (`harness.devices.android_parse`) into a JobResult.
 
+An `e2e` job runs steps 2-4 three times in one device session, for the text encoder, the UNet and the
+VAE decoder .tflite (`options.extra.graphs.{text_encoder,unet,vae_decoder}`, else
+`ensure_artifact(..., component=...)`), and composes the three medians with the host's measured
+scheduler cost (`harness.workloads.e2e.measure_scheduler_ms`) into one result
+(`harness.report.e2e.composed_components`; README "Android", *End-to-end on a phone*).
+
 Every string that reaches the device shell goes through `shlex.quote`.
 
 Failures are JobResults with an error kind: `crash` (benchmark_model exited non-zero; the stderr
@@ -31,7 +37,8 @@ Runtime options (`options.extra` of a suite, e.g. `--set options.extra.gpu_backe
 `report_peak_memory_footprint` (default true), `run_delay`, `warmup_min_secs` (default 0, so
 `measure.warmup_runs` is the number of warm-up runs), `num_threads`, `affinity` (taskset hex mask),
 `cooldown` (seconds, or {max_temp_c, max_battery_c, timeout_s, poll_s, zones}), `graph` (a host
-.tflite to run instead of exporting the variant), `flags` ({name: value} passed to benchmark_model
+.tflite to run instead of exporting the variant), `graphs` (e2e: {text_encoder, unet, vae_decoder}
+host .tflite paths, all three), `flags` ({name: value} passed to benchmark_model
 as --name=value), `meminfo_interval_s`. From `measure`: iterations -> --num_runs, warmup_runs ->
 --warmup_runs, min_seconds -> --min_secs, max_seconds -> --max_secs, timeout_seconds bounds the job,
 cooldown_seconds is the pause (or the cooldown wait's timeout when thresholds are set).
@@ -106,7 +113,12 @@ COOLDOWN_KEYS = ("max_temp_c", "max_battery_c", "timeout_s", "poll_s", "zones")
 # Keys of `options.extra` this device reads.
 OPTION_KEYS = ("use_gpu", "gpu_backend", "gpu_precision_loss_allowed", "enable_op_profiling",
                "report_peak_memory_footprint", "run_delay", "warmup_min_secs", "num_threads",
-               "affinity", "cooldown", "graph", "flags", "meminfo_interval_s")
+               "affinity", "cooldown", "graph", "graphs", "flags", "meminfo_interval_s")
+# The .tflite components of an `e2e` job, in the order they run (one benchmark_model run each).
+E2E_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+E2E_TIMING_METHOD = "composed: benchmark_model medians (text encoder, UNet, VAE decoder) + host scheduler"
+GRAPHS_HINT = ("give the three graphs with --set options.extra.graphs.text_encoder=PATH --set "
+               "options.extra.graphs.unet=PATH --set options.extra.graphs.vae_decoder=PATH (host .tflite files)")
 # Files run_job.sh leaves in its result directory, pulled after the run.
 RESULT_FILES = ("exit_code", "stdout.txt", "stderr.txt", "meminfo.txt", "thermal_before.txt",
                 "thermal_after.txt", "battery_before.txt", "battery_after.txt", "started_at",
@@ -486,6 +498,68 @@ def split_meminfo_samples(text: str) -> list[tuple[float | None, str]]:
     return samples
 
 
+def given_graph(spec: JobSpec, component: str = "unet") -> tuple[str, str | None]:
+    """(where it came from, host path or None) of the user's .tflite for `component`.
+
+    `options.extra.graphs` maps text_encoder, unet and vae_decoder to host .tflite paths; when given, all
+    three are required (a partial or malformed mapping is an input failure). `options.extra.graph` is the
+    UNet's (the unet_iteration workload, or the e2e UNet when `graphs` is absent).
+    """
+    extra = spec.options.extra
+    graphs = extra.get("graphs")
+    if graphs is not None:
+        if not isinstance(graphs, dict):
+            raise _JobFailure("input", f"options.extra.graphs must map {', '.join(E2E_COMPONENTS)} to host .tflite "
+                              f"paths, got {graphs!r}; {GRAPHS_HINT}")
+        unknown = sorted(set(map(str, graphs)) - set(E2E_COMPONENTS))
+        if unknown:
+            raise _JobFailure("input", f"options.extra.graphs: unknown component(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(E2E_COMPONENTS)}")
+        missing = [c for c in E2E_COMPONENTS if not graphs.get(c)]
+        if missing:
+            raise _JobFailure("input", f"options.extra.graphs lacks {', '.join(missing)}: when any graph is given, "
+                              f"all three are required; {GRAPHS_HINT}")
+        if component == "unet" and extra.get("graph") and spec.workload != "e2e":
+            return "options.extra.graph", str(extra["graph"])
+        return f"options.extra.graphs.{component}", str(graphs[component])
+    if component == "unet" and extra.get("graph"):
+        return "options.extra.graph", str(extra["graph"])
+    return "options.extra.graph", None
+
+
+TFLITE_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of a .tflite (bytes 4..8)
+
+
+def check_tflite(path: Path, where: str) -> None:
+    """Raise an input _JobFailure unless `path` is a readable file with the .tflite identifier."""
+    if not path.is_file():
+        raise _JobFailure("input", f"{where} {str(path)!r} is not a file; give the host path of a .tflite, or "
+                          "leave it out to export the variant")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise _JobFailure("input", f"{where} {str(path)!r} cannot be read: {exc}") from None
+    if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
+        raise _JobFailure("input", f"{where} {str(path)!r} is not a .tflite model (no {TFLITE_IDENTIFIER.decode()} "
+                          "flatbuffer identifier at byte 4); give a LiteRT .tflite file")
+
+
+def component_ms(result: JobResult) -> tuple[float, str]:
+    """(ms, statistic) of one benchmark_model run: the median of the timed runs (the tool's printed
+    median, else the median of the per-run times its stat line implies), else its average."""
+    import statistics
+
+    summary = result.extra.get("latency_summary_ms") or {}
+    if summary.get("median") is not None:
+        return float(summary["median"]), "median"
+    if result.samples_ms:
+        return float(statistics.median(result.samples_ms)), "median"
+    if summary.get("avg") is not None:
+        return float(summary["avg"]), "avg (this benchmark_model prints no median)"
+    raise _JobFailure("parse", "benchmark_model printed no timed-run statistics to compose from")
+
+
 def _tail(text: str, limit: int = _STDERR_TAIL_CHARS) -> str:
     return text[-limit:]
 
@@ -493,6 +567,45 @@ def _tail(text: str, limit: int = _STDERR_TAIL_CHARS) -> str:
 def _safe_name(text: str) -> str:
     """A path component: keeps the text (quoting protects it), drops only '/', NUL and newlines."""
     return re.sub(r"[/\x00\n\r]", "_", text)[:120] or "_"
+
+
+def _component_records(results: dict[str, JobResult]) -> dict[str, dict[str, Any]]:
+    """Each e2e component run's own record: its benchmark_model extra (latency/warm-up summaries, flags,
+    artifact sha/size/cached, delegates, GPU memory samples, ...) plus init, first run, memory, device state."""
+    out: dict[str, dict[str, Any]] = {}
+    for component, res in results.items():
+        rec = dict(res.extra)
+        rec.update(status=res.status, init_ms=res.init_ms, first_run_ms=res.first_run_ms,
+                   samples_ms=list(res.samples_ms), warmup_ms=list(res.warmup_ms),
+                   memory=res.memory.model_dump(), op_times_ms=dict(res.op_times_ms),
+                   device_state_before=res.device_state_before, device_state_after=res.device_state_after,
+                   started_at=res.started_at, ended_at=res.ended_at)
+        if res.error is not None:
+            rec["error"] = res.error.model_dump()
+        else:
+            try:
+                rec["ms"], rec["statistic"] = component_ms(res)
+            except _JobFailure as exc:
+                rec["ms"], rec["statistic"] = None, exc.message
+        out[component] = rec
+    return out
+
+
+def _largest_peaks(results: dict[str, JobResult]) -> tuple[MemoryFigures, dict[str, str]]:
+    """The e2e memory: each peak figure is the largest of the component runs (which one: the dict);
+    weight_bytes is the three components' sum (the pipeline's weights), where all three are known."""
+    mem = MemoryFigures()
+    which: dict[str, str] = {}
+    for attr in ("peak_rss_bytes", "gpu_bytes", "tensor_bytes_planned"):
+        values = {c: getattr(r.memory, attr) for c, r in results.items() if getattr(r.memory, attr) is not None}
+        if values:
+            top = max(values, key=values.__getitem__)
+            setattr(mem, attr, values[top])
+            which[attr] = top
+    weights = [r.memory.weight_bytes for r in results.values()]
+    if weights and all(w is not None for w in weights):
+        mem.weight_bytes = sum(weights)
+    return mem, which
 
 
 # ------------------------------------------------------------------------------------ the kind
@@ -780,28 +893,31 @@ class AndroidDevice(Device):
             raise _JobFailure("input", f"benchmark_model {path!r} is not a file. {BENCHMARK_MODEL_HELP}")
         return local
 
-    def _artifact(self, spec: JobSpec) -> _Artifact:
-        graph = spec.options.extra.get("graph")
-        key = f"graph:{graph}" if graph else f"export:{spec.model.model_dump_json()}:{spec.flags}:{spec.options.dtype}"
+    def _artifact(self, spec: JobSpec, component: str = "unet") -> _Artifact:
+        """The .tflite of one component: the user's (options.extra.graphs.COMPONENT, or .graph for the
+        UNet) or the export cache's. An e2e job asks for each of E2E_COMPONENTS."""
+        e2e = spec.workload == "e2e"
+        where, graph = given_graph(spec, component)
+        key = (f"graph:{graph}" if graph else
+               f"export:{spec.model.model_dump_json()}:{spec.flags}:{spec.options.dtype}" + (f":{component}" if e2e else ""))
         cached = self._artifacts.get(key)
         if isinstance(cached, _JobFailure):
             raise cached
         if cached is not None and cached.local.is_file():
             return cached
         try:
-            art = self._resolve_artifact(spec, graph)
+            art = self._resolve_artifact(spec, graph, where, component if e2e else None)
         except _JobFailure as failure:
             self._artifacts[key] = failure
             raise
         self._artifacts[key] = art
         return art
 
-    def _resolve_artifact(self, spec: JobSpec, graph: Any) -> _Artifact:
+    def _resolve_artifact(self, spec: JobSpec, graph: Any, where: str = "options.extra.graph",
+                          component: str | None = None) -> _Artifact:
         if graph:
             local = Path(str(graph)).expanduser()
-            if not local.is_file():
-                raise _JobFailure("input", f"options.extra.graph {str(graph)!r} is not a file; give the host path "
-                                  "of a .tflite, or leave graph out to export the variant")
+            check_tflite(local, where)
             return _Artifact(local, self._file_hash(local, "sha256"), local.stat().st_size, None, "graph")
         try:
             from harness.export import ensure_artifact
@@ -810,14 +926,31 @@ class AndroidDevice(Device):
                               f"available ({exc}); give a .tflite with --set options.extra.graph=PATH") from None
         from harness.variants import Flags
 
+        kw: dict[str, Any] = {}
+        if component is not None:
+            import inspect
+
+            params = inspect.signature(ensure_artifact).parameters
+            if "component" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                raise _JobFailure("input", f"e2e on Android needs the {component} as .tflite, and this harness.export "
+                                  f"cannot export components other than the UNet (ensure_artifact has no component "
+                                  f"argument): {GRAPHS_HINT}")
+            kw["component"] = component
+        what = f"the {component} of variant {spec.variant!r}" if component else f"variant {spec.variant!r}"
         try:
             art = ensure_artifact(spec.model, Flags.from_dict(spec.flags), fmt="tflite", dtype=spec.options.dtype,
-                                  cache_dir=self.ctx.cache_dir, progress=None, variant=spec.variant)
+                                  cache_dir=self.ctx.cache_dir, progress=None, variant=spec.variant, **kw)
+        except TypeError as exc:
+            if component is not None and "component" in str(exc):
+                raise _JobFailure("input", f"e2e on Android needs the {component} as .tflite, and this harness.export "
+                                  f"cannot export it ({exc}): {GRAPHS_HINT}") from None
+            raise _JobFailure("export", f"exporting {what} to .tflite failed: {exc}",
+                              detail=_tail(traceback.format_exc())) from None
         except Exception as exc:  # noqa: BLE001 - a converter failure fails this variant only
             kind = getattr(exc, "kind", "")
             kind = {"input": "input", "check": "reference_mismatch"}.get(kind, "export")
             detail = getattr(exc, "detail", None) or traceback.format_exc()
-            raise _JobFailure(kind, f"exporting variant {spec.variant!r} to .tflite failed: {exc}",
+            raise _JobFailure(kind, f"exporting {what} to .tflite failed: {exc}",
                               detail=_tail(str(detail))) from None
         meta = dict(getattr(art, "meta", None) or {})
         meta["cached"] = bool(getattr(art, "cached", False))
@@ -853,10 +986,11 @@ class AndroidDevice(Device):
         kept for run_job, which repeats what it needs and turns them into job failures."""
         arts: list[_Artifact] = []
         for spec in specs:
-            try:
-                arts.append(self._artifact(spec))
-            except _JobFailure:
-                continue
+            for component in (E2E_COMPONENTS if spec.workload == "e2e" else ("unet",)):
+                try:
+                    arts.append(self._artifact(spec, component))
+                except _JobFailure:
+                    continue
         try:
             self.prepare_push = self._sync_files(self._files_for(arts), None)
             self._probe_flags()
@@ -892,13 +1026,22 @@ class AndroidDevice(Device):
                 self._gone = True  # later jobs fail fast until the device is back
                 raise
         self._dropped = self._gone = False
-        runtime, use_gpu = runtime_of(spec)
-        ignored = sorted(set(spec.options.extra) - set(OPTION_KEYS))
+        runtime_of(spec)
+        if spec.workload == "e2e":
+            return self._run_e2e(spec, workdir, progress, started)
         art = self._artifact(spec)
         push = self._sync_files(self._files_for([art]), progress)
         self._probe_flags()
+        return self._bench(spec, workdir, art, push, progress, started)
+
+    def _bench(self, spec: JobSpec, workdir: Path, art: _Artifact, push: dict[str, Any],
+               progress: ProgressFn | None, started: float, component: str | None = None) -> JobResult:
+        """One benchmark_model run of `art` under the job's flags and measure policy: cooldown, run_job.sh,
+        collect, parse. `component` (e2e): the run's own device directory and local `device/COMPONENT/`."""
+        runtime, use_gpu = runtime_of(spec)
+        ignored = sorted(set(spec.options.extra) - set(OPTION_KEYS))
         d = self.settings.device_dir
-        out = f"{d}/jobs/{_safe_name(spec.job_id)}-{_safe_name(spec.variant)}"
+        out = f"{d}/jobs/{_safe_name(spec.job_id)}-{_safe_name(spec.variant)}" + (f"-{component}" if component else "")
         args, unsupported = benchmark_flags(spec, self._remote_model(art), supported=self._supported_flags,
                                             result_file=f"{out}/{RESULT_PROTO}")
         affinity = self.settings.affinity
@@ -920,7 +1063,7 @@ class AndroidDevice(Device):
         rc, timed_out, run_s = self._launch_and_wait(spec, out, args, affinity, interval, progress)
         if progress:
             progress("pull", 0, 1)
-        files = self._collect(out, workdir / "device")
+        files = self._collect(out, workdir / "device" / component if component else workdir / "device")
         self._stale_possible = False
         ended = time.time()
 
@@ -948,8 +1091,9 @@ class AndroidDevice(Device):
             extra["prepare_note"], self.prepare_note = self.prepare_note, None  # said once, on the next job
         if self.prepare_push:
             extra["prepare_push"], self.prepare_push = self.prepare_push, None
-        if (workdir / "device" / RESULT_PROTO).is_file():
-            extra["result_proto"] = str(workdir / "device" / RESULT_PROTO)
+        proto = (workdir / "device" / component if component else workdir / "device") / RESULT_PROTO
+        if proto.is_file():
+            extra["result_proto"] = str(proto)
         fail_kw = dict(started_at=started, ended_at=ended, device_state_before=before, device_state_after=after,
                        extra=extra)
         output = stdout + ("\n" if stdout and not stdout.endswith("\n") else "") + stderr
@@ -1028,6 +1172,113 @@ class AndroidDevice(Device):
             first_run_ms=first_us / 1000.0, timing_method="benchmark_model", memory=memory,
             device_state_before=before, device_state_after=after, op_times_ms=op_times, versions=versions,
             started_at=started, ended_at=ended, extra=extra,
+        )
+
+    # ---- e2e: three component runs, composed
+
+    def _run_e2e(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None, started: float) -> JobResult:
+        """Text encoder, UNet and VAE decoder, each one benchmark_model run (`_bench`) in this device session,
+        composed with the host's measured scheduler cost: text + steps x (UNet + scheduler) + decoder."""
+        from harness.models.configs import get_model_config
+        from harness.report.e2e import CompositionError, composed_components
+        from harness.workloads.common import InputError
+        from harness.workloads.e2e import measure_scheduler_ms, parse_args
+
+        try:
+            cfg = get_model_config(spec.model.name)
+            args = parse_args(spec, cfg.image_size, cfg.vae_scale_factor)
+        except InputError as exc:
+            raise _JobFailure("input", str(exc)) from None
+        except (KeyError, ValueError) as exc:
+            raise _JobFailure("input", f"e2e on Android: model {spec.model.name!r}: {exc}") from None
+        f = cfg.vae_scale_factor
+        latent_shape = (1, int(cfg.unet["in_channels"]), args["height"] // f, args["width"] // f)
+        arts: dict[str, _Artifact] = {}
+        for component in E2E_COMPONENTS:
+            arts[component] = self._artifact(spec, component)
+        push = self._sync_files(self._files_for(list(arts.values())), progress)
+        self._probe_flags()
+
+        results: dict[str, JobResult] = {}
+        for component in E2E_COMPONENTS:
+            sub = None if progress is None else (
+                lambda phase, done, total, c=component: progress(f"{c} {phase}", done, total))
+            try:
+                res = self._bench(spec, workdir, arts[component], push if not results else {}, sub, time.time(),
+                                  component)
+            except _JobFailure as failure:
+                raise _JobFailure(failure.kind, f"e2e component {component}: {failure.message}", failure.detail,
+                                  failure.transient, {**failure.extra, "failed_component": component}) from None
+            results[component] = res
+            if res.status != "ok":
+                err = res.error
+                assert err is not None
+                return JobResult.failure(
+                    spec.job_id, err.kind, f"e2e component {component}: {err.message}", detail=err.detail,
+                    transient=err.transient, started_at=started, ended_at=time.time(),
+                    device_state_before=results[E2E_COMPONENTS[0]].device_state_before,
+                    device_state_after=res.device_state_after,
+                    extra={"failed_component": component, "components": _component_records(results),
+                           "push": {"bytes_pushed_total": self.bytes_pushed}})
+
+        if progress:
+            progress("host scheduler", 0, 1)
+        try:
+            scheduler_ms = measure_scheduler_ms(args["scheduler"], args["steps"], latent_shape, args["guidance_scale"])
+        except InputError as exc:
+            raise _JobFailure("input", str(exc)) from None
+        ms: dict[str, tuple[float, str]] = {}
+        for component, res in results.items():
+            try:
+                ms[component] = component_ms(res)
+            except _JobFailure as failure:
+                raise _JobFailure(failure.kind, f"e2e component {component}: {failure.message}",
+                                  extra={"failed_component": component,
+                                         "components": _component_records(results)}) from None
+        sources = {c: {"sha256": arts[c].sha256, "source": arts[c].source, "statistic": ms[c][1]}
+                   for c in E2E_COMPONENTS}
+        sources["scheduler"] = {"source": "host", "function": "harness.workloads.e2e.measure_scheduler_ms",
+                                "latent_shape": list(latent_shape), "statistic": "median"}
+        try:
+            components = composed_components(ms["text_encoder"][0], ms["unet"][0], ms["vae_decoder"][0],
+                                             scheduler_ms, args["steps"], sources=sources)
+        except CompositionError as exc:
+            raise _JobFailure("parse", f"e2e composition: {exc}") from None
+
+        memory, peak_of = _largest_peaks(results)
+        unet = results["unet"]
+        _, use_gpu = runtime_of(spec)
+        extra: dict[str, Any] = {
+            "runtime": unet.extra.get("runtime"), "accelerator": "gpu" if use_gpu else "cpu",
+            "method": "composed", "composition": "text_encoder + steps x (unet + scheduler) + vae_decoder",
+            "scheduler": args["scheduler"], "steps": args["steps"], "guidance_scale": args["guidance_scale"],
+            "height": args["height"], "width": args["width"], "latent_shape": list(latent_shape),
+            "host_scheduler_ms_per_step": scheduler_ms,
+            "weights": ("graphs" if any(a.source == "graph" for a in arts.values())
+                        else (spec.model.weights or "random")),
+            "image_note": "no image: each component ran on its own, on benchmark_model's random inputs",
+            "peak_memory_component": peak_of, "components": _component_records(results),
+            "push": {**push, "bytes_pushed_total": self.bytes_pushed},
+        }
+        if args["scheduler"] == "pndm":
+            extra["composition_note"] = ("PNDM makes steps + 1 UNet calls; the composed figure counts steps calls "
+                                         "(one per step)")
+        from harness.models.pipeline import SCHEDULERS
+
+        extra["scheduler_description"] = SCHEDULERS[args["scheduler"]].description
+        for key in ("prepare_note", "prepare_push"):
+            for rec in extra["components"].values():
+                if key in rec:
+                    extra[key] = rec.pop(key)
+        inits = [r.init_ms for r in results.values()]
+        return JobResult(
+            job_id=spec.job_id, status="ok", samples_ms=[components["total_ms"]],
+            init_ms=sum(inits) if all(i is not None for i in inits) else None,
+            timing_method=E2E_TIMING_METHOD, memory=memory, components_ms=components,
+            device_state_before=results[E2E_COMPONENTS[0]].device_state_before,
+            device_state_after=results[E2E_COMPONENTS[-1]].device_state_after,
+            op_times_ms=dict(unet.op_times_ms), versions=dict(unet.versions),
+            started_at=started, ended_at=time.time(), extra=extra,
         )
 
     # ---- running

@@ -174,7 +174,7 @@ def e2e_table(run: RunRecord, workload: str = "e2e") -> pd.DataFrame:
         row: dict[str, Any] = {
             "device": job.device_id, "step": job.variant_index, "variant": job.variant,
             "label": LADDER_LABELS.get(job.variant, job.variant), "status": job.status,
-            "runtime": job.options.get("runtime"), "dtype": job.options.get("dtype"),
+            "runtime": extra.get("runtime") or job.options.get("runtime"), "dtype": job.options.get("dtype"),
             "accelerator": extra.get("accelerator", job.options.get("accelerator")),
             "peak_mb": None if peak is None else peak / MB, "peak_kind": kind if peak is not None else None,
             "scheduler": extra.get("scheduler"), "prompt_tokens": extra.get("prompt_tokens"),
@@ -259,7 +259,7 @@ def notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
                    "call (batch 2, classifier-free guidance); the UNet total is the sum per image (PNDM "
                    "makes steps + 1 calls). Scheduler: all steps' non-UNet work (input scaling, guidance, "
                    "scheduler.step). Other: token ids, timesteps, initial noise, conversion to 8 bits.")
-    kinds = sorted(set(df["peak_kind"].dropna()))
+    kinds = sorted(set(df[df["method"] != "composed"]["peak_kind"].dropna()))
     if kinds:
         out.append("Peak MB: " + "; ".join({"RSS": "RSS = the job process's peak resident set (every component, "
                                                    "the reference check included)",
@@ -267,7 +267,9 @@ def notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
                                            for k in kinds) + ".")
     for device in df[df["method"] == "composed"]["device"].unique():
         out.append(f"{device}: {COMPOSED_LABEL}: text encoder + steps × (UNet iteration + the host's measured "
-                   "scheduler cost) + decoder, each measured on the device in its own run.")
+                   "scheduler cost) + decoder, each measured on the device in its own run (the median of its "
+                   "timed runs). Peak MB: the largest of the three component runs' peaks (GPU = dumpsys meminfo "
+                   "Graphics, else RSS = benchmark_model's peak resident set).")
     if (df["prompt_tokens"] == "random").any():
         out.append("Prompt: no tokenizer without --weights (offline), so the prompt is seeded random token ids "
                    "(one per word); the text encoder runs the same 77-token shapes.")

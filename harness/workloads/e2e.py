@@ -30,6 +30,7 @@ What the JobResult holds:
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,68 @@ def parse_args(spec: JobSpec, image_size: int, scale_factor: int = 8) -> dict[st
     if not isinstance(out["prompt"], str):
         raise InputError(f"workload_args.prompt must be a string, got {out['prompt']!r}")
     return out
+
+
+# (scheduler, steps, latent shape, guidance, repeats) -> median ms per step, per controller process.
+_SCHEDULER_MS_CACHE: dict[tuple, float] = {}
+_SCHEDULER_MS_LOCK = threading.Lock()
+
+
+def measure_scheduler_ms(scheduler: str, steps: int, latent_shape: tuple[int, ...] | list[int],
+                         guidance_scale: float = 7.5, repeats: int = 3, seed: int = 0) -> float:
+    """The host's median per-step scheduler cost in ms: what `Pipeline.generate` times as scheduler_ms
+    (`scale_model_input` of the batch-2 latent, the classifier-free guidance combine of a batch-2 UNet
+    output, `scheduler.step`), with diffusers' real scheduler (`build_scheduler`, SD 1.4's config) on
+    random fp32 tensors of `latent_shape` ([1, C, H/8, W/8]) on the CPU. One untimed warm-up loop,
+    then `repeats` loops of `steps` steps (each a fresh scheduler with `set_timesteps(steps)`); the
+    median over every timed step. Devices that time the UNet apart (Android) compose with it
+    (`harness.report.e2e.compose_e2e`). Cached per arguments within this process."""
+    from harness.models.pipeline import PipelineError
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be an integer >= 1, got {steps!r}")
+    shape = tuple(int(d) for d in latent_shape)
+    if len(shape) != 4 or shape[0] != 1 or min(shape) < 1:
+        raise InputError(f"latent_shape must be [1, C, H, W] with positive sizes, got {list(latent_shape)}")
+    if repeats < 1:
+        raise InputError(f"repeats must be >= 1, got {repeats}")
+    key = (scheduler, steps, shape, float(guidance_scale), int(repeats))
+    with _SCHEDULER_MS_LOCK:  # devices run in threads: one measurement per key, the others wait for it
+        if key not in _SCHEDULER_MS_CACHE:
+            try:
+                _SCHEDULER_MS_CACHE[key] = _time_scheduler(scheduler, steps, shape, float(guidance_scale),
+                                                           repeats, seed)
+            except PipelineError as exc:
+                raise InputError(str(exc)) from exc
+        return _SCHEDULER_MS_CACHE[key]
+
+
+def _time_scheduler(scheduler: str, steps: int, shape: tuple[int, ...], guidance_scale: float, repeats: int,
+                    seed: int) -> float:
+    import statistics
+
+    import torch
+
+    from harness.models.pipeline import build_scheduler
+
+    gen = torch.Generator().manual_seed(seed)
+    per_step: list[float] = []
+    with torch.no_grad():
+        for loop in range(repeats + 1):  # loop 0 is the warm-up
+            sched = build_scheduler(scheduler)
+            sched.set_timesteps(steps)
+            latents = torch.randn(shape, generator=gen) * float(sched.init_noise_sigma)
+            for t in sched.timesteps:
+                noise = torch.randn((2 * shape[0], *shape[1:]), generator=gen)  # the UNet's output: not timed
+                a = time.perf_counter_ns()
+                sched.scale_model_input(torch.cat([latents] * 2), t)
+                noise_uncond, noise_text = noise.chunk(2)
+                guided = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+                latents = sched.step(guided, t, latents, return_dict=False)[0]
+                b = time.perf_counter_ns()
+                if loop:
+                    per_step.append((b - a) / 1e6)
+    return float(statistics.median(per_step))
 
 
 def _rel_error(out, ref) -> tuple[float, float]:

@@ -21,7 +21,8 @@ What is measured and what is not:
 
 Fault switches, read at start from ``$BENCHMARK_MODEL_STANDIN_FAULT`` or else from the file
 ``benchmark_model.fault`` next to this executable (one word; ``WORD once`` deletes the file after
-it fired): ``crash`` (logs the start, then dies of SIGSEGV: exit status 139 in a shell), ``fail``
+it fired; ``WORD graph=TEXT`` fires only for a ``--graph`` path containing TEXT, so that one model of
+several fails): ``crash`` (logs the start, then dies of SIGSEGV: exit status 139 in a shell), ``fail``
 (the tool's own failure: ERROR lines, "Benchmarking failed.", exit 1), ``garbage`` (prints text
 that is not benchmark_model output, exit 0), ``hang`` (loads the model, then sleeps forever).
 
@@ -115,15 +116,19 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def read_fault() -> str | None:
+def read_fault(graph: str = "") -> str | None:
     text = os.environ.get(FAULT_ENV)
     fault_file = Path(sys.argv[0]).resolve().with_name(FAULT_FILE_NAME)
-    if not text and fault_file.is_file():
+    from_file = not text and fault_file.is_file()
+    if from_file:
         text = fault_file.read_text()
-        if "once" in text.split():
-            fault_file.unlink(missing_ok=True)
     if not text or not text.split():
         return None
+    only = [w[len("graph="):] for w in text.split() if w.startswith("graph=")]
+    if only and not any(o in graph for o in only):
+        return None
+    if from_file and "once" in text.split():
+        fault_file.unlink(missing_ok=True)
     word = text.split()[0]
     if word not in FAULTS:
         log(f"stand-in: unknown fault {word!r} (known: {', '.join(FAULTS)})", "ERROR")
@@ -223,7 +228,7 @@ def main(argv: list[str]) -> int:
     if values.get("help") and as_bool(values["help"]):
         log(usage(), "ERROR")
         return 1
-    fault = read_fault()
+    fault = read_fault(values.get("graph", ""))
     log("STARTING!")
     if fault == "garbage":
         print("hello from some other tool\n\x1b[31mrandom bytes: 0xdeadbeef\x1b[0m\n"
