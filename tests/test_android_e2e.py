@@ -238,22 +238,29 @@ def test_graphs_option_errors_name_the_component(tmp_path: Path, three_graphs: d
         assert not _launches(srv, "E2E3")
 
 
-def test_without_graphs_and_without_component_export_the_error_says_what_to_give(
+def test_without_graphs_the_phone_gets_the_three_exported_components(
         tmp_path: Path, standin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import inspect
-
+    """No graphs given: the controller exports the text encoder, the UNet and the VAE decoder of the
+    suite's model (tiny) through the artifact cache, pushes the three files and runs each once."""
     from harness.export import ensure_artifact
+    from harness.protocol import ModelRef
+    from harness.variants import Flags
 
-    if "component" in inspect.signature(ensure_artifact).parameters:
-        pytest.skip("harness.export exports the e2e components here (covered by the export tests)")
     monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
     fake = FakeDevice("E2E4", root=tmp_path / "phone")
     with FakeAdbServer([fake]) as srv:
-        assert main(_run(srv.port, standin, tmp_path, "E2E4", "--no-report",
-                         "--cache", str(tmp_path / "cache"))) == 1
-        assert not _launches(srv, "E2E4")
+        assert main(_run(srv.port, standin, tmp_path, "E2E4", "--no-report", "--cache", str(cache),
+                         "--set", "dtype=fp16", "--set", "iterations=1", "--set", "warmup_runs=0")) == 0
+        launches = _launches(srv, "E2E4")
     res = _latest(tmp_path).jobs[0].result
-    assert res.error.kind == "input"
-    assert "e2e on Android needs the text_encoder as .tflite" in res.error.message
-    assert "--set options.extra.graphs.text_encoder=PATH" in res.error.message
-    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.tflite"))  # nothing exported
+    assert res.status == "ok", res.error
+    assert len(launches) == 3
+    for component in COMPONENTS:
+        art = ensure_artifact(ModelRef(name="tiny"), Flags(), "tflite", dtype="fp16", cache_dir=cache,
+                              component=component)
+        assert art.cached  # built by the run, found again here
+        rec = res.extra["components"][component]["artifact"]
+        assert rec["sha256"] == art.sha256 and rec["source"] == "export"
+        assert f"{DEVICE_DIR}/models/{art.sha256[:16]}.tflite" in " ".join(launches)
+    assert res.components_ms["method"] == "composed" and res.components_ms["total_ms"] > 0

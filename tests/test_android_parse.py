@@ -172,6 +172,24 @@ INFO: Inference timings in us: Init: 2517, First inference: 0, Warmup (avg): nan
         parse_benchmark_model(text)
 
 
+
+def test_an_empty_warm_up_is_accepted_and_the_timed_runs_kept() -> None:
+    """--warmup_runs=0 --warmup_min_secs=0: the warm-up stat is a bare count=0 and its avg is nan."""
+    text = """INFO: Running benchmark for at least 0 iterations and at least 0 seconds but terminate if exceeding 150 seconds.
+INFO: count=0
+
+INFO: Running benchmark for at least 2 iterations and at least 0 seconds but terminate if exceeding 150 seconds.
+INFO: count=2 first=107 curr=19 min=19 max=107 avg=63 std=44 p5=19 median=107 p95=107
+
+INFO: Inference timings in us: Init: 1405, First inference: 0, Warmup (avg): nan, Inference (avg): 63
+"""
+    parsed = parse_benchmark_model(text)
+    assert parsed.warmup.count == 0 and parsed.inference.count == 2 and parsed.inference.median_us == 107
+    from harness.devices.android import exact_samples_ms, summary_ms
+
+    assert exact_samples_ms(parsed.warmup) == [] and summary_ms(parsed.warmup)["avg"] is None
+    assert exact_samples_ms(parsed.inference) == [0.107, 0.019]
+
 _MINIMAL = """Running benchmark for at least 1 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
 count=5 curr=1200(all same)
 

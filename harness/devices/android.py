@@ -434,6 +434,8 @@ def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
 
 def exact_samples_ms(stats: RunStats) -> list[float]:
     """Per-run times implied exactly by a stat line: one run, two runs (first, curr), all the same."""
+    if stats.count == 0:
+        return []
     if stats.count == 1:
         return [stats.curr_us / 1000.0]
     if stats.count == 2:
@@ -447,7 +449,7 @@ def summary_ms(stats: RunStats) -> dict[str, Any]:
     out: dict[str, Any] = {"n": stats.count}
     for key in ("first", "curr", "min", "max", "avg", "std", "p5", "median", "p95"):
         value = getattr(stats, f"{key}_us")
-        out[key] = None if value is None else value / 1000.0
+        out[key] = None if value is None or math.isnan(value) or not stats.count else value / 1000.0
     return out
 
 
@@ -926,26 +928,11 @@ class AndroidDevice(Device):
                               f"available ({exc}); give a .tflite with --set options.extra.graph=PATH") from None
         from harness.variants import Flags
 
-        kw: dict[str, Any] = {}
-        if component is not None:
-            import inspect
-
-            params = inspect.signature(ensure_artifact).parameters
-            if "component" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                raise _JobFailure("input", f"e2e on Android needs the {component} as .tflite, and this harness.export "
-                                  f"cannot export components other than the UNet (ensure_artifact has no component "
-                                  f"argument): {GRAPHS_HINT}")
-            kw["component"] = component
         what = f"the {component} of variant {spec.variant!r}" if component else f"variant {spec.variant!r}"
         try:
             art = ensure_artifact(spec.model, Flags.from_dict(spec.flags), fmt="tflite", dtype=spec.options.dtype,
-                                  cache_dir=self.ctx.cache_dir, progress=None, variant=spec.variant, **kw)
-        except TypeError as exc:
-            if component is not None and "component" in str(exc):
-                raise _JobFailure("input", f"e2e on Android needs the {component} as .tflite, and this harness.export "
-                                  f"cannot export it ({exc}): {GRAPHS_HINT}") from None
-            raise _JobFailure("export", f"exporting {what} to .tflite failed: {exc}",
-                              detail=_tail(traceback.format_exc())) from None
+                                  cache_dir=self.ctx.cache_dir, progress=None, variant=spec.variant,
+                                  component=component or "unet")
         except Exception as exc:  # noqa: BLE001 - a converter failure fails this variant only
             kind = getattr(exc, "kind", "")
             kind = {"input": "input", "check": "reference_mismatch"}.get(kind, "export")
@@ -1166,6 +1153,8 @@ class AndroidDevice(Device):
                     "run_job_sh_md5": self._file_hash(AGENT_SCRIPT, "md5"),
                     "android": self.info.os_version, "fingerprint": str(self.info.extra.get("fingerprint") or "")}
         first_us = parsed.first_inference_us if parsed.first_inference_us is not None else parsed.warmup.first_us
+        if not parsed.warmup.count:  # no warm-up ran: the first run is the timed run's first
+            first_us = parsed.inference.first_us
         return JobResult(
             job_id=spec.job_id, status="ok", samples_ms=exact_samples_ms(parsed.inference),
             warmup_ms=exact_samples_ms(parsed.warmup), init_ms=parsed.init_us / 1000.0,

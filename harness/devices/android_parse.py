@@ -246,7 +246,9 @@ def _clean_lines(text: str) -> list[str]:
     return [_LOG_PREFIX.sub("", line.rstrip("\r")) for line in text.splitlines()]
 
 
-def _parse_stat_line(line: str) -> RunStats:
+def _parse_stat_line(line: str, allow_empty: bool = False) -> RunStats:
+    """One stat line. `allow_empty`: a bare `count=0` (the warm-up of --warmup_runs=0
+    --warmup_min_secs=0 ran nothing) is an empty RunStats rather than an error."""
     fields: dict[str, float] = {}
     all_same = False
     for key, value, same in _STAT_TOKEN_RE.findall(line):
@@ -256,6 +258,9 @@ def _parse_stat_line(line: str) -> RunStats:
         raise _fail("benchmark_model stat line without count=", line)
     count = int(fields["count"])
     if count == 0:
+        if allow_empty:
+            return RunStats(count=0, first_us=0.0, curr_us=0.0, min_us=math.nan, max_us=math.nan,
+                            avg_us=math.nan, std_us=math.nan)
         raise _fail("benchmark_model ran no iterations of a run type (count=0)", line)
     if "curr" not in fields:
         raise _fail("benchmark_model stat line without curr=", line)
@@ -283,6 +288,8 @@ def _parse_stat_line(line: str) -> RunStats:
 
 
 def _close(a: float, b: float) -> bool:
+    if math.isnan(a) and math.isnan(b):  # an empty warm-up: "Warmup (avg): nan" and count=0
+        return True
     return math.isclose(a, b, rel_tol=1e-5, abs_tol=0.51)
 
 
@@ -405,7 +412,7 @@ def parse_benchmark_model(text: str) -> BenchmarkModelOutput:
             running.append(pending)
             continue
         if stripped.startswith("count=") and pending is not None:
-            s = _parse_stat_line(stripped)
+            s = _parse_stat_line(stripped, allow_empty=not stats)  # the warm-up may be empty
             stats.append(
                 replace(s, min_runs=pending[0], min_secs=pending[1], max_secs=pending[2])
             )

@@ -318,7 +318,8 @@ def main(argv: list[str]) -> int:
 
     warmup = run_loop(interp, warmup_runs, warmup_min_secs, max_secs, run_delay)
     inference = run_loop(interp, num_runs, min_secs, max_secs, run_delay)
-    log(f"Inference timings in us: Init: {init_us}, First inference: {warmup.values[0]}, "
+    first = warmup.values[0] if warmup.values else 0  # tsl Stat::first() of an empty stat is 0
+    log(f"Inference timings in us: Init: {init_us}, First inference: {first}, "
         f"Warmup (avg): {fmt(warmup.avg)}, Inference (avg): {fmt(inference.avg)}")
     log("Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE"
         " to the actual memory footprint of the model at runtime. Take the information at your discretion.")
