@@ -22,9 +22,9 @@ import yaml
 from harness.cli import main
 from harness.devices.android import (
     AGENT_SCRIPT, AndroidConfigError, Cooldown, _JobFailure, benchmark_flags, check_benchmark_model,
-    device_state, exact_samples_ms, parse_adb_server, runtime_of, settings_for,
+    device_state, exact_samples_ms, parse_adb_server, runtime_of, settings_for, unit_of, unit_ran,
 )
-from harness.devices.android_parse import RunStats
+from harness.devices.android_parse import DelegateApplication, RunStats
 from harness.devices.base import DeviceContext
 from harness.protocol import JobSpec, MeasurePolicy, RuntimeOptions
 from harness.store import Store
@@ -123,6 +123,46 @@ def test_runtime_mapping() -> None:
     with pytest.raises(_JobFailure, match="iOS only"):
         runtime_of(_spec(options={"runtime": "coreml"}))
 
+
+
+def test_compute_units_map_to_benchmark_model_delegate_flags(tmp_path: Path) -> None:
+    nnapi = _spec(options={"runtime": "litert-nnapi", "dtype": "fp16", "extra": {"nnapi_accelerator_name": "qti-dsp"}})
+    args, _ = benchmark_flags(nnapi, "/d/m.tflite", supported=None)
+    assert {"--use_gpu=false", "--use_nnapi=true", "--nnapi_allow_fp16=true", "--nnapi_accelerator_name=qti-dsp"} <= set(args)
+    assert unit_of(nnapi).label == "nnapi:qti-dsp" and runtime_of(nnapi) == ("litert-nnapi", False)
+    with pytest.raises(_JobFailure, match="no --use_nnapi flag"):
+        benchmark_flags(nnapi, "/d/m.tflite", supported={"graph", "num_runs", "use_gpu"})
+    with pytest.raises(_JobFailure, match="not an NNAPI device name"):
+        unit_of(_spec(options={"runtime": "litert-nnapi", "extra": {"nnapi_accelerator_name": "x; rm -rf /"}}))
+    # an external (vendor NPU) delegate: a host file is pushed under device_dir/lib, a phone path used as is
+    lib = tmp_path / "libQnnTFLiteDelegate.so"
+    lib.write_bytes(b"not really a delegate")
+    ext = _spec(options={"runtime": "litert-delegate", "extra": {
+        "external_delegate_path": str(lib), "external_delegate_options": {"backend_type": "htp"}}})
+    unit = unit_of(ext, "/data/local/tmp/h")
+    assert unit.library_host == str(lib) and unit.library_device == "/data/local/tmp/h/lib/libQnnTFLiteDelegate.so"
+    args, _ = benchmark_flags(ext, "/d/m.tflite", supported=None, device_dir="/data/local/tmp/h")
+    assert "--external_delegate_path=/data/local/tmp/h/lib/libQnnTFLiteDelegate.so" in args
+    assert "--external_delegate_options=backend_type:htp" in args and "--use_gpu=false" in args
+    on_phone = _spec(options={"runtime": "litert-delegate", "extra": {"external_delegate_path": "/vendor/lib64/libX.so"}})
+    assert unit_of(on_phone).library_host is None and unit_of(on_phone).label == "delegate:libX.so"
+    with pytest.raises(_JobFailure, match="needs the vendor delegate library"):
+        unit_of(_spec(options={"runtime": "litert-delegate"}))
+    with pytest.raises(_JobFailure, match="neither a file on this host nor an absolute path"):
+        unit_of(_spec(options={"runtime": "litert-delegate", "extra": {"external_delegate_path": "rel/lib.so"}}))
+    with pytest.raises(_JobFailure, match="known: litert-gpu, litert-cpu, litert-nnapi, litert-delegate"):
+        unit_of(_spec(options={"runtime": "tpu"}))
+
+
+def test_the_unit_a_run_used_comes_from_what_benchmark_model_said() -> None:
+    gpu = unit_of(_spec(options={"runtime": "litert-gpu"}))
+    nnapi = unit_of(_spec(options={"runtime": "litert-nnapi"}))
+    assert unit_ran(gpu, [DelegateApplication("GPU", "complete", None)]) == "gpu"
+    assert unit_ran(gpu, [DelegateApplication("GPU", "partial", 7)]) == \
+        "gpu (partial: 7 delegate kernels, the rest on the CPU)"
+    assert unit_ran(nnapi, [DelegateApplication("NNAPI", "none", 0)]) == "cpu (the NNAPI delegate took no node)"
+    assert unit_ran(nnapi, []) == "nnapi (benchmark_model did not report applying the delegate)"
+    assert unit_ran(unit_of(_spec(options={"runtime": "litert-cpu"})), []) == "cpu"
 
 def test_exact_samples_only_where_the_stat_line_implies_them() -> None:
     def stats(count, first, curr, lo, hi):
@@ -325,6 +365,40 @@ def test_quoting_of_variant_names_and_device_paths(tmp_path: Path, tiny_tflite: 
     assert not [p for p in (tmp_path / "q").rglob("PWNED*")]  # nothing in a name was ever executed
     assert not list(tmp_path.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
 
+
+
+def test_nnapi_and_vendor_delegate_runs_on_a_fake_phone_report_the_unit(tmp_path: Path, tiny_tflite: Path,
+                                                                         standin: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two compute units through the real command line: NNAPI (the stand-in has none, and says so as the
+    real tool does: the report names the CPU as the unit that ran) and an external delegate library
+    given as a host file (pushed under device_dir/lib; not a real delegate, so the run fails naming it)."""
+    lib = tmp_path / "libVendor Delegate.so"
+    lib.write_bytes(b"\x7fELF not really a delegate")
+    monkeypatch.chdir(tmp_path)
+    fake = FakeDevice("U1", root=tmp_path / "u")
+    farm = _farm(tmp_path / "farm.yaml", device_dir="/data/local/tmp/h u")
+    store = f"sqlite:///{tmp_path}/u.db"
+    common = ["--device", "android:U1", "--set", f"options.extra.graph={tiny_tflite}", "--set", "variants=[baseline]",
+              "--set", "iterations=2", "--no-report"]
+    with FakeAdbServer([fake]) as srv:
+        assert main(_run_args(srv.port, standin, store, farm, *common, "--set", "runtime=litert-nnapi")) == 0
+        assert main(_run_args(srv.port, standin, store, farm, *common, "--set", "runtime=litert-delegate",
+                              "--set", f"options.extra.external_delegate_path={lib}")) == 1
+    db = Store(store)
+    first, second = sorted(db.list_runs(), key=lambda r: r["started_at"])
+    job = db.load_run(first["id"]).jobs[0]
+    assert job.status == "ok"
+    assert "--use_nnapi=true" in job.result.extra["benchmark_flags"]
+    assert job.result.extra["accelerator"] == "nnapi"
+    assert job.result.extra["unit"] == "cpu (the NNAPI delegate took no node)"
+    failed = db.load_run(second["id"]).jobs[0]
+    assert failed.status == "failed" and "Failed to create external delegate" in failed.result.error.message
+    assert fake.host_path("/data/local/tmp/h u/lib/libVendor Delegate.so").read_bytes() == lib.read_bytes()
+    from harness.report.table1 import table1
+
+    df = table1(db.load_run(first["id"]))
+    assert df["unit"].iloc[0] == "cpu (the NNAPI delegate took no node)"
 
 def test_cooldown_waits_for_a_cool_device_and_affinity_reaches_taskset(tmp_path: Path, tiny_tflite: Path,
                                                                          standin: Path,

@@ -113,7 +113,13 @@ COOLDOWN_KEYS = ("max_temp_c", "max_battery_c", "timeout_s", "poll_s", "zones")
 # Keys of `options.extra` this device reads.
 OPTION_KEYS = ("use_gpu", "gpu_backend", "gpu_precision_loss_allowed", "enable_op_profiling",
                "report_peak_memory_footprint", "run_delay", "warmup_min_secs", "num_threads",
-               "affinity", "cooldown", "graph", "graphs", "flags", "meminfo_interval_s")
+               "affinity", "cooldown", "graph", "graphs", "flags", "meminfo_interval_s",
+               "nnapi_accelerator_name", "external_delegate_path", "external_delegate_options")
+# Runtimes an Android job takes (`options.runtime`), each a compute unit benchmark_model reaches:
+# the GPU delegate, the CPU (XNNPACK), NNAPI (the vendor's NPU/DSP/GPU driver, optionally one named
+# accelerator), or an external delegate library (a vendor NPU delegate such as Qualcomm's QNN
+# libQnnTFLiteDelegate.so). `torch`, the suite default phones cannot run, means litert-gpu.
+ANDROID_RUNTIMES = ("litert-gpu", "litert-cpu", "litert-nnapi", "litert-delegate")
 # The .tflite components of an `e2e` job, in the order they run (one benchmark_model run each).
 E2E_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 E2E_TIMING_METHOD = "composed: benchmark_model medians (text encoder, UNet, VAE decoder) + host scheduler"
@@ -356,25 +362,102 @@ def _flag_value(value: Any) -> str:
     return str(value)
 
 
-def runtime_of(spec: JobSpec) -> tuple[str, bool]:
-    """(runtime name, use_gpu) for a JobSpec on Android, where everything runs through LiteRT.
+@dataclass(frozen=True)
+class ComputeUnit:
+    """Where an Android job asks benchmark_model to run: the runtime, the unit's label for reports
+    ("gpu", "cpu", "nnapi", "nnapi:qti-dsp", "delegate:libQnnTFLiteDelegate.so"), the flags that select
+    it, and for an external delegate the library (host path to push, or device path) and the name of
+    the delegate benchmark_model reports applying."""
 
-    `litert-gpu` and `litert-cpu` are explicit; `torch` (the suite default, which phones cannot run)
-    means LiteRT on the GPU unless `accelerator: cpu`; `options.extra.use_gpu` overrides either.
-    """
+    runtime: str
+    label: str
+    flags: tuple[tuple[str, Any], ...]
+    use_gpu: bool = False
+    library_host: str | None = None  # an external delegate .so on the host, pushed to the device
+    library_device: str | None = None
+    expect_delegate: str | None = None  # "GPU", "NNAPI", "EXTERNAL" (as benchmark_model names them)
+
+
+def unit_of(spec: JobSpec, device_dir: str = "") -> ComputeUnit:
+    """The compute unit of a job (README "Android", *Compute units*). Raises _JobFailure (input) for a
+    runtime Android lacks or a bad option."""
     runtime = spec.options.runtime
+    extra = spec.options.extra
     if runtime in ("coreml",):
-        raise _JobFailure("input", f"runtime {runtime!r} runs on iOS only; use litert-gpu or litert-cpu on Android")
-    if runtime not in ("torch", "litert-gpu", "litert-cpu"):
-        raise _JobFailure("input", f"runtime {runtime!r} is not available on Android; known: litert-gpu, litert-cpu")
+        raise _JobFailure("input", f"runtime {runtime!r} runs on iOS only; use one of {', '.join(ANDROID_RUNTIMES)} "
+                          "on Android")
+    if runtime not in ("torch", *ANDROID_RUNTIMES):
+        raise _JobFailure("input", f"runtime {runtime!r} is not available on Android; known: "
+                          f"{', '.join(ANDROID_RUNTIMES)}")
+    if runtime == "litert-nnapi":
+        accel = extra.get("nnapi_accelerator_name")
+        flags: list[tuple[str, Any]] = [("use_gpu", False), ("use_nnapi", True),
+                                        ("nnapi_allow_fp16", spec.options.dtype != "fp32")]
+        if accel is not None:
+            if not re.fullmatch(r"[A-Za-z0-9_.:-]+", str(accel)):
+                raise _JobFailure("input", f"options.extra.nnapi_accelerator_name {accel!r} is not an NNAPI device "
+                                  "name (e.g. qti-dsp, google-edgetpu; `adb shell dumpsys nnapi` lists them)")
+            flags.append(("nnapi_accelerator_name", str(accel)))
+        return ComputeUnit(runtime, f"nnapi:{accel}" if accel else "nnapi", tuple(flags), expect_delegate="NNAPI")
+    if runtime == "litert-delegate":
+        lib = extra.get("external_delegate_path")
+        if not lib:
+            raise _JobFailure("input", "runtime litert-delegate needs the vendor delegate library: --set "
+                              "options.extra.external_delegate_path=PATH (a .so on this host, pushed to the phone, "
+                              "or an absolute path on the phone, e.g. /vendor/lib64/libQnnTFLiteDelegate.so)")
+        local = Path(str(lib)).expanduser()
+        if local.is_file():
+            host, device = str(local), f"{device_dir}/lib/{_safe_name(local.name)}"
+        elif str(lib).startswith("/"):
+            host, device = None, str(lib)
+        else:
+            raise _JobFailure("input", f"options.extra.external_delegate_path {str(lib)!r} is neither a file on this "
+                              "host nor an absolute path on the phone")
+        flags = [("use_gpu", False), ("external_delegate_path", device)]
+        opts = extra.get("external_delegate_options")
+        if opts:
+            if isinstance(opts, dict):
+                opts = ";".join(f"{k}:{_flag_value(v)}" for k, v in opts.items())
+            flags.append(("external_delegate_options", str(opts)))
+        return ComputeUnit(runtime, f"delegate:{Path(device).name}", tuple(flags), library_host=host,
+                           library_device=device, expect_delegate="EXTERNAL")
     use_gpu = runtime == "litert-gpu" or (runtime == "torch" and spec.options.accelerator != "cpu")
-    if "use_gpu" in spec.options.extra:
-        use_gpu = _bool("use_gpu", spec.options.extra["use_gpu"])
-    return ("litert-gpu" if use_gpu else "litert-cpu"), use_gpu
+    if "use_gpu" in extra:
+        use_gpu = _bool("use_gpu", extra["use_gpu"])
+    if use_gpu:
+        return ComputeUnit("litert-gpu", "gpu", (("use_gpu", True),), use_gpu=True, expect_delegate="GPU")
+    return ComputeUnit("litert-cpu", "cpu", (("use_gpu", False),))
+
+
+def runtime_of(spec: JobSpec) -> tuple[str, bool]:
+    """(runtime name, use_gpu) of a job: `unit_of` in short."""
+    unit = unit_of(spec)
+    return unit.runtime, unit.use_gpu
+
+
+def unit_ran(unit: ComputeUnit, delegates: Any) -> str:
+    """The unit a run really used, from what benchmark_model said about the delegates it applied:
+    the requested label, with "(partial: N delegate kernels, the rest on the CPU)" when the delegate
+    took part of the graph, or "cpu (the X delegate took no node)" when it took none."""
+    if unit.expect_delegate is None:
+        return unit.label
+    for d in delegates or ():
+        name = str(getattr(d, "name", "")).upper()
+        if unit.expect_delegate not in name and not (unit.expect_delegate == "EXTERNAL" and name not in
+                                                     ("XNNPACK", "GPU", "NNAPI")):
+            continue
+        coverage = getattr(d, "coverage", None)
+        if coverage == "none":
+            return f"cpu (the {getattr(d, 'name', '')} delegate took no node)"
+        if coverage == "partial":
+            kernels = getattr(d, "delegate_kernels", None)
+            return f"{unit.label} (partial{f': {kernels} delegate kernels' if kernels else ''}, the rest on the CPU)"
+        return unit.label
+    return f"{unit.label} (benchmark_model did not report applying the delegate)"
 
 
 def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
-                    result_file: str | None = None) -> tuple[list[str], list[str]]:
+                    result_file: str | None = None, device_dir: str = "") -> tuple[list[str], list[str]]:
     """The benchmark_model arguments of a job, and the requested flags this binary lacks.
 
     `supported` is the set of flag names the binary's --help lists (None: unknown, every standard
@@ -383,7 +466,8 @@ def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
     """
     extra = spec.options.extra
     m = spec.measure
-    _, use_gpu = runtime_of(spec)
+    unit = unit_of(spec, device_dir)
+    use_gpu = unit.use_gpu
     wanted: list[tuple[str, Any]] = [
         ("graph", graph),
         ("num_runs", max(1, int(m.iterations))),
@@ -395,7 +479,7 @@ def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
     threads = extra.get("num_threads", spec.options.threads)
     if threads is not None and int(_number("num_threads", threads)) > 0:
         wanted.append(("num_threads", int(_number("num_threads", threads))))
-    wanted.append(("use_gpu", use_gpu))
+    wanted.extend(unit.flags)
     if use_gpu:
         backend = extra.get("gpu_backend")
         if backend is not None:
@@ -426,6 +510,10 @@ def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
             if name == "use_gpu" and value is True:
                 raise _JobFailure("input", "this benchmark_model has no --use_gpu flag (built without the GPU "
                                   "delegate); use a build with GPU support, or runtime litert-cpu")
+            if name in ("use_nnapi", "external_delegate_path"):
+                raise _JobFailure("input", f"this benchmark_model has no --{name} flag, so runtime {unit.runtime} "
+                                  "cannot reach its unit; use a full build of LiteRT's benchmark_model (README "
+                                  "'Android'), or runtime litert-gpu / litert-cpu")
             missing.append(name)
             continue
         args.append(f"--{name}={_flag_value(value)}")
@@ -947,9 +1035,17 @@ class AndroidDevice(Device):
     def _remote_model(self, art: _Artifact) -> str:
         return f"{self.settings.device_dir}/models/{art.sha256[:16]}.tflite"
 
-    def _files_for(self, arts: list[_Artifact]) -> list[tuple[Path, str, int]]:
+    def _files_for(self, arts: list[_Artifact], specs: list[JobSpec] = ()) -> list[tuple[Path, str, int]]:
         files = [(self._benchmark_local(), self.remote_bin, 0o755), (AGENT_SCRIPT, self.remote_agent, 0o755)]
         seen: set[str] = set()
+        for spec in specs:  # an external delegate library given as a host file goes to the phone too
+            try:
+                unit = unit_of(spec, self.settings.device_dir)
+            except _JobFailure:
+                continue
+            if unit.library_host and unit.library_device not in seen:
+                seen.add(unit.library_device)
+                files.append((Path(unit.library_host), unit.library_device, 0o644))
         for art in arts:
             remote = self._remote_model(art)
             if remote not in seen:
@@ -979,7 +1075,7 @@ class AndroidDevice(Device):
                 except _JobFailure:
                     continue
         try:
-            self.prepare_push = self._sync_files(self._files_for(arts), None)
+            self.prepare_push = self._sync_files(self._files_for(arts, specs), None)
             self._probe_flags()
         except (_JobFailure, DeviceError) as exc:
             self.prepare_note = f"prepare: {exc}"
@@ -1017,7 +1113,7 @@ class AndroidDevice(Device):
         if spec.workload == "e2e":
             return self._run_e2e(spec, workdir, progress, started)
         art = self._artifact(spec)
-        push = self._sync_files(self._files_for([art]), progress)
+        push = self._sync_files(self._files_for([art], [spec]), progress)
         self._probe_flags()
         return self._bench(spec, workdir, art, push, progress, started)
 
@@ -1025,12 +1121,12 @@ class AndroidDevice(Device):
                progress: ProgressFn | None, started: float, component: str | None = None) -> JobResult:
         """One benchmark_model run of `art` under the job's flags and measure policy: cooldown, run_job.sh,
         collect, parse. `component` (e2e): the run's own device directory and local `device/COMPONENT/`."""
-        runtime, use_gpu = runtime_of(spec)
-        ignored = sorted(set(spec.options.extra) - set(OPTION_KEYS))
         d = self.settings.device_dir
+        unit = unit_of(spec, d)
+        ignored = sorted(set(spec.options.extra) - set(OPTION_KEYS))
         out = f"{d}/jobs/{_safe_name(spec.job_id)}-{_safe_name(spec.variant)}" + (f"-{component}" if component else "")
         args, unsupported = benchmark_flags(spec, self._remote_model(art), supported=self._supported_flags,
-                                            result_file=f"{out}/{RESULT_PROTO}")
+                                            result_file=f"{out}/{RESULT_PROTO}", device_dir=d)
         affinity = self.settings.affinity
         if "affinity" in spec.options.extra:
             try:
@@ -1060,7 +1156,7 @@ class AndroidDevice(Device):
         after = device_state(files.get("thermal_after.txt"), files.get("battery_after.txt"))
         before["cooldown"] = cooldown
         extra: dict[str, Any] = {
-            "runtime": runtime, "accelerator": "gpu" if use_gpu else "cpu", "benchmark_flags": args,
+            "runtime": unit.runtime, "accelerator": unit.label, "benchmark_flags": args,
             "unsupported_flags": unsupported, "affinity": affinity, "device_dir": d, "run_s": round(run_s, 3),
             "push": {**push, "bytes_pushed_total": self.bytes_pushed},
             "artifact": {"sha256": art.sha256, "size_bytes": art.size_bytes, "key": art.key, "source": art.source,
@@ -1141,6 +1237,7 @@ class AndroidDevice(Device):
             "model_size_mb": parsed.model_size_mb, "init_footprint_mb": parsed.init_footprint_mb,
             "overall_footprint_mb": parsed.overall_footprint_mb, "end_vmrss_mb": parsed.end_vmrss_mb,
             "delegates": [asdict(dl) for dl in parsed.delegates], "warnings": list(parsed.warnings),
+            "unit": unit_ran(unit_of(spec, self.settings.device_dir), parsed.delegates),
             "gpu_memory_samples": gpu_samples, "gpu_memory_samples_unparsed": unparsed,
         })
         if parsed.op_profiled:
@@ -1185,7 +1282,7 @@ class AndroidDevice(Device):
         arts: dict[str, _Artifact] = {}
         for component in E2E_COMPONENTS:
             arts[component] = self._artifact(spec, component)
-        push = self._sync_files(self._files_for(list(arts.values())), progress)
+        push = self._sync_files(self._files_for(list(arts.values()), [spec]), progress)
         self._probe_flags()
 
         results: dict[str, JobResult] = {}
@@ -1236,9 +1333,9 @@ class AndroidDevice(Device):
 
         memory, peak_of = _largest_peaks(results)
         unet = results["unet"]
-        _, use_gpu = runtime_of(spec)
         extra: dict[str, Any] = {
-            "runtime": unet.extra.get("runtime"), "accelerator": "gpu" if use_gpu else "cpu",
+            "runtime": unet.extra.get("runtime"), "accelerator": unet.extra.get("accelerator"),
+            "unit": unet.extra.get("unit"),
             "method": "composed", "composition": "text_encoder + steps x (unet + scheduler) + vae_decoder",
             "scheduler": args["scheduler"], "steps": args["steps"], "guidance_scale": args["guidance_scale"],
             "height": args["height"], "width": args["width"], "latent_shape": list(latent_shape),

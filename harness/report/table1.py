@@ -22,6 +22,9 @@ COLUMNS = [
     "na_flags", "na_change",
     # Peak memory against the device's per-app limit (harness.headroom): ok | over | unknown.
     "peak_mb", "mem_limit_mb", "headroom", "headroom_note",
+    # The compute unit the row really ran on, as the device reported it (e.g. Android: "gpu",
+    # "cpu (the NNAPI delegate took no node)", "gpu (partial: 7 delegate kernels, ...)"); else the accelerator.
+    "unit",
 ]
 
 
@@ -42,6 +45,7 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             "label": LADDER_LABELS.get(job.variant, job.variant), "status": job.status,
             "runtime": res.extra.get("runtime", job.options.get("runtime")), "dtype": job.options.get("dtype"),
             "accelerator": res.extra.get("accelerator", job.options.get("accelerator")),
+            "unit": res.extra.get("unit") or res.extra.get("accelerator", job.options.get("accelerator")),
             "tensor_mb_measured": _mb(res.memory.tensor_bytes_measured),
             "tensor_mb_planned": _mb(res.memory.tensor_bytes_planned),
             "weight_mb": _mb(res.memory.weight_bytes), "tensor_method": res.memory.tensor_measure_method,

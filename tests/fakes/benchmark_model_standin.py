@@ -18,6 +18,10 @@ What is measured and what is not:
 - ``--use_gpu=true`` is accepted and logged, but there is no GPU delegate: a WARNING line says the
   graph runs on the CPU. ``--result_file_path`` is not supported (the tool's result proto schema
   is not available here), so it is not listed by ``--help`` and is reported as unconsumed.
+- ``--use_nnapi=true``: there is no NNAPI here; it prints the real tool's line for a delegate that
+  took no node ("Though NNAPI delegate is explicitly applied, ...") and runs on the CPU;
+- ``--external_delegate_path``: loaded as the real tool does (a delegate library, here through
+  ai-edge-litert's load_delegate); a file that is no delegate fails the run with the tool's ERROR lines.
 
 Fault switches, read at start from ``$BENCHMARK_MODEL_STANDIN_FAULT`` or else from the file
 ``benchmark_model.fault`` next to this executable (one word; ``WORD once`` deletes the file after
@@ -61,6 +65,12 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     "gpu_backend": ("", "string", "force the GPU backend: cl or gl"),
     "gpu_precision_loss_allowed": ("true", "bool", "allow fp16 precision in the GPU delegate"),
     "use_xnnpack": ("true", "bool", "use the XNNPACK delegate on the CPU"),
+    "use_nnapi": ("false", "bool", "use nnapi delegate api"),
+    "nnapi_accelerator_name": ("", "string", "the name of the nnapi accelerator to use"),
+    "nnapi_allow_fp16": ("false", "bool", "allow fp32 computation to be run in fp16"),
+    "external_delegate_path": ("", "string", "The library path for the underlying external."),
+    "external_delegate_options": ("", "string", "A list of comma-separated options to be passed to the "
+                                  "external delegate. Each option is a colon-separated key-value pair"),
     "help": ("false", "bool", "print this help"),
 }
 
@@ -246,6 +256,7 @@ def main(argv: list[str]) -> int:
         op_profiling = as_bool(values.get("enable_op_profiling", "false"))
         peak = as_bool(values.get("report_peak_memory_footprint", "false"))
         use_xnnpack = as_bool(values.get("use_xnnpack", "true"))
+        use_nnapi = as_bool(values.get("use_nnapi", "false"))
     except ValueError as exc:
         log(f"Failed to parse a flag value: {exc}", "ERROR")
         log(usage(), "ERROR")
@@ -265,6 +276,15 @@ def main(argv: list[str]) -> int:
         log("Use gpu: [1]")
         if values.get("gpu_backend"):
             log(f"GPU backend: [{values['gpu_backend']}]")
+    if use_nnapi:
+        log("Use NNAPI: [1]")
+        if values.get("nnapi_accelerator_name"):
+            log(f"NNAPI accelerator name: [{values['nnapi_accelerator_name']}]")
+    external = values.get("external_delegate_path", "")
+    if external:
+        log(f"External delegate path: [{external}]")
+        if values.get("external_delegate_options"):
+            log(f"External delegate options: [{values['external_delegate_options']}]")
     if unconsumed:
         log("Unconsumed cmdline flags: " + " ".join(unconsumed), "WARNING")
     if not graph:
@@ -301,6 +321,20 @@ def main(argv: list[str]) -> int:
     log("Initialized TensorFlow Lite runtime.")
     if use_gpu:
         log("stand-in: there is no GPU delegate on this host; the graph runs on the CPU", "WARNING")
+    if external:
+        # The real tool loads the library through TfLiteExternalDelegateCreate; this host has no vendor
+        # delegate, so loading it the same way (ai-edge-litert's load_delegate) fails for any test file.
+        from ai_edge_litert.interpreter import load_delegate
+
+        try:
+            load_delegate(external)
+        except (ValueError, OSError, RuntimeError) as exc:
+            log(f"Failed to create external delegate from {external}: {exc}", "ERROR")
+            log("Benchmarking failed.", "ERROR")
+            return 1
+    if use_nnapi:
+        # No NNAPI on this host: the real tool's message when the delegate takes no node.
+        log("Though NNAPI delegate is explicitly applied, the model graph will not be executed by the delegate.")
     log(f"The input model file size (MB): {fmt(Path(graph).stat().st_size / 1e6)}")
     log(f"Initialized session in {fmt(init_us / 1e3)}ms.")
     rng = np.random.default_rng(0)
