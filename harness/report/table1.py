@@ -45,7 +45,8 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             "label": LADDER_LABELS.get(job.variant, job.variant), "status": job.status,
             "runtime": res.extra.get("runtime", job.options.get("runtime")), "dtype": job.options.get("dtype"),
             "accelerator": res.extra.get("accelerator", job.options.get("accelerator")),
-            "unit": res.extra.get("unit") or res.extra.get("accelerator", job.options.get("accelerator")),
+            "unit": res.extra.get("unit") or (f"coreml:{res.extra['compute_units']}" if res.extra.get("compute_units")
+                                              else res.extra.get("accelerator", job.options.get("accelerator"))),
             "tensor_mb_measured": _mb(res.memory.tensor_bytes_measured),
             "tensor_mb_planned": _mb(res.memory.tensor_bytes_planned),
             "weight_mb": _mb(res.memory.weight_bytes), "tensor_method": res.memory.tensor_measure_method,
