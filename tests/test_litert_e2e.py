@@ -77,6 +77,7 @@ def test_first_job_builds_the_artifacts_and_times_the_loop(first_job):
 
     extra = res["extra"]
     assert extra["runtime"] == "litert-cpu" and extra["na_flags"] == ["conv3x3"] and extra["accelerator"] == "cpu"
+    assert extra["cpu_threads"] == 1 and extra["torch_threads"] == 1
     arts = extra["artifacts"]
     assert [arts[n]["component"] for n in NAMES] == ["text_encoder", "unet", "vae_decoder"]
     for name in NAMES:

@@ -13,6 +13,7 @@ Before timing, each interpreter's output is checked against the plain PyTorch mo
 kernels patched; ReLU attention for attention=relu) on the first step's real inputs (`record_check`;
 the worst component is named when it fails). Then `measure.iterations` images are timed with the
 torch loop's breakdown (`harness.workloads.e2e.time_images`: components_ms method="measured").
+`options.threads` is the interpreters' thread count (0: LiteRT's default); the torch glue runs on one.
 
 What the JobResult holds beyond the torch loop's layout:
   memory  weight_bytes (the three artifacts' weights as stored), tensor_bytes_planned (the sum of the
@@ -123,9 +124,11 @@ def run_litert_cpu_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
                          f"(got {args['height']}x{args['width']}) or use runtime torch")
     if spec.measure.iterations < 1:
         raise InputError(f"measure.iterations must be >= 1 for e2e (images to time), got {spec.measure.iterations}")
-    threads = spec.options.threads if spec.options.threads > 0 else None
-    if threads:
-        torch.set_num_threads(threads)
+    threads = spec.options.threads if spec.options.threads > 0 else None  # the interpreters'; None: LiteRT's default
+    # The torch glue (scheduler, guidance, 8-bit conversion) works on small tensors: one thread. A torch
+    # thread pool beside the interpreters' spinning one starves on a small CPU (measured on 2 cores: the
+    # 8-bit conversion after the tiny baseline decoder took 39 ms instead of 0.4 ms).
+    torch.set_num_threads(1)
     torch.set_grad_enabled(False)
     weights, seed = spec.model.weights, spec.model.seed
     extra = result["extra"]
@@ -177,6 +180,7 @@ def run_litert_cpu_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
                                    args["scheduler"], scheduler_config(weights), tokenizer, "cpu", "fp32")
     extra.update(generation_extra(pipe, args, weights))
     extra["cpu_threads"] = threads or "default"
+    extra["torch_threads"] = torch.get_num_threads()
 
     # First run of each component on the first step's real inputs (also what the check compares).
     emit("first_run", 0, 1)
