@@ -167,9 +167,11 @@ def inspect_command(path: Path, as_json: bool) -> int:
 
 
 def prepare_run_artifacts(plan: Any, cache_dir: Path | None) -> None:
-    """Export, through the cache, what the plan's host jobs need (runtime litert-cpu: .tflite), with a
-    progress bar, and point each job at its artifact. A variant that fails to export is reported
-    here and fails as its own job (the host agent tries again and records the converter's message)."""
+    """Export, through the cache, what the plan's host jobs need (runtime litert-cpu: .tflite; for an
+    `e2e` job the text encoder and the VAE decoder too), with a progress bar, and point each job at
+    its UNet artifact (an e2e job finds the other two in the same cache). A variant that fails to
+    export is reported here and fails as its own job (the host agent tries again and records the
+    converter's message)."""
     from harness.variants import Flags
 
     jobs = [j for j in plan.jobs if j.device == "host" and j.spec.options.runtime in HOST_RUNTIME_FORMATS
@@ -177,21 +179,32 @@ def prepare_run_artifacts(plan: Any, cache_dir: Path | None) -> None:
     if not jobs:
         return
     console = _console()
-    with _Bar(len(jobs)) as bar:
+
+    def components(job: Any) -> tuple[str, ...]:
+        return COMPONENTS if job.spec.workload == "e2e" else ("unet",)
+
+    with _Bar(sum(len(components(j)) for j in jobs)) as bar:
         for job in jobs:
             fmt = HOST_RUNTIME_FORMATS[job.spec.options.runtime]
             dtype = job.spec.options.dtype
-            bar.start(f"artifact {job.variant} -> {fmt}")
             if dtype not in ("fp16", "fp32"):
+                bar.start(f"artifact {job.variant} -> {fmt}")
                 bar.finish(f"{job.variant}: no {fmt} artifact for dtype {dtype}; the job will say so")
+                bar.bar.advance(bar.task, len(components(job)) - 1)
                 continue
-            try:
-                art = ensure_artifact(job.spec.model, Flags.from_dict(job.spec.flags), fmt, dtype, cache_dir,
-                                      bar.phase, variant=job.variant)
-            except ExportError as exc:
-                bar.finish(f"export FAILED for {job.variant}: {exc}")
-                continue
-            job.spec.artifact = str(art.path)
-            bar.finish(f"{job.variant}: {fmt} artifact {'cached' if art.cached else 'built'} "
-                       f"({art.size_bytes / MB:.1f} MB){'; n/a: ' + ', '.join(art.na_flags) if art.na_flags else ''}")
+            for component in components(job):
+                what = fmt if component == "unet" else f"{component} {fmt}"
+                bar.start(f"artifact {job.variant} -> {what}")
+                try:
+                    art = ensure_artifact(job.spec.model, Flags.from_dict(job.spec.flags), fmt, dtype, cache_dir,
+                                          bar.phase, variant=job.variant, component=component)
+                except ExportError as exc:
+                    bar.finish(f"export FAILED for {job.variant} ({what}): {exc}")
+                    continue
+                if component == "unet":
+                    job.spec.artifact = str(art.path)
+                na = ("; the flags do not apply to it" if component == "text_encoder" else
+                      "; n/a: " + ", ".join(art.na_flags) if art.na_flags else "")
+                bar.finish(f"{job.variant}: {what} artifact {'cached' if art.cached else 'built'} "
+                           f"({art.size_bytes / MB:.1f} MB){na}")
     console.print(f"artifacts ready for {len(jobs)} host job(s)", soft_wrap=True, markup=False, highlight=False)

@@ -16,6 +16,10 @@ tokenizer/, scheduler/; local files only):
 UNet on batch 2, classifier-free guidance, scheduler.step -> VAE decoder -> 8-bit RGB. It returns
 the image and an `ImageTimes` with every component's wall time (on CUDA the device is synchronized
 at each component boundary, so the times are what the user waits for).
+The loop calls the networks through
+`ComponentFns`: torch modules by default, or callables a runtime supplies (`Pipeline.from_functions`;
+the litert-cpu runtime runs the .tflite files through ai-edge-litert), so every runtime shares the
+same scheduler, guidance and timing code.
 
 The default scheduler is DPM-Solver++ (2M): the paper's 20 iterations are the fast-sampler regime
 (DPM-Solver, Lu et al. 2022, reaches its quality in 15-25 steps); SD 1.4's shipped PNDM scheduler is
@@ -271,12 +275,35 @@ def _ms(t0: int, t1: int) -> float:
     return (t1 - t0) / 1e6
 
 
-class Pipeline:
-    """Text encoder + UNet + VAE decoder + a scheduler, on one device, generating timed images."""
+@dataclass(frozen=True)
+class ComponentFns:
+    """The three networks as callables on torch tensors: what `Pipeline`'s loop calls.
 
-    def __init__(self, cfg: ModelConfig, text_encoder: nn.Module, unet: nn.Module, decoder: VAEDecoder,
-                 scheduler: str = DEFAULT_SCHEDULER, scheduler_cfg: dict[str, Any] | None = None,
-                 tokenizer=None, device: str = "cpu", dtype: str = "fp32"):
+    encode(ids [2, T] int64) -> context [2, T, D] (the UNet's input dtype)
+    unet(sample [2, C, h, w], timestep (0-d tensor), context [2, T, D]) -> noise prediction [2, C, h, w]
+    decode(latents [1, C, h, w] fp32) -> image [1, 3, 8h, 8w] in [-1, 1]
+
+    `Pipeline(cfg, text_encoder, unet, decoder, ...)` builds them from torch modules; a runtime that
+    runs the networks elsewhere supplies its own through `Pipeline.from_functions` (the litert-cpu
+    runtime: the .tflite files through ai-edge-litert, `harness.workloads.litert_e2e`). Each call's
+    wall time is that component's time in `ImageTimes`, conversions in and out included.
+    """
+
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    unet: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+
+
+class Pipeline:
+    """Text encoder + UNet + VAE decoder + a scheduler, on one device, generating timed images.
+
+    The networks are torch modules, or any `ComponentFns` (`from_functions`); the scheduler, the
+    guidance and the latents are torch on `device` either way."""
+
+    def __init__(self, cfg: ModelConfig, text_encoder: nn.Module | None, unet: nn.Module | None,
+                 decoder: VAEDecoder | None, scheduler: str = DEFAULT_SCHEDULER,
+                 scheduler_cfg: dict[str, Any] | None = None, tokenizer=None, device: str = "cpu",
+                 dtype: str = "fp32", fns: ComponentFns | None = None):
         if scheduler not in SCHEDULERS:
             raise PipelineError(f"unknown scheduler {scheduler!r}; known schedulers: {', '.join(SCHEDULERS)}")
         self.cfg = cfg
@@ -287,6 +314,19 @@ class Pipeline:
         self.device = device
         self.dtype = DTYPES[dtype]
         self._sync: Callable[[], None] = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        if fns is None:
+            if text_encoder is None or unet is None or decoder is None:
+                raise PipelineError("Pipeline needs the three modules (text_encoder, unet, decoder) or fns")
+            fns = ComponentFns(self._module_encode, self._module_unet, self._module_decode)
+        self.fns = fns
+
+    @classmethod
+    def from_functions(cls, cfg: ModelConfig, fns: ComponentFns, scheduler: str = DEFAULT_SCHEDULER,
+                       scheduler_cfg: dict[str, Any] | None = None, tokenizer=None, device: str = "cpu",
+                       dtype: str = "fp32") -> "Pipeline":
+        """A pipeline whose networks are `fns` (no torch modules); `dtype` is what the latents
+        are cast to before the UNet (fp32 for runtimes that take float32 inputs)."""
+        return cls(cfg, None, None, None, scheduler, scheduler_cfg, tokenizer, device, dtype, fns=fns)
 
     @property
     def prompt_tokens(self) -> str:
@@ -318,14 +358,23 @@ class Pipeline:
         shape = (1, self.cfg.unet["in_channels"], height // f, width // f)
         return torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device) * init_noise_sigma
 
-    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+    def _module_encode(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(ids.to(self.device)).last_hidden_state.to(self.dtype)
 
-    def run_unet(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def _module_unet(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
 
-    def run_decoder(self, latents: torch.Tensor) -> torch.Tensor:
+    def _module_decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decoder(latents.to(self.dtype))
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fns.encode(ids)
+
+    def run_unet(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.fns.unet(sample, timestep, context)
+
+    def run_decoder(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.fns.decode(latents)
 
     def probe_inputs(self, prompt: str, steps: int, seed: int, height: int, width: int) -> dict[str, torch.Tensor]:
         """The first step's real inputs (context, batched scaled latent, timestep) and a decoder latent:

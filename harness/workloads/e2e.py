@@ -7,6 +7,9 @@ the patched UNet and decoder against their unpatched selves on the first step's 
 generates `measure.iterations` images (after `measure.warmup_runs` warm-up images), timing every
 component of each.
 
+The litert-cpu runtime (`harness.workloads.litert_e2e`) runs the same loop (`time_images`,
+`Pipeline.generate`) with the three components as .tflite files through ai-edge-litert.
+
 workload_args (all optional):
   steps           denoising steps (default 20)
   scheduler       dpmsolver++ (default) | euler | pndm  (harness.models.pipeline.SCHEDULERS)
@@ -156,6 +159,67 @@ def _rel_error(out, ref) -> tuple[float, float]:
     return max_abs, max_abs / max(ref.abs().max().item(), 1e-12)
 
 
+def generation_extra(pipe, args: dict[str, Any], weights: str | None) -> dict[str, Any]:
+    """The JobResult.extra fields every e2e runtime reports about the generation it times."""
+    from harness.models.pipeline import SCHEDULERS
+
+    extra = dict(
+        scheduler=args["scheduler"], scheduler_description=SCHEDULERS[args["scheduler"]].description,
+        steps=args["steps"], guidance_scale=args["guidance_scale"], prompt=args["prompt"], seed=args["seed"],
+        height=args["height"], width=args["width"], prompt_tokens=pipe.prompt_tokens, weights=weights or "random",
+    )
+    if pipe.prompt_tokens == "random":
+        extra["prompt_note"] = ("no tokenizer without --weights: the prompt is seeded random token ids "
+                                "(one per word); the text encoder runs the same shapes")
+    return extra
+
+
+def time_images(pipe, spec: JobSpec, args: dict[str, Any], result: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """Generate `measure.warmup_runs` + timed images with `pipe` (any runtime's Pipeline); put
+    warmup_ms, samples_ms and the measured components_ms into `result`. Returns every (rgb,
+    ImageTimes), warm-ups first."""
+    images: list[tuple[Any, Any]] = []  # (rgb, ImageTimes) of every image, warm-ups first
+
+    def one_image():
+        rgb, times = pipe.generate(args["prompt"], args["steps"], args["guidance_scale"], args["seed"],
+                                   args["height"], args["width"],
+                                   on_step=lambda done, total: emit("step", done, total))
+        images.append((rgb, times))
+        return rgb, times
+
+    def image_timer(fn):
+        rgb, times = fn()
+        return times.total_ms, (rgb, times)
+
+    warmup, samples = measure_loop(one_image, image_timer, spec)
+    result["warmup_ms"], result["samples_ms"] = warmup, samples
+    timed = [t for _, t in images[len(warmup):]]
+    result["components_ms"] = {
+        "method": "measured", "steps": args["steps"], "unet_evals": len(timed[0].unet_ms),
+        "text_encoder_ms": [t.text_encoder_ms for t in timed],
+        "unet_ms": [list(t.unet_ms) for t in timed],
+        "scheduler_ms": [list(t.scheduler_ms) for t in timed],
+        "decoder_ms": [t.decoder_ms for t in timed],
+        "prepare_ms": [t.prepare_ms for t in timed],
+        "postprocess_ms": [t.postprocess_ms for t in timed],
+        "total_ms": [t.total_ms for t in timed],
+        "gap_ms": [t.gap_ms for t in timed],
+    }
+    return images
+
+
+def save_image(spec: JobSpec, result: dict[str, Any], rgb) -> None:
+    """Save the image as the job's PNG (`job_output_dir`) and say where, and what it shows, in extra."""
+    from harness.models.pipeline import save_png
+
+    emit("save", 0, 1)
+    path = save_png(rgb, job_output_dir(spec) / IMAGE_NAME)
+    result["extra"]["image_path"] = str(path)
+    result["extra"]["image_note"] = ("real picture (checkpoint weights)" if spec.model.weights else
+                                     "noise: random weights (pass --weights DIR for a real picture)")
+    emit("save", 1, 1)
+
+
 def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     import torch
 
@@ -163,8 +227,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     from harness.models.configs import get_model_config
     from harness.models.patch import apply_flags, flag_applies, flag_coverage
     from harness.models.pipeline import (
-        SCHEDULERS, Pipeline, build_text_encoder, build_tokenizer, build_vae_decoder,
-        count_parameters, save_png, scheduler_config,
+        Pipeline, build_text_encoder, build_tokenizer, build_vae_decoder, count_parameters, scheduler_config,
     )
     from harness.models.unet import WeightsError, build_unet
     from harness.variants import Flags
@@ -205,12 +268,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     emit("build", 3, 3)
 
     extra = result["extra"]
-    extra.update(
-        accelerator=device, scheduler=args["scheduler"],
-        scheduler_description=SCHEDULERS[args["scheduler"]].description, steps=args["steps"],
-        guidance_scale=args["guidance_scale"], prompt=args["prompt"], seed=args["seed"],
-        height=args["height"], width=args["width"], prompt_tokens=pipe.prompt_tokens,
-        weights=weights or "random",
+    extra.update(generation_extra(pipe, args, weights), accelerator=device,
         params={"text_encoder": count_parameters(text_encoder), "unet": count_parameters(unet),
                 "decoder": count_parameters(decoder)},
         weight_bytes={"text_encoder": memory.weight_bytes(text_encoder), "unet": memory.weight_bytes(unet),
@@ -220,9 +278,6 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
         extra["gpu_name"] = torch.cuda.get_device_name(0)
     else:
         extra["cpu_threads"] = torch.get_num_threads()
-    if pipe.prompt_tokens == "random":
-        extra["prompt_note"] = ("no tokenizer without --weights: the prompt is seeded random token ids "
-                                "(one per word); the text encoder runs the same shapes")
 
     # The first step's real inputs: the unpatched modules' outputs are the reference for the check.
     probe = pipe.probe_inputs(args["prompt"], args["steps"], args["seed"], args["height"], args["width"])
@@ -268,53 +323,30 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
             return
     del references, outputs, probe, run_unet, run_decoder
 
-    images: list[tuple[Any, Any]] = []  # (rgb, ImageTimes) of every image, warm-ups first
-
-    def one_image():
-        rgb, times = pipe.generate(args["prompt"], args["steps"], args["guidance_scale"], args["seed"],
-                                   args["height"], args["width"],
-                                   on_step=lambda done, total: emit("step", done, total))
-        images.append((rgb, times))
-        return rgb, times
-
-    def image_timer(fn):
-        rgb, times = fn()
-        return times.total_ms, (rgb, times)
-
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result["timing_method"] = "perf_counter+cuda_sync" if device == "cuda" else "perf_counter"
-    warmup, samples = measure_loop(one_image, image_timer, spec)
-    result["warmup_ms"], result["samples_ms"] = warmup, samples
-    timed = [t for _, t in images[len(warmup):]]
-    result["components_ms"] = {
-        "method": "measured", "steps": args["steps"], "unet_evals": len(timed[0].unet_ms),
-        "text_encoder_ms": [t.text_encoder_ms for t in timed],
-        "unet_ms": [list(t.unet_ms) for t in timed],
-        "scheduler_ms": [list(t.scheduler_ms) for t in timed],
-        "decoder_ms": [t.decoder_ms for t in timed],
-        "prepare_ms": [t.prepare_ms for t in timed],
-        "postprocess_ms": [t.postprocess_ms for t in timed],
-        "total_ms": [t.total_ms for t in timed],
-        "gap_ms": [t.gap_ms for t in timed],
-    }
+    images = time_images(pipe, spec, args, result)
 
     mem = MemoryFigures(weight_bytes=sum(extra["weight_bytes"].values()))
     if device == "cuda":
         mem.gpu_bytes = torch.cuda.max_memory_allocated()
     result["memory"] = mem
 
-    emit("save", 0, 1)
-    path = save_png(images[-1][0], job_output_dir(spec) / IMAGE_NAME)
-    extra["image_path"] = str(path)
-    extra["image_note"] = ("real picture (checkpoint weights)" if weights else
-                           "noise: random weights (pass --weights DIR for a real picture)")
-    emit("save", 1, 1)
+    save_image(spec, result, images[-1][0])
+
+
+def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
+    """The .tflite components through ai-edge-litert on the host CPU (harness.workloads.litert_e2e)."""
+    from harness.workloads.litert_e2e import run_litert_cpu_e2e
+
+    run_litert_cpu_e2e(spec, result)
 
 
 # Runtime name -> implementation. Each writes into `result` (a JobResult in the making).
 RUNTIMES = {
     "torch": run_torch,
+    "litert-cpu": run_litert_cpu,
 }
 
 

@@ -46,13 +46,14 @@ def rss_anon_bytes() -> int | None:
         return None
 
 
-def _artifact_for(spec: JobSpec, flags, dtype: str) -> tuple[Path, dict[str, Any]]:
-    """(path, facts) of the job's .tflite: the given path, or ensure_artifact through the cache."""
+def _artifact_for(spec: JobSpec, flags, dtype: str, component: str = "unet") -> tuple[Path, dict[str, Any]]:
+    """(path, facts) of the job's .tflite of `component`: the given path (the job's `artifact` is
+    the UNet's), or ensure_artifact through the cache."""
     import json
 
     from harness.export import ExportError, ensure_artifact
 
-    if spec.artifact:
+    if spec.artifact and component == "unet":
         path = Path(spec.artifact)
         if not path.is_file():
             raise InputError(f"the job's artifact {spec.artifact!r} is not a file; run `harness export` again "
@@ -68,16 +69,19 @@ def _artifact_for(spec: JobSpec, flags, dtype: str) -> tuple[Path, dict[str, Any
                 pass
         return path, facts
     try:
+        prefix = "export" if component == "unet" else f"export_{component}"
         art = ensure_artifact(spec.model, flags, "tflite", dtype=dtype,
-                              progress=lambda phase, done, total: emit(f"export_{phase}", done, total),
-                              variant=spec.variant)
+                              progress=lambda phase, done, total: emit(f"{prefix}_{phase}", done, total),
+                              variant=spec.variant, component=component)
     except ExportError as exc:
         if exc.kind == "input":
             raise InputError(str(exc)) from None
         raise
-    return art.path, {"path": str(art.path), "source": "ensure_artifact", "key": art.key, "sha256": art.sha256,
-                      "size_bytes": art.size_bytes, "cached": art.cached,
-                      "reference": art.meta.get("reference")}
+    facts = {"path": str(art.path), "source": "ensure_artifact", "key": art.key, "sha256": art.sha256,
+             "size_bytes": art.size_bytes, "cached": art.cached, "reference": art.meta.get("reference")}
+    if not art.cached and art.meta.get("rebuilt_because"):  # this call replaced a corrupted entry
+        facts["rebuilt_because"] = art.meta["rebuilt_because"]
+    return art.path, facts
 
 
 def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
