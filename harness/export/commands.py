@@ -84,9 +84,23 @@ def _rows_text(planned: PlannedArtifact) -> str:
     return ", ".join(parts)
 
 
-def export_suite(suite: Any, formats: list[str], dtype: str, cache_dir: Path | None) -> int:
-    """Build every artifact the suite's variants need in `formats`; print what was built, what was
-    cached, and which rows share an artifact. Returns the exit code (1 if a variant failed)."""
+def export_suite(suite: Any, formats: list[str], dtype: str | None, cache_dir: Path | None) -> int:
+    """Build every artifact the suite's variants need in `formats`, for every sweep combination
+    (`Suite.combinations`; `dtype` None: each combination's own dtype through `artifact_dtype`); print
+    what was built, what was cached, and which rows share an artifact. Returns the exit code (1 if a
+    variant failed)."""
+    combos = suite.combinations() if hasattr(suite, "combinations") else [({}, suite)]
+    if len(combos) > 1 or combos[0][0]:
+        codes = []
+        for axes, combo in combos:
+            _console().print("sweep combination " + ", ".join(f"{k}={v}" for k, v in axes.items()),
+                             soft_wrap=True, markup=False, highlight=False)
+            codes.append(_export_one(combo, formats, artifact_dtype(dtype, combo.options.dtype), cache_dir))
+        return max(codes)
+    return _export_one(suite, formats, artifact_dtype(dtype, suite.options.dtype), cache_dir)
+
+
+def _export_one(suite: Any, formats: list[str], dtype: str, cache_dir: Path | None) -> int:
     from rich.table import Table
 
     model = suite.model
