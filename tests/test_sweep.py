@@ -276,3 +276,32 @@ def test_tiny_sweep_runs_end_to_end_through_the_cli(tmp_path):
     assert "model=tiny, options.dtype=int8" in term and "side by side" in term
     html = (tmp_path / "run.html").read_text()
     assert 'class="pivot"' in html and "options.dtype=int8" in html
+
+
+def test_e2e_steps_sweep_int8_through_the_cli(tmp_path):
+    """suites/e2e_steps_smoke.yaml (tiny e2e at 20/8/1 steps), one ladder row, int8 weight-only: every
+    component is quantized, the check passes under the int8 tolerance, and the report puts the image
+    totals at 20, 8 and 1 steps side by side."""
+    env = {"HARNESS_CACHE": str(tmp_path / "cache"), "HARNESS_STORE": f"sqlite:///{tmp_path}/e.db"}
+    out = _cli("run", "suites/e2e_steps_smoke.yaml", "--set", "iterations=1", "--set", "warmup_runs=0",
+               "--set", "variants=[baseline]", "--set", "dtype=int8", "--set", "threads=1", "--no-report",
+               env_extra=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_id = out.stdout.strip().splitlines()[-1]
+    run = Store(env["HARNESS_STORE"]).load_run(run_id)
+    assert [j.axes for j in run.jobs] == [{"workload_args.steps": s} for s in (20, 8, 1)]
+    for job in run.jobs:
+        res = job.result
+        assert res.status == "ok", res.error
+        assert res.components_ms["steps"] == job.axes["workload_args.steps"]
+        assert set(res.extra["quantized"]) == {"text_encoder", "unet", "decoder"}
+        assert res.extra["compute_dtype"] == "fp32"
+        assert res.check.rel_tolerance == pytest.approx(5e-2) and 1e-3 < res.check.rel_error < 5e-2
+        assert res.memory.weight_bytes == sum(res.extra["weight_bytes"].values())
+    piv = pivot(e2e_table(run), "total_s")["host"]
+    assert list(piv.columns) == [f"workload_args.steps={s}" for s in (20, 8, 1)]
+    totals = piv.loc["Baseline"].tolist()
+    assert totals[0] > totals[1] > totals[2] > 0
+    md = _cli("report", "--run", run_id, "--format", "md", env_extra=env).stdout
+    assert "| Row | workload_args.steps=20 | workload_args.steps=8 | workload_args.steps=1 |" in md
+    assert "— torch, int8, cpu, dpmsolver++ — workload_args.steps=8" in md

@@ -93,9 +93,14 @@ def export_suite(suite: Any, formats: list[str], dtype: str | None, cache_dir: P
     if len(combos) > 1 or combos[0][0]:
         codes = []
         for axes, combo in combos:
-            _console().print("sweep combination " + ", ".join(f"{k}={v}" for k, v in axes.items()),
-                             soft_wrap=True, markup=False, highlight=False)
-            codes.append(_export_one(combo, formats, artifact_dtype(dtype, combo.options.dtype), cache_dir))
+            label = ", ".join(f"{k}={v}" for k, v in axes.items())
+            _console().print(f"sweep combination {label}", soft_wrap=True, markup=False, highlight=False)
+            try:
+                codes.append(_export_one(combo, formats, artifact_dtype(dtype, combo.options.dtype), cache_dir))
+            except ExportError as exc:  # this combination cannot be exported (e.g. its model); the others go on
+                _console().print(f"FAILED sweep combination {label}: {exc}", soft_wrap=True, markup=False,
+                                 highlight=False)
+                codes.append(1)
         return max(codes)
     return _export_one(suite, formats, artifact_dtype(dtype, suite.options.dtype), cache_dir)
 
