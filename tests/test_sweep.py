@@ -305,3 +305,14 @@ def test_e2e_steps_sweep_int8_through_the_cli(tmp_path):
     md = _cli("report", "--run", run_id, "--format", "md", env_extra=env).stdout
     assert "| Row | workload_args.steps=20 | workload_args.steps=8 | workload_args.steps=1 |" in md
     assert "— torch, int8, cpu, dpmsolver++ — workload_args.steps=8" in md
+
+
+def test_stored_suite_expands_to_the_same_jobs(tmp_path):
+    """What `harness run` stores (suite.model_dump) validates back to the same plan: --resume and
+    `compare --rerun` find the same job keys and cells."""
+    from harness.suite import Suite
+
+    suite = load_suite(REPO / "suites" / "beyond_sd14_tiny.yaml")
+    again = Suite.model_validate(json.loads(json.dumps(suite.model_dump(mode="json"))))
+    a, b = expand(suite, ["host"], "r"), expand(again, ["host"], "r")
+    assert [(j.job_key, j.options_hash) for j in a.jobs] == [(j.job_key, j.options_hash) for j in b.jobs]
