@@ -316,3 +316,19 @@ def test_stored_suite_expands_to_the_same_jobs(tmp_path):
     again = Suite.model_validate(json.loads(json.dumps(suite.model_dump(mode="json"))))
     a, b = expand(suite, ["host"], "r"), expand(again, ["host"], "r")
     assert [(j.job_key, j.options_hash) for j in a.jobs] == [(j.job_key, j.options_hash) for j in b.jobs]
+
+
+def test_store_made_before_sweeps_gets_the_axes_column(tmp_path):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    store = Store(url)
+    store.create_run("r", "t", {"name": "t"})
+    store.record_job("r", job_key="k", job_index=0, device_id="host", workload="unet_iteration", model="tiny",
+                     variant="baseline", variant_index=0, flags={}, options={}, options_hash="h",
+                     result=JobResult(job_id="j", status="ok", samples_ms=[1.0]))
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE jobs DROP COLUMN axes_json"))  # the schema before sweeps
+    reopened = Store(url)
+    assert "axes_json" in {c["name"] for c in sa.inspect(reopened.engine).get_columns("jobs")}
+    assert reopened.load_run("r").jobs[0].axes == {}
