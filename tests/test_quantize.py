@@ -13,7 +13,13 @@ from harness.models.quantize import (
 from harness.models.unet import build_unet, example_inputs
 from harness.variants import LADDER, Flags
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    """Inference only; restored after each test (grad mode is process-global)."""
+    with torch.no_grad():
+        yield
 
 
 def _rel(out, ref):
@@ -59,6 +65,7 @@ def test_compute_dtype():
 
 
 @pytest.fixture(scope="module")
+@torch.no_grad()
 def tiny_reference():
     inputs = example_inputs("tiny", 0, "fp32")
     return inputs, build_unet("tiny")(*inputs[:2], encoder_hidden_states=inputs[2], return_dict=False)[0]
