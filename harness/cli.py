@@ -318,13 +318,13 @@ def cmd_run(args) -> int:
         render(run, "html", report)
         print(f"report: {report}", file=sys.stderr)
     for job, result in outcome.failures:
-        print(f"FAILED {job.device} {job.variant}: {result.error.kind}: {result.error.message}", file=sys.stderr)
+        print(f"FAILED {_job_label(job)}: {result.error.kind}: {result.error.message}", file=sys.stderr)
     print(run_id)
     return EXIT_JOB_FAILED if outcome.failed else EXIT_OK
 
 
 def cmd_export(args) -> int:
-    from harness.export.commands import artifact_dtype, export_suite, formats_from_arg
+    from harness.export.commands import export_suite, formats_from_arg
     from harness.export.mapping import UnknownFormatError
     from harness.suite import SuiteError, load_suite
 
@@ -340,7 +340,7 @@ def cmd_export(args) -> int:
         formats = formats_from_arg(args.format, suite.options.runtime)
     except (SuiteError, UnknownFormatError) as exc:
         raise InputError(str(exc)) from None
-    return export_suite(suite, formats, artifact_dtype(args.dtype, suite.options.dtype), args.cache)
+    return export_suite(suite, formats, args.dtype, args.cache)  # per sweep combination: its dtype unless --dtype
 
 
 def cmd_inspect(args) -> int:
@@ -534,6 +534,14 @@ def _store(args):
         raise InputError(str(exc)) from None
 
 
+def _job_label(job) -> str:
+    """device variant [sweep combination]."""
+    from harness.report.table1 import combination_label
+
+    combo = combination_label(getattr(job, "axes", {}) or {})
+    return f"{job.device} {job.variant}" + (f" [{combo}]" if combo else "")
+
+
 class RichProgress:
     """A rich progress bar over the run's jobs, with the job in flight and its phase."""
 
@@ -549,15 +557,15 @@ class RichProgress:
         self._task = self._bar.add_task("starting", total=total_jobs)
 
     def job_started(self, job) -> None:
-        self._bar.update(self._task, description=f"{job.device} {job.variant}")
+        self._bar.update(self._task, description=_job_label(job))
 
     def job_phase(self, job, phase: str, done: int, total: int) -> None:
         detail = f" {done}/{total}" if total > 1 else ""
-        self._bar.update(self._task, description=f"{job.device} {job.variant}: {phase}{detail}")
+        self._bar.update(self._task, description=f"{_job_label(job)}: {phase}{detail}")
 
     def job_finished(self, job, result) -> None:
         mark = "ok" if result.status == "ok" else f"FAILED ({result.error.kind})"
-        self._bar.console.print(f"{job.device} {job.variant}: {mark}")
+        self._bar.console.print(f"{_job_label(job)}: {mark}", markup=False)
         self._bar.advance(self._task)
 
     def stop(self) -> None:

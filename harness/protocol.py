@@ -72,7 +72,9 @@ class ModelRef(_Strict):
 
 class RuntimeOptions(_Strict):
     runtime: str = "torch"  # torch | litert-cpu | litert-gpu | coreml
-    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # int8: weight-only (int8 weights, per-output-channel scales; compute fp32 on CPU, fp16 on CUDA;
+    # on litert/Core ML runtimes the artifact's weight dtype). harness.models.quantize.
+    dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     threads: int = 0  # 0: the runtime's default
     accelerator: Literal["auto", "cpu", "cuda", "gpu"] = "auto"
     compute_units: str | None = None  # Core ML: cpuAndGPU | all | cpuOnly | cpuAndNeuralEngine
@@ -110,6 +112,8 @@ class JobSpec(_Strict):
     check: CheckPolicy = Field(default_factory=CheckPolicy)
     artifact: str | None = None  # path of the runtime artifact on the device, when the runtime needs one
     workload_args: dict[str, Any] = Field(default_factory=dict)  # e2e: steps, scheduler, prompt, ...
+    # The job's sweep coordinates (suite field path -> value, e.g. {"options.dtype": "int8"}); {} unswept.
+    axes: dict[str, Any] = Field(default_factory=dict)
 
 
 class MemoryFigures(_Strict):

@@ -165,4 +165,4 @@ def _store(store: Store, run_id: str, job: PlannedJob, result: JobResult, attemp
                      workload=job.spec.workload, model=job.spec.model.name, variant=job.variant,
                      variant_index=job.variant_index, flags=job.flags.to_dict(),
                      options=job.spec.options.model_dump(), options_hash=job.options_hash, result=result,
-                     attempts=attempts)
+                     attempts=attempts, axes=job.axes)

@@ -70,6 +70,7 @@ jobs = sa.Table(
     sa.Column("started_at", sa.Float),
     sa.Column("ended_at", sa.Float),
     sa.Column("result_json", sa.Text, nullable=False),
+    sa.Column("axes_json", sa.Text),  # the job's sweep coordinates (JobSpec.axes); NULL: not swept
 )
 
 samples = sa.Table(
@@ -144,6 +145,8 @@ class JobRecord:
     status: str
     result: JobResult
     attempts: int = 1
+    axes: dict[str, Any] = field(default_factory=dict)  # sweep coordinates ({} when not swept)
+    job_index: int | None = None  # position in the plan
 
 
 @dataclass
@@ -195,6 +198,18 @@ class Store:
                 if "already exists" in str(exc.orig) and attempt < 2:
                     continue
                 raise StoreError(f"cannot open store {self.url!r}: {exc.orig}") from exc
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Stores made before a column existed get it (nullable, so old rows read as before)."""
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns("jobs")}
+        if "axes_json" not in have:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN axes_json TEXT"))
+            except sa.exc.OperationalError as exc:  # another process added it first
+                if "duplicate" not in str(exc.orig).lower():
+                    raise StoreError(f"cannot upgrade store {self.url!r}: {exc.orig}") from exc
 
     # ---------------------------------------------------------------- writes
 
@@ -222,7 +237,8 @@ class Store:
 
     def record_job(self, run_id: str, *, job_key: str, job_index: int, device_id: str, workload: str,
                    model: str, variant: str, variant_index: int, flags: dict, options: dict,
-                   options_hash: str, result: JobResult, attempts: int = 1) -> int:
+                   options_hash: str, result: JobResult, attempts: int = 1,
+                   axes: dict[str, Any] | None = None) -> int:
         """Store one finished job and all its samples in one transaction."""
         with self.engine.begin() as conn:
             job_id = conn.execute(jobs.insert().values(
@@ -232,7 +248,8 @@ class Store:
                 error_kind=result.error.kind if result.error else None,
                 error_message=result.error.message if result.error else None, attempts=attempts,
                 started_at=result.started_at, ended_at=result.ended_at,
-                result_json=result.model_dump_json())).inserted_primary_key[0]
+                result_json=result.model_dump_json(),
+                axes_json=json.dumps(axes) if axes else None)).inserted_primary_key[0]
             rows = [{"job_id": job_id, "phase": "timed", "idx": i, "value_ms": v}
                     for i, v in enumerate(result.samples_ms)]
             rows += [{"job_id": job_id, "phase": "warmup", "idx": i, "value_ms": v}
@@ -330,7 +347,8 @@ class Store:
                     model=j.model, variant=j.variant, variant_index=j.variant_index or 0,
                     flags=json.loads(j.flags_json), options=json.loads(j.options_json),
                     options_hash=j.options_hash, status=j.status,
-                    result=JobResult.model_validate_json(j.result_json), attempts=j.attempts or 1)
+                    result=JobResult.model_validate_json(j.result_json), attempts=j.attempts or 1,
+                    axes=json.loads(j.axes_json) if j.axes_json else {}, job_index=j.job_index)
                 records[rec.id] = rec
                 out[rec.run_id].append(rec)
             by_job: dict[int, list[tuple[int, float]]] = {}
@@ -379,7 +397,8 @@ class Store:
                     model=j.model, variant=j.variant, variant_index=j.variant_index or 0,
                     flags=json.loads(j.flags_json), options=json.loads(j.options_json),
                     options_hash=j.options_hash, status=j.status,
-                    result=JobResult.model_validate_json(j.result_json), attempts=j.attempts or 1))
+                    result=JobResult.model_validate_json(j.result_json), attempts=j.attempts or 1,
+                    axes=json.loads(j.axes_json) if j.axes_json else {}, job_index=j.job_index))
             # The raw samples table is the record; it must agree with the result JSON.
             by_job: dict[int, list[tuple[int, float]]] = {}
             ids = [j.id for j in rec.jobs]

@@ -7,7 +7,9 @@ runtime options, the measurement policy and the devices. `--set key=value` overr
 """
 from __future__ import annotations
 
+import copy
 import hashlib
+import itertools
 import json
 import random
 from dataclasses import dataclass, field
@@ -82,6 +84,42 @@ class Suite(_Strict):
     # Verdict threshold overrides: [{match: {device|workload|variant|options_hash: regex}, set: {...}}]
     # (harness.compare.parse_threshold_overrides; README "Regression detection").
     thresholds: list[dict[str, Any]] = Field(default_factory=list)
+    # Sweep axes: suite field path (as --set takes it: model, options.dtype, workload_args.steps) -> values.
+    # The plan is the Cartesian product of the axes (in the order written) x variants x devices.
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("sweep")
+    @classmethod
+    def _valid_sweep(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for key, values in v.items():
+            path = sweep_axis_path(key)
+            if not values:
+                raise ValueError(f"sweep axis {key!r} has no values; give a list of at least one value")
+            canonical = ".".join(path)
+            if canonical in out:
+                raise ValueError(f"sweep axis {key!r} repeats axis {canonical!r}; give each field once")
+            out[canonical] = list(values)
+        return out
+
+    def combinations(self) -> list[tuple[dict[str, Any], "Suite"]]:
+        """(axes, suite) for every combination of the sweep, in plan order (the first axis varies slowest).
+        Each suite is this one with the axis values applied and no sweep; without a sweep: [({}, self)]."""
+        if not self.sweep:
+            return [({}, self)]
+        base = self.model_dump(mode="json", exclude={"sweep"}, exclude_unset=False)
+        base["model"] = _model_input(self.model)
+        out = []
+        for values in itertools.product(*self.sweep.values()):
+            axes = dict(zip(self.sweep, values))
+            data = copy.deepcopy(base)
+            for key, value in axes.items():
+                _set_path(data, tuple(key.split(".")), copy.deepcopy(value), f"sweep {key}")
+            try:
+                out.append((axes, Suite.model_validate(data)))
+            except ValidationError as exc:
+                raise SuiteError(_combination_errors(exc, axes)) from None
+        return out
 
     @field_validator("thresholds")
     @classmethod
@@ -167,25 +205,96 @@ def resolve_override_key(key: str) -> tuple[str, ...]:
                      "use the dotted path")
 
 
+def sweep_axis_path(key: str) -> tuple[str, ...]:
+    """The field path a sweep axis names (as `--set` resolves keys); `sweep` itself and the plan's other
+    dimensions (variants, devices) and `name` cannot be swept."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"sweep axis {key!r} must be a suite field path such as options.dtype")
+    try:
+        # A top-level field is itself (`model` takes the same shorthand and objects as `model:`).
+        path = (key,) if key in Suite.model_fields else resolve_override_key(key)
+    except SuiteError as exc:
+        raise ValueError(f"sweep axis {key!r}: " + str(exc).replace(f"--set {key}=...: ", "").replace(
+            f"--set {key}=... ", "")) from None
+    model: Any = Suite
+    for i, part in enumerate(path):  # typed sections must have the field; free-form maps take any key
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            break
+        if part not in model.model_fields:
+            where = ".".join(path[:i]) or "the suite"
+            raise ValueError(f"sweep axis {key!r}: {where} has no field {part!r}; known fields: "
+                             f"{', '.join(model.model_fields)}")
+        model = model.model_fields[part].annotation
+    if path[0] in ("sweep", "name", "variants", "devices"):
+        raise ValueError(f"sweep axis {key!r}: {path[0]} cannot be swept (variants and devices are already "
+                         "dimensions of the plan); sweep fields such as model, options.dtype, workload_args.steps")
+    return path
+
+
+def _set_path(data: dict, path: tuple[str, ...], value: Any, what: str) -> None:
+    """data[path] = value, creating sections; `what` names the source in errors (--set ..., sweep ...)."""
+    node = data
+    for part in path[:-1]:
+        if part == "model" and isinstance(node.get(part), str):
+            node[part] = {"name": node[part]}  # expand the `model: NAME` shorthand
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SuiteError(f"{what}: {'.'.join(path[:-1])} is not a section")
+    node[path[-1]] = value
+
+
+def _overlaps(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> list[tuple[tuple[str, ...], str]]:
     applied = []
     for item in overrides:
         if "=" not in item:
             raise SuiteError(f"--set {item!r} is not key=value (example: --set iterations=20)")
         key, raw = item.split("=", 1)
-        path = resolve_override_key(key.strip())
+        key = key.strip()
+        if key.startswith("sweep."):
+            axis = key[len("sweep."):]
+            try:
+                path: tuple[str, ...] = ("sweep", ".".join(sweep_axis_path(axis)))
+            except ValueError as exc:
+                raise SuiteError(f"--set {item}: {exc}") from None
+        else:
+            path = resolve_override_key(key)
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        node = data
-        for part in path[:-1]:
-            if part == "model" and isinstance(node.get(part), str):
-                node[part] = {"name": node[part]}  # expand the `model: NAME` shorthand
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SuiteError(f"--set {item}: {'.'.join(path[:-1])} is not a section")
-        node[path[-1]] = value
+        if path[0] == "sweep" and len(path) == 2:
+            if not isinstance(value, list):
+                raise SuiteError(f"--set {item}: a sweep axis takes a list of values, e.g. "
+                                 f"--set {key}=[{raw or 'a'}, ...]")
+            sweep = data.get("sweep") or {}
+            if not isinstance(sweep, dict):
+                raise SuiteError(f"--set {item}: the suite's sweep is not a mapping")
+            for other in list(sweep):  # the same axis spelled differently (dtype vs options.dtype)
+                try:
+                    if ".".join(sweep_axis_path(other)) == path[1] and other != path[1]:
+                        del sweep[other]
+                except ValueError:
+                    pass
+            data["sweep"] = sweep
+            sweep[path[1]] = value
+        else:
+            if path[0] != "sweep":
+                for axis in (data.get("sweep") or {}) if isinstance(data.get("sweep"), dict) else {}:
+                    try:
+                        axis_path = sweep_axis_path(axis)
+                    except ValueError:
+                        continue
+                    if _overlaps(axis_path, path):
+                        raise SuiteError(
+                            f"--set {item} conflicts with the suite's sweep axis {axis!r}, which sets "
+                            f"{'.'.join(axis_path)} in every combination; change the axis instead "
+                            f"(--set sweep.{'.'.join(axis_path)}=[...]) or drop it (--set sweep={{}})")
+            _set_path(data, path, value, f"--set {item}")
         applied.append((path, item))
     return applied
 
@@ -210,10 +319,65 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
                          f"got {type(data).__name__}")
     lines = _line_map(node) if node is not None else {}
     applied = apply_overrides(data, overrides or [])
+    if isinstance(data.get("sweep"), dict):  # an unknown axis names its own line
+        for key in data["sweep"]:
+            try:
+                sweep_axis_path(key)
+            except ValueError as exc:
+                line = lines.get(("sweep", key)) or lines.get(("sweep",))
+                raise SuiteError(f"invalid suite:\n  {path}:{line}: sweep: {exc}") from None
     try:
-        return Suite.model_validate(data)
+        suite = Suite.model_validate(data)
     except ValidationError as exc:
         raise SuiteError(_format_errors(path, exc, lines, applied)) from None
+    _check_combinations(suite, path, lines, applied, data)
+    return suite
+
+
+def _model_input(model: ModelRef) -> dict:
+    """A model as suite input: the fields that were given (a config/factory model's derived name is not)."""
+    out = model.model_dump(mode="json")
+    if model.kind != "builtin":
+        out.pop("name", None)
+    return out
+
+
+def _combination_errors(exc: ValidationError, axes: dict[str, Any]) -> str:
+    what = ", ".join(f"{k}={v!r}" for k, v in axes.items())
+    msgs = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not _is_branch(p)) or "(top level)"
+        msgs.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return f"sweep combination {what}: " + "; ".join(msgs)
+
+
+def _check_combinations(suite: Suite, path: Path, lines: dict, applied: list, data: dict) -> None:
+    """Validate each value of each sweep axis (applied to the suite alone), then every combination;
+    errors name the axis, the value and the file line (or the --set that gave the axis)."""
+    if not suite.sweep:
+        return
+    raw_keys = {".".join(sweep_axis_path(k)): k for k in (data.get("sweep") or {})}
+    base = suite.model_copy(update={"sweep": {}})
+    msgs = []
+    for axis, values in suite.sweep.items():
+        raw = raw_keys.get(axis, axis)
+        source = next((src for p, src in applied if p[:2] == ("sweep", axis) or p == ("sweep",)), None)
+        for i, value in enumerate(values):
+            single = base.model_copy(update={"sweep": {axis: [value]}})
+            try:
+                single.combinations()
+            except SuiteError as exc:
+                line = lines.get(("sweep", raw, i)) or lines.get(("sweep", raw)) or lines.get(("sweep",))
+                where = f"--set {source}" if source else (f"{path}:{line}" if line else str(path))
+                detail = str(exc).split(": ", 1)[1] if ": " in str(exc) else str(exc)
+                msgs.append(f"{where}: sweep.{axis}: value {value!r}: {detail}")
+    if msgs:
+        raise SuiteError("invalid suite:\n  " + "\n  ".join(msgs))
+    try:
+        suite.combinations()
+    except SuiteError as exc:
+        line = lines.get(("sweep",))
+        raise SuiteError(f"invalid suite:\n  {path}:{line}: sweep: {exc}") from None
 
 
 def _is_branch(part: Any) -> bool:
@@ -279,8 +443,10 @@ class PlannedJob:
     variant_index: int  # position in the suite's variant list (the row order of Table 1)
     flags: Flags
     spec: JobSpec
-    job_key: str  # stable across runs: device x workload x model x variant x options
-    options_hash: str  # the cell key's runtime-options part
+    job_key: str  # stable across runs: device x workload x model x variant x options (x sweep coordinates)
+    options_hash: str  # the cell key's runtime-options part (with the sweep coordinates, when swept)
+    axes: dict[str, Any] = field(default_factory=dict)  # the sweep coordinates ({} without a sweep)
+    combination: int = 0  # index of the sweep combination (Suite.combinations order)
 
 
 @dataclass
@@ -290,26 +456,41 @@ class Plan:
     jobs: list[PlannedJob] = field(default_factory=list)
 
 
+def job_key(device: str, suite: Suite, variant: str, flags: Flags, axes: dict[str, Any] | None = None) -> str:
+    """The job's stable key; a job of a sweep also hashes its coordinates (a suite without a sweep keeps
+    the keys it always had)."""
+    parts: list[Any] = [device, suite.workload, suite.model.model_dump(), variant, flags.to_dict(),
+                        suite.options.model_dump(), suite.workload_args]
+    if axes:
+        parts.append(axes)
+    return _hash(parts)
+
+
 def expand(suite: Suite, devices: list[str] | None = None, run_id: str = "") -> Plan:
+    """The plan: for each sweep combination (the first axis varies slowest), for each device, the
+    variants in order (shuffled per device and combination when measure.shuffle). Jobs run in plan
+    order on each device, so each device's jobs are grouped by combination."""
     devices = devices or suite.devices
     plan = Plan(suite=suite, devices=list(devices))
-    measure = MeasurePolicy(**suite.measure.model_dump(include=set(MeasurePolicy.model_fields)))
-    options_hash = _hash(suite.options.model_dump())
-    variants = suite.variant_list()
-    for device in devices:
-        order = list(range(len(variants)))
-        if suite.measure.shuffle:
-            random.Random(f"{suite.measure.shuffle_seed}:{device}").shuffle(order)
-        for vi in order:
-            name, flags = variants[vi]
-            key = _hash([device, suite.workload, suite.model.model_dump(), name, flags.to_dict(),
-                         suite.options.model_dump(), suite.workload_args])
-            spec = JobSpec(
-                job_id=f"{run_id}-{len(plan.jobs):03d}" if run_id else key,
-                run_id=run_id, device=device, workload=suite.workload,
-                model=ModelRef(**suite.model.model_dump()), variant=name, flags=flags.to_dict(),
-                options=suite.options, measure=measure, check=suite.check,
-                workload_args=suite.workload_args,
-            )
-            plan.jobs.append(PlannedJob(len(plan.jobs), device, name, vi, flags, spec, key, options_hash))
+    for ci, (axes, combo) in enumerate(suite.combinations()):
+        measure = MeasurePolicy(**combo.measure.model_dump(include=set(MeasurePolicy.model_fields)))
+        options_hash = _hash([combo.options.model_dump(), axes]) if axes else _hash(combo.options.model_dump())
+        variants = combo.variant_list()
+        for device in devices:
+            order = list(range(len(variants)))
+            if combo.measure.shuffle:
+                seed = f"{combo.measure.shuffle_seed}:{device}" + (f":{ci}" if axes else "")
+                random.Random(seed).shuffle(order)
+            for vi in order:
+                name, flags = variants[vi]
+                key = job_key(device, combo, name, flags, axes)
+                spec = JobSpec(
+                    job_id=f"{run_id}-{len(plan.jobs):03d}" if run_id else key,
+                    run_id=run_id, device=device, workload=combo.workload,
+                    model=ModelRef(**combo.model.model_dump()), variant=name, flags=flags.to_dict(),
+                    options=combo.options, measure=measure, check=combo.check,
+                    workload_args=combo.workload_args, axes=dict(axes),
+                )
+                plan.jobs.append(PlannedJob(len(plan.jobs), device, name, vi, flags, spec, key, options_hash,
+                                            dict(axes), ci))
     return plan

@@ -92,6 +92,15 @@ def _spec(**kw) -> JobSpec:
                    options=RuntimeOptions(**options), measure=MeasurePolicy(**measure), **kw)
 
 
+def test_gpu_precision_follows_the_weight_dtype() -> None:
+    """fp16 and int8 (weight-only: weights dequantized, compute in fp16 on the GPU) allow fp16 GPU
+    precision; fp32 keeps full precision."""
+    for dtype, allowed in (("fp32", "false"), ("fp16", "true"), ("int8", "true")):
+        args, _ = benchmark_flags(_spec(options={"runtime": "litert-gpu", "dtype": dtype}), "/d/m.tflite",
+                                  supported=None)
+        assert f"--gpu_precision_loss_allowed={allowed}" in args
+
+
 def test_flags_from_options_and_measure() -> None:
     spec = _spec(options={"runtime": "litert-gpu", "dtype": "fp16", "threads": 4,
                           "extra": {"gpu_backend": "cl", "enable_op_profiling": True, "run_delay": 0.25,

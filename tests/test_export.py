@@ -339,3 +339,17 @@ def test_coreml_middle_rows(nano, shared_cache):
     sgn = read_graph(ensure_artifact(MODEL, ladder_flags("+sgn_gelu"), "coreml", cache_dir=shared_cache).path)
     assert soft.op_histogram()["softmax"] == ATTENTION and soft.op_histogram()["erf"] == GELU
     assert sgn.op_histogram()["softmax"] == ATTENTION and sgn.op_histogram()["gelu"] == GELU
+
+
+def test_export_of_a_sweep_covers_every_combination(tflite_pair, shared_cache, nano, capsys):
+    """`harness export` of a sweep exports each combination's artifacts (here two combinations that need the
+    same, already cached files: both say so)."""
+    from harness.export.commands import export_suite
+    from harness.suite import Suite
+
+    suite = Suite(name="t", model={"name": "nano"}, variants=["baseline", "+flash_attention"],
+                  sweep={"options.threads": [1, 2]})
+    assert export_suite(suite, ["tflite"], "fp16", shared_cache) == 0
+    err = capsys.readouterr().err
+    assert "sweep combination options.threads=1" in err and "sweep combination options.threads=2" in err
+    assert err.count("nothing to build: all 2 artifact(s) for 2 variant(s)") == 2

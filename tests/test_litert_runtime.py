@@ -127,7 +127,15 @@ def test_litert_cpu_reference_mismatch_and_bad_dtype(nano_env):
     run_litert_cpu(_spec("+flash_attention", tolerance=1e-9, artifact=path), strict)
     assert strict["error"]["kind"] == "reference_mismatch" and "'+flash_attention'" in strict["error"]["message"]
     assert not strict["check"].passed and "samples_ms" not in strict
-    with pytest.raises(InputError, match="fp16 or fp32 weights, not 'bf16'"):
+    with pytest.raises(InputError, match="fp16, fp32 or int8 weights, not 'bf16'"):
         run_litert_cpu(_spec("baseline", dtype="bf16"), {"extra": {}})
+    # int8 goes through to the exporter (ensure_artifact(..., dtype="int8")): its answer, not the runtime's.
+    int8 = {"extra": {}}
+    try:
+        run_litert_cpu(_spec("baseline", dtype="int8"), int8)
+    except InputError as exc:
+        assert "int8" in str(exc) and "litert-cpu runs" not in str(exc)
+    else:
+        assert int8["extra"]["weights_dtype"] == "int8" and int8["check"].rel_tolerance >= 5e-2
     with pytest.raises(InputError, match="is not a file"):
         run_litert_cpu(_spec("baseline", artifact=str(Path(path).with_name("missing.tflite"))), {"extra": {}})

@@ -486,6 +486,7 @@ def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
             if str(backend) not in ("cl", "gl"):
                 raise _JobFailure("input", f"options.extra.gpu_backend must be cl or gl, got {backend!r}")
             wanted.append(("gpu_backend", str(backend)))
+        # fp16, and int8 weight-only (weights dequantized, compute in fp16 like CUDA int8 jobs): fp16 GPU math.
         precision = extra.get("gpu_precision_loss_allowed", spec.options.dtype != "fp32")
         wanted.append(("gpu_precision_loss_allowed", _bool("gpu_precision_loss_allowed", precision)))
     if "run_delay" in extra:

@@ -33,10 +33,10 @@ def suite_components(suite: Any) -> tuple[str, ...]:
 
 
 def artifact_dtype(dtype: str | None, suite_dtype: str) -> str:
-    """--dtype, else the suite's dtype when an artifact can have it (fp16/fp32), else fp16."""
+    """--dtype, else the suite's dtype when an artifact can have it (fp16/fp32/int8), else fp16."""
     if dtype:
         return dtype
-    return suite_dtype if suite_dtype in ("fp16", "fp32") else "fp16"
+    return suite_dtype if suite_dtype in ("fp16", "fp32", "int8") else "fp16"
 
 
 class _Bar:
@@ -93,11 +93,31 @@ def _what(p: PlannedArtifact) -> str:
     return p.fmt if p.component == "unet" else f"{p.component} {p.fmt}"
 
 
-def export_suite(suite: Any, formats: list[str], dtype: str, cache_dir: Path | None,
+def export_suite(suite: Any, formats: list[str], dtype: str | None, cache_dir: Path | None,
                  components: tuple[str, ...] | None = None) -> int:
     """Build every artifact the suite's variants need in `formats` (the UNet; for `workload: e2e` also
-    the text encoder and the VAE decoder); print what was built, what was cached, and which rows share
-    an artifact. Returns the exit code (1 if a variant failed)."""
+    the text encoder and the VAE decoder), for every sweep combination (`Suite.combinations`; `dtype`
+    None: each combination's own dtype through `artifact_dtype`); print what was built, what was
+    cached, and which rows share an artifact. Returns the exit code (1 if a variant failed)."""
+    combos = suite.combinations() if hasattr(suite, "combinations") else [({}, suite)]
+    if len(combos) > 1 or combos[0][0]:
+        codes = []
+        for axes, combo in combos:
+            label = ", ".join(f"{k}={v}" for k, v in axes.items())
+            _console().print(f"sweep combination {label}", soft_wrap=True, markup=False, highlight=False)
+            try:
+                codes.append(_export_one(combo, formats, artifact_dtype(dtype, combo.options.dtype), cache_dir,
+                                         components))
+            except ExportError as exc:  # this combination cannot be exported (e.g. its model); the others go on
+                _console().print(f"FAILED sweep combination {label}: {exc}", soft_wrap=True, markup=False,
+                                 highlight=False)
+                codes.append(1)
+        return max(codes)
+    return _export_one(suite, formats, artifact_dtype(dtype, suite.options.dtype), cache_dir, components)
+
+
+def _export_one(suite: Any, formats: list[str], dtype: str, cache_dir: Path | None,
+                components: tuple[str, ...] | None = None) -> int:
     from rich.table import Table
 
     model = suite.model

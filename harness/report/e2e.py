@@ -35,7 +35,7 @@ COLUMNS = [
     "device", "step", "variant", "label", "status", "method", "total_s", "text_ms", "unet_step_ms",
     "unet_total_ms", "steps", "unet_evals", "decoder_ms", "scheduler_ms", "other_ms", "peak_mb", "peak_kind",
     "n", "scheduler", "prompt_tokens", "weights", "image_path", "image_note", "timing_method", "error",
-    "runtime", "dtype", "accelerator",
+    "runtime", "dtype", "accelerator", "combination", "combination_index",  # sweep (harness.report.table1)
 ]
 # The breakdown that adds up to total (plots stack these): (column, legend label).
 SEGMENTS = [("text_ms", "text encoder"), ("unet_total_ms", "UNet"), ("scheduler_ms", "scheduler + guidance"),
@@ -162,8 +162,12 @@ def summarize_components(components: dict[str, Any], samples_ms: list[float]) ->
 
 
 def e2e_table(run: RunRecord, workload: str = "e2e") -> pd.DataFrame:
-    """One row per device and variant of the run's e2e jobs, in ladder order."""
-    rows = []
+    """One row per device, sweep combination and variant of the run's e2e jobs, in plan order: the
+    combinations in order, each in ladder order (with one "axis:<path>" column per sweep axis)."""
+    from harness.report.table1 import add_axes, combination_label, job_combinations
+
+    axes, order = job_combinations(run)
+    rows, rows_axes = [], []
     for job in run.jobs:
         if job.workload != workload:
             continue
@@ -182,15 +186,27 @@ def e2e_table(run: RunRecord, workload: str = "e2e") -> pd.DataFrame:
             "image_note": extra.get("image_note"), "timing_method": res.timing_method,
             "error": f"{res.error.kind}: {res.error.message}" if res.error else None,
             "method": None, "total_s": None, "n": 0,
+            "combination": combination_label(job.axes), "combination_index": order.get(combination_label(job.axes), 0),
         }
+        rows_axes.append(job.axes)
         if res.components_ms:
             row.update(summarize_components(res.components_ms, res.samples_ms))
         rows.append(row)
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = add_axes(pd.DataFrame(rows, columns=COLUMNS), rows_axes, axes)
     if df.empty:
         return df
-    df = df.drop_duplicates(subset=["device", "variant"], keep="last")
-    return df.sort_values(["device", "step"], kind="stable").reset_index(drop=True)
+    df = df.drop_duplicates(subset=["device", "combination", "variant"], keep="last")
+    return df.sort_values(["device", "combination_index", "step"], kind="stable").reset_index(drop=True)
+
+
+PIVOT_TITLE = "side by side: image total s per row (columns: sweep combinations)"
+
+
+def pivot_display(df: pd.DataFrame) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Per device of a sweep: the image-total pivot (rows of the ladder x combinations), formatted."""
+    from harness.report.table1 import pivot, pivot_rows
+
+    return {device: pivot_rows(table, lambda v: f"{v:,.2f}") for device, table in pivot(df, "total_s").items()}
 
 
 # ------------------------------------------------------------------------------------ display
@@ -224,13 +240,17 @@ def _cell(value: Any, fmt, status: str) -> str:
     return fmt(value)
 
 
-def display_rows(df: pd.DataFrame) -> dict[str, list[list[str]]]:
-    """Per device: formatted cells in display_columns order."""
+def display_rows(df: pd.DataFrame) -> dict[tuple[str, str], list[list[str]]]:
+    """Per (device, sweep combination label; "" without a sweep): formatted cells in display_columns order."""
     cols = display_columns(df)
-    out: dict[str, list[list[str]]] = {}
-    for device, group in df.groupby("device", sort=False):
-        out[device] = [[_cell(r[c], fmt, r["status"]) for c, _, fmt in cols] for _, r in group.iterrows()]
+    out: dict[tuple[str, str], list[list[str]]] = {}
+    for key, group in df.groupby(["device", "combination"], sort=False):
+        out[key] = [[_cell(r[c], fmt, r["status"]) for c, _, fmt in cols] for _, r in group.iterrows()]
     return out
+
+
+def _group(df: pd.DataFrame, device: str, combination: str) -> pd.DataFrame:
+    return df[(df["device"] == device) & (df["combination"] == combination)]
 
 
 def reference_row(df: pd.DataFrame) -> list[str]:
@@ -238,13 +258,14 @@ def reference_row(df: pd.DataFrame) -> list[str]:
     return [PAPER_REFERENCE_LABEL, f"{PAPER_REFERENCE_S:.2f}"] + ["—"] * (len(display_columns(df)) - 2)
 
 
-def device_title(run: RunRecord, device: str, df: pd.DataFrame) -> str:
+def device_title(run: RunRecord, device: str, df: pd.DataFrame, combination: str = "") -> str:
     info = run.devices.get(device, {})
-    sub = df[df["device"] == device].iloc[0]
+    group = _group(df, device, combination)
+    sub = (group if not group.empty else df[df["device"] == device]).iloc[0]
     gpu = info.get("gpu") or ""
     what = [info.get("model") or "", gpu if gpu and "none" not in gpu else ""]
     setup = ", ".join(str(x) for x in (sub["runtime"], sub["dtype"], sub["accelerator"], sub["scheduler"]) if x)
-    return f"{device} ({', '.join(w for w in what if w)}) — {setup}"
+    return f"{device} ({', '.join(w for w in what if w)}) — {setup}" + (f" — {combination}" if combination else "")
 
 
 def notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
@@ -278,7 +299,8 @@ def notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
         out.append("Images: random weights, so the generated images are noise (pass --weights DIR, a local "
                    "SD 1.4 diffusers checkpoint, for a real picture); latency does not depend on weight values.")
     for _, r in df[df["status"] == "failed"].iterrows():
-        out.append(f"{r['device']} / {r['label']}: {r['error']}")
+        combo = f" [{r['combination']}]" if r["combination"] else ""
+        out.append(f"{r['device']}{combo} / {r['label']}: {r['error']}")
     return out
 
 
@@ -311,16 +333,18 @@ def html_context(run: RunRecord, df: pd.DataFrame, report_path: Path | None = No
 
     rows = display_rows(df)
     devices = []
-    for device, cells in rows.items():
-        sub = df[df["device"] == device]
+    for (device, combo), cells in rows.items():
+        sub = _group(df, device, combo)
         entries = [{"cells": c, "image": image_href(r["image_path"], report_path), "image_note": _text(r["image_note"]) or ""}
                    for c, (_, r) in zip(cells, sub.iterrows())]
-        devices.append((device, device_title(run, device, df), entries))
+        devices.append((device, device_title(run, device, df, combo), entries, combo))
     plot = None
     if df["total_s"].notna().any():
         plot = base64.b64encode(e2e_breakdown_bars(df)).decode()
     return {"headers": [h for _, h, _ in display_columns(df)], "devices": devices, "reference": reference_row(df),
-            "notes": notes(run, df), "plot_png_b64": plot}
+            "notes": notes(run, df), "plot_png_b64": plot,
+            "pivots": [(device, f"End-to-end: {device} — {PIVOT_TITLE}", heads, cells)
+                       for device, (heads, cells) in pivot_display(df).items()]}
 
 
 def markdown_lines(run: RunRecord, df: pd.DataFrame, report_path: Path | None = None) -> list[str]:
@@ -328,15 +352,20 @@ def markdown_lines(run: RunRecord, df: pd.DataFrame, report_path: Path | None = 
         return []
     cols = display_columns(df)
     lines = ["## End-to-end generation", ""]
-    for device, cells in display_rows(df).items():
-        sub = df[df["device"] == device]
-        lines += [f"### {device_title(run, device, df)}", "",
+    for (device, combo), cells in display_rows(df).items():
+        sub = _group(df, device, combo)
+        lines += [f"### {device_title(run, device, df, combo)}", "",
                   "| " + " | ".join(h for _, h, _ in cols) + " | Image |",
                   "|" + "|".join("---" if i == 0 else "---:" for i in range(len(cols))) + "|---|"]
         for c, (_, r) in zip(cells, sub.iterrows()):
             href = image_href(r["image_path"], report_path)
             lines.append("| " + " | ".join(c) + f" | {f'[PNG]({href})' if href else ''} |")
         lines.append("| " + " | ".join(reference_row(df)) + " | |")
+        lines.append("")
+    for device, (heads, cells) in pivot_display(df).items():
+        lines += [f"### End-to-end: {device} — {PIVOT_TITLE}", "", "| " + " | ".join(heads) + " |",
+                  "|" + "|".join("---" if i == 0 else "---:" for i in range(len(heads))) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
         lines.append("")
     lines += [f"- {n}" for n in notes(run, df)]
     lines.append("")
@@ -349,16 +378,23 @@ def render_terminal(run: RunRecord, df: pd.DataFrame, console) -> None:
     if df.empty:
         return
     cols = display_columns(df)
-    for device, cells in display_rows(df).items():
-        table = Table(title=f"End-to-end: {device_title(run, device, df)}", title_justify="left")
+    for (device, combo), cells in display_rows(df).items():
+        table = Table(title=f"End-to-end: {device_title(run, device, df, combo)}", title_justify="left")
         for i, (_, header, _) in enumerate(cols):
             table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for row in cells:
             table.add_row(*row)
         table.add_row(*reference_row(df), style="dim")
         console.print(table)
-        for _, r in df[df["device"] == device].iterrows():
+        for _, r in _group(df, device, combo).iterrows():
             if _text(r["image_path"]):
                 console.print(f"[dim]image {r['label']}: {r['image_path']}[/]")
+    for device, (heads, cells) in pivot_display(df).items():
+        table = Table(title=f"End-to-end: {device} — {PIVOT_TITLE}", title_justify="left")
+        for i, header in enumerate(heads):
+            table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        for row in cells:
+            table.add_row(*row)
+        console.print(table)
     for note in notes(run, df):
         console.print(f"[dim]{note}[/]")

@@ -11,14 +11,18 @@ import pandas as pd  # noqa: E402
 
 
 def latency_bars(df: pd.DataFrame, title: str = "UNet iteration latency per ladder step") -> bytes:
-    """Grouped bars: one group per ladder step, one bar per device, the IQR as error bars."""
+    """Grouped bars: one group per ladder step, one bar per device (and sweep combination, named in the
+    legend), the IQR as error bars."""
     ok = df[df["latency_ms"].notna()]
-    devices = list(dict.fromkeys(ok["device"]))
+    combo = ok["combination"] if "combination" in ok else pd.Series([""] * len(ok), index=ok.index)
+    series = list(dict.fromkeys(zip(ok["device"], combo)))
+    one_device = len({d for d, _ in series}) == 1
     labels = list(dict.fromkeys(df.sort_values("step")["label"]))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4), dpi=100)
-    width = 0.8 / max(1, len(devices))
-    for i, device in enumerate(devices):
-        sub = ok[ok["device"] == device].set_index("label")
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels) + 0.3 * len(series)), 4 + 0.25 * max(0, len(series) - 4)),
+                           dpi=100)
+    width = 0.8 / max(1, len(series))
+    for i, (device, comb) in enumerate(series):
+        sub = ok[(ok["device"] == device) & (combo == comb)].set_index("label")
         xs, ys, errs = [], [], []
         for li, label in enumerate(labels):
             if label in sub.index:
@@ -26,13 +30,14 @@ def latency_bars(df: pd.DataFrame, title: str = "UNet iteration latency per ladd
                 ys.append(float(sub.loc[label, "latency_ms"]))
                 iqr = sub.loc[label, "iqr_ms"]
                 errs.append(0.0 if iqr is None or pd.isna(iqr) else float(iqr) / 2)
-        ax.bar(xs, ys, width=width, yerr=errs, capsize=3, label=device)
+        name = (comb if one_device else f"{device} — {comb}") if comb else device
+        ax.bar(xs, ys, width=width, yerr=errs, capsize=3, label=name)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=15, ha="right")
     ax.set_ylabel("median latency (ms)")
     ax.set_title(title)
-    if devices:
-        ax.legend(fontsize="small")
+    if series:
+        ax.legend(fontsize="x-small" if len(series) > 3 else "small")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -49,7 +54,8 @@ def e2e_breakdown_bars(df: pd.DataFrame, reference_s: float | None = None,
 
     reference_s = PAPER_REFERENCE_S if reference_s is None else reference_s
     ok = df[df["total_s"].notna()].reset_index(drop=True)
-    labels = [f"{r['device']}\n{r['label']}" for _, r in ok.iterrows()]
+    labels = [f"{r['device']}\n{r['label']}" + (f"\n{r['combination']}" if r.get("combination") else "")
+              for _, r in ok.iterrows()]
     fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(labels) + 3.5), 4.5), dpi=100)
     bottoms = [0.0] * len(ok)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -11,7 +11,7 @@ import pandas as pd
 
 from harness.report import e2e as e2e_report
 from harness.report.plots import latency_bars
-from harness.report.table1 import table1
+from harness.report.table1 import pivot, pivot_rows, table1
 from harness.store import RunRecord
 
 FORMATS = ("terminal", "md", "csv", "html")
@@ -54,33 +54,61 @@ def _headroom_cell(r) -> str:
     return f"{r['peak_mb']:,.0f} / {r['mem_limit_mb']:,.0f}{mark}"
 
 
-def display_rows(df: pd.DataFrame) -> dict[str, list[list[str]]]:
-    """Per device: formatted cells in DISPLAY order (the one formatting path for every renderer).
-    "vs base" is n/a for a row whose only change is a flag that touches nothing in the model."""
-    out: dict[str, list[list[str]]] = {}
+def display_rows(df: pd.DataFrame) -> dict[tuple[str, str], list[list[str]]]:
+    """Per (device, sweep combination label; "" without a sweep): formatted cells in DISPLAY order (the
+    one formatting path for every renderer). "vs base" is n/a for a row whose only change is a flag that
+    touches nothing in the model."""
+    out: dict[tuple[str, str], list[list[str]]] = {}
     room = _has_headroom(df)
-    for device, group in df.groupby("device", sort=False):
+    for (device, combo), group in df.groupby(["device", "combination"], sort=False):
         rows = []
         for _, r in group.iterrows():
             cells = [_cell(r[col], fmt, r["status"]) for col, _, fmt in DISPLAY]
             if bool(r.get("na_change")):
                 cells[[c for c, _, _ in DISPLAY].index("change_pct")] = "n/a"
             rows.append(cells + ([_headroom_cell(r)] if room else []))
-        out[device] = rows
+        out[(device, combo)] = rows
     return out
 
 
-def _device_title(run: RunRecord, device: str, df: pd.DataFrame) -> str:
+def _device_title(run: RunRecord, device: str, df: pd.DataFrame, combination: str = "") -> str:
+    """The device, its setup, and the sweep combination the table shows (when the run has a sweep)."""
     info = run.devices.get(device, {})
-    sub = df[df["device"] == device]
+    sub = df[(df["device"] == device) & (df["combination"] == combination)] if "combination" in df else df
+    sub = sub if not sub.empty else df[df["device"] == device]
     what = [info.get("model") or "", info.get("gpu") if info.get("gpu") and "none" not in info.get("gpu", "") else ""]
     opts = sub.iloc[0]
     setup = f"{opts['runtime']}, {opts['dtype']}, {opts['accelerator'] or ''}".rstrip(", ")
-    return f"{device} ({', '.join(w for w in what if w)}) — {setup}"
+    return f"{device} ({', '.join(w for w in what if w)}) — {setup}" + (f" — {combination}" if combination else "")
+
+
+PIVOT_TITLE = "side by side: median latency ms per row (columns: sweep combinations)"
+
+
+def pivot_display(df: pd.DataFrame) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Per device of a sweep: the latency pivot (rows of the ladder x combinations) as headers and cells."""
+    return {device: pivot_rows(table, lambda v: f"{v:,.1f}") for device, table in pivot(df, "latency_ms").items()}
+
+
+def _where(r) -> str:
+    """How notes name a row: device [combination] / row."""
+    combo = r.get("combination") if hasattr(r, "get") else None
+    return f"{r['device']}{f' [{combo}]' if combo else ''} / {r['label']}"
+
+
+def sweep_note(run: RunRecord) -> str | None:
+    sweep = (run.suite or {}).get("sweep") or {}
+    if not sweep:
+        return None
+    from harness.report.table1 import axis_value_label
+
+    axes = "; ".join(f"{k}: {', '.join(axis_value_label(v) for v in vals)}" for k, vals in sweep.items())
+    return (f"Sweep: {axes} — one table per device and combination (vs base: against the combination's first "
+            "row), then the combinations side by side.")
 
 
 def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
-    notes = []
+    notes = [n for n in [sweep_note(run)] if n and not df.empty]
     methods = sorted(set(df["tensor_method"].dropna()))
     if methods:
         notes.append("Tensor MB (measured): peak of intermediate tensors during one iteration, by "
@@ -98,15 +126,15 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
         notes.append("Weights: random (no --weights given); latency and memory do not depend on weight values.")
     if "na_change" in df:
         for _, r in df[df["na_change"] == True].iterrows():  # noqa: E712 - pandas mask
-            notes.append(f"{r['device']} / {r['label']}: n/a — the flag(s) this row adds "
+            notes.append(f"{_where(r)}: n/a — the flag(s) this row adds "
                          f"({', '.join(r['na_flags'])}) touch no block of this model, so it runs the same "
                          "network as the row above; its latency is a repeat, not an effect.")
     if "headroom" in df:
         for _, r in df[df["headroom"] == "over"].iterrows():
-            notes.append(f"OVER THE MEMORY LIMIT: {r['device']} / {r['label']}: {r['headroom_note']}")
+            notes.append(f"OVER THE MEMORY LIMIT: {_where(r)}: {r['headroom_note']}")
     failed = df[df["status"] == "failed"]
     for _, r in failed.iterrows():
-        notes.append(f"{r['device']} / {r['label']}: {r['error']}")
+        notes.append(f"{_where(r)}: {r['error']}")
     return notes
 
 
@@ -119,9 +147,16 @@ def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
         if not console.is_terminal or console.width < 110:
             console = Console(width=max(console.width, 110))
     console.print(f"[bold]Run {run.id}[/] — suite {run.suite_name} ({run.status})")
-    for device, rows in display_rows(df).items():
-        table = Table(title=_device_title(run, device, df), title_justify="left")
+    for (device, combo), rows in display_rows(df).items():
+        table = Table(title=_device_title(run, device, df, combo), title_justify="left")
         for i, header in enumerate(headers(df)):
+            table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    for device, (heads, rows) in pivot_display(df).items():
+        table = Table(title=f"{device} — {PIVOT_TITLE}", title_justify="left")
+        for i, header in enumerate(heads):
             table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for row in rows:
             table.add_row(*row)
@@ -133,10 +168,15 @@ def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
 
 def render_markdown(run: RunRecord, df: pd.DataFrame, output: Path | None = None) -> str:
     lines = [f"# Run {run.id}: {run.suite_name}", ""]
-    for device, rows in display_rows(df).items():
-        lines += [f"## {_device_title(run, device, df)}", "",
+    for (device, combo), rows in display_rows(df).items():
+        lines += [f"## {_device_title(run, device, df, combo)}", "",
                   "| " + " | ".join(headers(df)) + " |",
                   "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers(df)))) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append("")
+    for device, (heads, rows) in pivot_display(df).items():
+        lines += [f"## {device} — {PIVOT_TITLE}", "", "| " + " | ".join(heads) + " |",
+                  "|" + "|".join("---" if i == 0 else "---:" for i in range(len(heads))) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines.append("")
     lines += [f"- {n}" for n in _notes(run, df)]
@@ -167,8 +207,10 @@ def render_html(run: RunRecord, df: pd.DataFrame, output: Path | None = None) ->
     fmt_time = lambda t: dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "—"  # noqa: E731
     return _env.get_template("run.html.j2").render(
         run=run, headers=headers(df),
-        devices=[(device, _device_title(run, device, df), rows, run.devices.get(device, {}))
-                 for device, rows in display_rows(df).items()],
+        devices=[(device, _device_title(run, device, df, combo), rows, run.devices.get(device, {}), combo)
+                 for (device, combo), rows in display_rows(df).items()],
+        pivots=[(device, f"{device} — {PIVOT_TITLE}", heads, rows)
+                for device, (heads, rows) in pivot_display(df).items()],
         notes=_notes(run, df), plot_png_b64=plot, started=fmt_time(run.started_at),
         ended=fmt_time(run.ended_at), generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
         e2e=e2e_report.html_context(run, e2e_report.e2e_table(run), output),

@@ -5,6 +5,8 @@ never recompute a statistic.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from harness.stats import summarize
@@ -25,7 +27,72 @@ COLUMNS = [
     # The compute unit the row really ran on, as the device reported it (e.g. Android: "gpu",
     # "cpu (the NNAPI delegate took no node)", "gpu (partial: 7 delegate kernels, ...)"); else the accelerator.
     "unit",
+    # The sweep combination (harness.suite Suite.sweep): its label ("model=tiny, options.dtype=int8"; "" when
+    # the run has no sweep), its plan order, and one "axis:<path>" column per axis (added per run).
+    "combination", "combination_index",
 ]
+AXIS_PREFIX = "axis:"
+
+
+def axis_value_label(value) -> str:
+    """A sweep value as a short string: a model object by its derived name, lists/dicts compactly."""
+    if isinstance(value, dict):
+        if value.get("factory"):
+            return f"factory:{value['factory']}"
+        if value.get("unet_config"):
+            return f"config:{Path(str(value['unet_config'])).stem}"
+        if value.get("name") and len(value) == 1:
+            return str(value["name"])
+        return ", ".join(f"{k}: {axis_value_label(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + ", ".join(axis_value_label(v) for v in value) + "]"
+    return str(value)
+
+
+def combination_label(axes: dict) -> str:
+    """"model=tiny, options.dtype=int8" for a job's sweep coordinates; "" when the job was not swept."""
+    return ", ".join(f"{k}={axis_value_label(v)}" for k, v in (axes or {}).items())
+
+
+def job_combinations(run: RunRecord) -> tuple[list[str], dict[str, int]]:
+    """The run's sweep axes (the suite's order) and each combination label's plan order (jobs are stored
+    as they finish, so combinations are ranked by their first job's plan index)."""
+    axes: list[str] = list((run.suite or {}).get("sweep") or {})
+    first: dict[str, int] = {}
+    for job in run.jobs:
+        axes += [k for k in job.axes if k not in axes]
+        label = combination_label(job.axes)
+        idx = job.job_index if job.job_index is not None else job.id
+        first[label] = min(first.get(label, idx), idx)
+    return axes, {label: i for i, label in enumerate(sorted(first, key=lambda lb: first[lb]))}
+
+
+def add_axes(df: pd.DataFrame, rows_axes: list[dict], axes: list[str]) -> pd.DataFrame:
+    """One "axis:<path>" column per sweep axis (the value's label), in the axes' order, before the rest."""
+    for i, key in enumerate(axes):
+        df.insert(min(i, len(df.columns)), AXIS_PREFIX + key,
+                  [axis_value_label(a[key]) if key in a else None for a in rows_axes])
+    return df
+
+
+def pivot(df: pd.DataFrame, value: str = "latency_ms") -> dict[str, pd.DataFrame]:
+    """Per device with more than one combination: rows = ladder rows (label, in step order), columns =
+    combinations (plan order), cells = `value` (None where that combination lacks the row or it failed).
+    The "side by side" view of a sweep; renderers format it."""
+    out: dict[str, pd.DataFrame] = {}
+    if df.empty or "combination" not in df:
+        return out
+    for device, group in df.groupby("device", sort=False):
+        combos = list(dict.fromkeys(group.sort_values("combination_index", kind="stable")["combination"]))
+        if len(combos) < 2:
+            continue
+        labels = list(dict.fromkeys(group.sort_values("step", kind="stable")["label"]))
+        table = pd.DataFrame(index=labels, columns=combos, dtype=object)
+        for _, r in group.iterrows():
+            v = r[value]
+            table.at[r["label"], r["combination"]] = None if v is None or pd.isna(v) else float(v)
+        out[device] = table
+    return out
 
 
 def _mb(value: int | None) -> float | None:
@@ -35,7 +102,8 @@ def _mb(value: int | None) -> float | None:
 def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
     from harness.headroom import headroom, job_peak_bytes
 
-    rows = []
+    axes, order = job_combinations(run)
+    rows, rows_axes = [], []
     for job in run.jobs:
         if job.workload != workload:
             continue
@@ -55,7 +123,9 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             "error": f"{res.error.kind}: {res.error.message}" if res.error else None,
             "latency_ms": None, "n": 0, "iqr_ms": None, "cv": None, "latency_source": None,
             "na_flags": list(res.extra.get("na_flags") or []), "na_change": False, "_flags": job.flags,
+            "combination": combination_label(job.axes), "combination_index": order.get(combination_label(job.axes), 0),
         }
+        rows_axes.append(job.axes)
         peak, peak_source = job_peak_bytes(res.memory)
         room = headroom(peak, run.devices.get(job.device_id, {"id": job.device_id}),
                         bool(job.options.get("extra", {}).get("increased_memory_limit")))
@@ -73,14 +143,14 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             row.update(latency_ms=center, n=summary["n"], cv=cv,
                        latency_source="device median" if summary.get("median") is not None else "device mean")
         rows.append(row)
-    df = pd.DataFrame(rows, columns=COLUMNS + ["_flags"])
+    df = add_axes(pd.DataFrame(rows, columns=COLUMNS + ["_flags"]), rows_axes, axes)
     if df.empty:
         return df.drop(columns="_flags")
     # A rerun of the same step on the same device (a retry stored twice) keeps the last row.
-    df = df.drop_duplicates(subset=["device", "variant"], keep="last")
-    df = df.sort_values(["device", "step"], kind="stable").reset_index(drop=True)
+    df = df.drop_duplicates(subset=["device", "combination", "variant"], keep="last")
+    df = df.sort_values(["device", "combination_index", "step"], kind="stable").reset_index(drop=True)
     df["change_pct"] = None
-    for device, group in df.groupby("device", sort=False):
+    for _, group in df.groupby(["device", "combination_index"], sort=False):
         prev = None
         for idx in group.index:  # a row that only turns on flags touching nothing in the model: n/a
             flags, na = df.at[idx, "_flags"] or {}, set(df.at[idx, "na_flags"])
@@ -96,3 +166,11 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             if lat is not None and not pd.isna(lat):
                 df.at[idx, "change_pct"] = (lat / base - 1.0) * 100.0
     return df.drop(columns="_flags")
+
+
+def pivot_rows(table: pd.DataFrame, fmt, corner: str = "Row") -> tuple[list[str], list[list[str]]]:
+    """A pivot (from `pivot`) as headers and formatted cells ("n/a" where a combination has no figure)."""
+    headers = [corner] + [str(c) for c in table.columns]
+    rows = [[str(label)] + ["n/a" if v is None or (isinstance(v, float) and pd.isna(v)) else fmt(v)
+                            for v in table.loc[label]] for label in table.index]
+    return headers, rows

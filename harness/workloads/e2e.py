@@ -229,12 +229,19 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     from harness.models.pipeline import (
         Pipeline, build_text_encoder, build_tokenizer, build_vae_decoder, count_parameters, scheduler_config,
     )
+    from harness.models.quantize import compute_dtype, is_weight_only, quantize_int8
     from harness.models.unet import WeightsError, build_unet
     from harness.variants import Flags
+    from harness.workloads.unet_iteration import int8_check_spec
 
     if spec.options.threads > 0:
         torch.set_num_threads(spec.options.threads)
     device = pick_device(spec)
+    # int8 is weight-only: every component is built and run in the compute dtype (fp32 CPU, fp16 CUDA);
+    # the text encoder's Linear weights are stored int8 at once, the UNet's and the decoder's after the
+    # check's references (the unquantized modules) and the flags.
+    weight_only = is_weight_only(spec.options.dtype)
+    spec = int8_check_spec(spec) if weight_only else spec
     try:
         flags = Flags.from_dict(spec.flags)
         cfg = get_model_config(spec.model.name)
@@ -246,7 +253,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     if spec.measure.iterations < 1:
         raise InputError(f"measure.iterations must be >= 1 for e2e (images to time), got {spec.measure.iterations}")
     torch.set_grad_enabled(False)
-    weights, seed, dtype = spec.model.weights, spec.model.seed, spec.options.dtype
+    weights, seed, dtype = spec.model.weights, spec.model.seed, compute_dtype(spec.options.dtype, device)
 
     emit("build", 0, 3)
     t0 = time.perf_counter_ns()
@@ -259,6 +266,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
         tokenizer = build_tokenizer(weights) if weights else None
     except WeightsError as exc:
         raise InputError(str(exc)) from exc
+    quantized = {"text_encoder": quantize_int8(text_encoder)} if weight_only else {}
     if device == "cuda":
         unet = unet.to(memory_format=torch.channels_last)
         decoder = decoder.to(memory_format=torch.channels_last)
@@ -293,6 +301,11 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
 
     t1 = time.perf_counter_ns()
     extra["replaced"] = {"unet": apply_flags(unet, flags), "decoder": apply_flags(decoder, flags)}
+    if weight_only:
+        quantized.update(unet=quantize_int8(unet), decoder=quantize_int8(decoder))
+        extra.update(quantized=quantized, compute_dtype=dtype,
+                     weight_bytes={"text_encoder": memory.weight_bytes(text_encoder),
+                                   "unet": memory.weight_bytes(unet), "decoder": memory.weight_bytes(decoder)})
     coverage = flag_coverage(decoder)
     extra["decoder_flags_applied"] = {f: flag_applies(coverage, f) for f in ("softmax", "groupnorm_gelu",
                                                                             "attention", "conv3x3")}

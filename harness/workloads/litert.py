@@ -98,9 +98,13 @@ def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     dtype = spec.options.dtype
-    if dtype not in ("fp16", "fp32"):
-        raise InputError(f"runtime litert-cpu runs .tflite artifacts with fp16 or fp32 weights, not {dtype!r}; "
-                         "use --set dtype=fp16 (what phones get) or fp32")
+    if dtype not in ("fp16", "fp32", "int8"):
+        raise InputError(f"runtime litert-cpu runs .tflite artifacts with fp16, fp32 or int8 weights, not {dtype!r}; "
+                         "use --set dtype=fp16 (what phones get), fp32 or int8")
+    if dtype == "int8":  # int8 weights: the int8 reference-check tolerance (harness.models.quantize)
+        from harness.workloads.unet_iteration import int8_check_spec
+
+        spec = int8_check_spec(spec)
     if spec.options.accelerator in ("cuda", "gpu"):
         raise InputError("runtime litert-cpu runs on the CPU; use --set accelerator=auto (or cpu)")
     result["extra"]["na_flags"] = na_flags(flags, "tflite")

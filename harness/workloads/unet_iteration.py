@@ -70,25 +70,41 @@ def reference_output(spec: JobSpec, device: str, inputs, attention: str = "stand
     return out
 
 
+def int8_check_spec(spec: JobSpec) -> JobSpec:
+    """An int8 (weight-only) job's spec with its reference-check tolerance raised to at least
+    harness.models.quantize.INT8_REL_TOLERANCE (the measured int8 error; see that module)."""
+    from harness.models.quantize import INT8_REL_TOLERANCE
+
+    tol = max(spec.check.rel_tolerance, INT8_REL_TOLERANCE)
+    return spec.model_copy(update={"check": spec.check.model_copy(update={"rel_tolerance": tol})})
+
+
 def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     import torch
 
     from harness import memory
     from harness.models.loaders import ModelLoadError
     from harness.models.patch import FLAG_SCOPE, apply_flags, flag_applies, flag_coverage
+    from harness.models.quantize import compute_dtype, is_weight_only, quantize_int8
     from harness.models.unet import WeightsError, build_unet, example_inputs
     from harness.variants import Flags
 
     if spec.options.threads > 0:
         torch.set_num_threads(spec.options.threads)
     device = pick_device(spec)
+    # int8 is weight-only: the model is built, patched and run in its compute dtype (fp32 on the CPU, fp16
+    # on CUDA), then its Linear/Conv2d weights are stored int8; the reference is the unquantized model.
+    weight_only = is_weight_only(spec.options.dtype)
+    spec = int8_check_spec(spec) if weight_only else spec
+    run_dtype = compute_dtype(spec.options.dtype, device)
+    ref_spec = spec.model_copy(update={"options": spec.options.model_copy(update={"dtype": run_dtype})})
     try:
         flags = Flags.from_dict(spec.flags)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     torch.set_grad_enabled(False)
     try:
-        inputs = example_inputs(spec.model, spec.model.seed, spec.options.dtype, device)
+        inputs = example_inputs(spec.model, spec.model.seed, run_dtype, device)
     except (ModelLoadError, KeyError) as exc:
         raise InputError(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from exc
 
@@ -96,18 +112,21 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     if spec.check.enabled:
         emit("reference", 0, 1)
         try:
-            reference = reference_output(spec, device, inputs, attention=flags.attention)
+            reference = reference_output(ref_spec, device, inputs, attention=flags.attention)
         except (WeightsError, ModelLoadError) as exc:
             raise InputError(str(exc)) from exc
 
     emit("build", 0, 1)
     t0 = time.perf_counter_ns()
     try:
-        unet = build_unet(spec.model, spec.model.weights, spec.model.seed, spec.options.dtype)
+        unet = build_unet(spec.model, spec.model.weights, spec.model.seed, run_dtype)
     except (WeightsError, ModelLoadError) as exc:
         raise InputError(str(exc)) from exc
     coverage = flag_coverage(unet)
     replaced = apply_flags(unet, flags)
+    if weight_only:
+        result["extra"]["quantized"] = quantize_int8(unet)
+        result["extra"]["compute_dtype"] = run_dtype
     # Flags whose blocks this model lacks (e.g. a model without attention): the report shows them n/a.
     result["extra"]["na_flags"] = [f for f in FLAG_SCOPE if not flag_applies(coverage, f)]
     unet = unet.to(device)

@@ -126,6 +126,7 @@ public struct CheckPolicy: Codable, Equatable {
     public var rel_tolerance: Double
 }
 
+// axes: the sweep coordinates (suite field path -> value); {} when not swept.
 public struct JobSpec: Codable, Equatable {
     public var schema_version: Int
     public var job_id: String
@@ -140,6 +141,7 @@ public struct JobSpec: Codable, Equatable {
     public var check: CheckPolicy
     public var artifact: String?
     public var workload_args: [String: JSONValue]
+    public var axes: [String: JSONValue]
 }
 
 public struct MemoryFigures: Codable, Equatable {
