@@ -194,6 +194,19 @@ def test_table1_axes_columns_and_pivot(tmp_path):
     assert piv.iloc[0].tolist() == [100.0, 200.0] and piv.iloc[4].tolist() == [60.0, 120.0]
 
 
+
+def test_pivot_says_failed_and_not_run_rather_than_n_a(tmp_path):
+    """An interrupted sweep lacks jobs; a failed job has no latency: neither is "n/a" (which means a flag
+    that touches nothing)."""
+    from harness.report.table1 import NOT_RUN, pivot_rows
+
+    run = _store_sweep_run(tmp_path)
+    df = table1(run)
+    df = df[~((df["combination"] == "options.dtype=int8") & (df["step"] == 4))].copy()  # never ran
+    df.loc[(df["combination"] == "options.dtype=int8") & (df["step"] == 3), "status"] = "failed"
+    headers, rows = pivot_rows(pivot(df)["host"], lambda v: f"{v:.1f}")
+    assert rows[3][2] == "failed" and rows[4][2] == NOT_RUN and rows[4][1] == "60.0"
+
 def test_report_formats_name_axes_and_pivot(tmp_path):
     run = _store_sweep_run(tmp_path)
     md = render(run, "md")

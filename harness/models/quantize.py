@@ -105,9 +105,16 @@ class Int8WeightOnlyConv2d(_Int8Weight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.dequantized_weight(x.dtype)
         if self.winograd_tile is not None:
-            from harness.models.kernels.winograd import winograd_conv2d
+            from harness.models.kernels.triton import enabled as triton_enabled
+            from harness.models.kernels.winograd import winograd_conv2d, winograd_filter_transform
 
-            return winograd_conv2d(x, weight, self.bias, padding=self.padding[0], m=self.winograd_tile)
+            u = winograd_filter_transform(weight, self.winograd_tile)  # of the dequantized filter, every call
+            if self.winograd_tile == 4 and triton_enabled(x) and not torch.compiler.is_compiling():
+                from harness.models.kernels.triton.winograd import winograd_conv2d_f4
+
+                return winograd_conv2d_f4(x, u, self.bias, self.padding[0])  # the same CUDA path as Conv3x3
+            return winograd_conv2d(x, bias=self.bias, padding=self.padding[0], m=self.winograd_tile,
+                                   transformed_weight=u)
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:

@@ -6,6 +6,7 @@ never recompute a statistic.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -32,6 +33,7 @@ COLUMNS = [
     "combination", "combination_index",
 ]
 AXIS_PREFIX = "axis:"
+NOT_RUN = "not run"  # a pivot cell whose combination has no job for that row in the run
 
 
 def axis_value_label(value) -> str:
@@ -77,7 +79,8 @@ def add_axes(df: pd.DataFrame, rows_axes: list[dict], axes: list[str]) -> pd.Dat
 
 def pivot(df: pd.DataFrame, value: str = "latency_ms") -> dict[str, pd.DataFrame]:
     """Per device with more than one combination: rows = ladder rows (label, in step order), columns =
-    combinations (plan order), cells = `value` (None where that combination lacks the row or it failed).
+    combinations (plan order), cells = `value`, "failed" where the job failed, NOT_RUN where the run has
+    no such job (e.g. it was interrupted), None where the job has no figure.
     The "side by side" view of a sweep; renderers format it."""
     out: dict[str, pd.DataFrame] = {}
     if df.empty or "combination" not in df:
@@ -87,10 +90,16 @@ def pivot(df: pd.DataFrame, value: str = "latency_ms") -> dict[str, pd.DataFrame
         if len(combos) < 2:
             continue
         labels = list(dict.fromkeys(group.sort_values("step", kind="stable")["label"]))
-        table = pd.DataFrame(index=labels, columns=combos, dtype=object)
+        table = pd.DataFrame(NOT_RUN, index=labels, columns=combos, dtype=object)
         for _, r in group.iterrows():
             v = r[value]
-            table.at[r["label"], r["combination"]] = None if v is None or pd.isna(v) else float(v)
+            if r["status"] == "failed":
+                cell: Any = "failed"
+            elif v is None or pd.isna(v):
+                cell = None
+            else:
+                cell = float(v)
+            table.at[r["label"], r["combination"]] = cell
         out[device] = table
     return out
 
@@ -169,8 +178,10 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
 
 
 def pivot_rows(table: pd.DataFrame, fmt, corner: str = "Row") -> tuple[list[str], list[list[str]]]:
-    """A pivot (from `pivot`) as headers and formatted cells ("n/a" where a combination has no figure)."""
+    """A pivot (from `pivot`) as headers and formatted cells ("failed", NOT_RUN, "n/a" where a job has no
+    figure)."""
     headers = [corner] + [str(c) for c in table.columns]
-    rows = [[str(label)] + ["n/a" if v is None or (isinstance(v, float) and pd.isna(v)) else fmt(v)
+    rows = [[str(label)] + [v if isinstance(v, str) else
+                            "n/a" if v is None or (isinstance(v, float) and pd.isna(v)) else fmt(v)
                             for v in table.loc[label]] for label in table.index]
     return headers, rows

@@ -147,8 +147,19 @@ def winograd_matrices(m: int, dtype: torch.dtype = torch.float32,
     """(A^T, G, B^T) of F(m, 3) as tensors of `dtype` (rounded from the exact rationals).
 
     New tensors on every call (only the Python floats are cached): a cached tensor created while
-    torch.export/compile traces would be a fake tensor and poison later eager calls.
+    torch.export/compile traces would be a fake tensor and poison later eager calls. The exception is
+    eager CUDA: there the tensors are cached per (m, dtype, device), because making them copies from the
+    CPU, which a CUDA graph capture forbids (the first, uncaptured call fills the cache).
     """
+    device = torch.device(device)
+    if device.type == "cuda" and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        return _cuda_matrices(m, dtype, device)
+    return tuple(torch.tensor(mat, dtype=torch.float64).to(device, dtype)  # type: ignore[return-value]
+                 for mat in _winograd_matrices_float(m))
+
+
+@lru_cache(maxsize=64)
+def _cuda_matrices(m: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(torch.tensor(mat, dtype=torch.float64).to(device, dtype)  # type: ignore[return-value]
                  for mat in _winograd_matrices_float(m))
 
