@@ -384,3 +384,29 @@ def test_dumpsys_meminfo_of_a_running_command(dev: adbutils.AdbDevice, server: F
     assert mem.process == "sleep"
     with pytest.raises(ParseError, match="no process"):
         parse_meminfo_graphics(dev.shell("dumpsys meminfo 1"))  # not a process of this device
+
+
+def test_fake_phones_script_serves_phones_that_harness_devices_lists(tmp_path: Path) -> None:
+    """scripts/fake_phones.py: the printed adb address reaches its phones; Ctrl-C stops it cleanly."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(repo / "scripts" / "fake_phones.py"), "-n", "2", "--dir",
+                             str(tmp_path / "fp")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        m = re.search(r"on 127\.0\.0\.1:(\d+)", first)
+        assert m, first
+        assert "--benchmark-model" in proc.stdout.readline()
+        listed = subprocess.run([sys.executable, "-m", "harness", "devices", "--adb", f"127.0.0.1:{m[1]}"],
+                                capture_output=True, text=True, timeout=120, cwd=repo,
+                                env={**os.environ, "COLUMNS": "300"})
+        assert listed.returncode == 0, listed.stderr
+        assert "android:FAKE1" in listed.stdout and "android:FAKE2" in listed.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "stopped" in out
