@@ -13,6 +13,7 @@ suite, the artifacts, the reports and the farm plumbing end to end.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import threading
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the phones' sandboxes and the stand-in go (default: a temporary directory)")
     args = parser.parse_args(argv)
+    # Ctrl-C (SIGINT) stops it even when it was started in the background, where a shell ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.phones < 1:
         parser.error("--phones must be at least 1")
     root = args.dir or Path(tempfile.mkdtemp(prefix="fake-phones-"))

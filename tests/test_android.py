@@ -29,6 +29,15 @@ from harness.devices.base import DeviceContext
 from harness.protocol import JobSpec, MeasurePolicy, RuntimeOptions
 from harness.store import Store
 
+
+def _sigint_default() -> None:
+    """In the child: SIGINT back to its default, so Python turns it into KeyboardInterrupt even when
+    pytest itself was started in the background (where the shell makes children ignore SIGINT)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 try:
     from tests.fakes.adb_server import FakeAdbServer, FakeDevice
     from tests.fakes.benchmark_model_standin import FAULT_FILE_NAME, write_standin
@@ -262,7 +271,10 @@ def test_smoke_suite_on_two_fake_phones_then_nothing_to_push(tmp_path: Path, tin
     devices = [FakeDevice("PHONE1", root=tmp_path / "p1"), FakeDevice("PHONE2", root=tmp_path / "p2")]
     store_url = f"sqlite:///{tmp_path}/x.db"
     farm = _farm(tmp_path / "farm.yaml")
-    graph = ["--set", f"options.extra.graph={tiny_tflite}", "--set", "options.extra.enable_op_profiling=true"]
+    # run_delay: the tiny block runs in microseconds; 0.1 s between runs keeps benchmark_model alive for
+    # several meminfo samples (interval 0.1 s), as a real SD model does by itself.
+    graph = ["--set", f"options.extra.graph={tiny_tflite}", "--set", "options.extra.enable_op_profiling=true",
+             "--set", "options.extra.run_delay=0.1"]
     with FakeAdbServer(devices) as srv:
         # 1) the real command line, in a subprocess
         proc = subprocess.run([sys.executable, "-m", "harness", *_run_args(srv.port, standin, store_url, farm, *graph),
@@ -455,7 +467,7 @@ def test_ctrl_c_stops_the_benchmark_on_the_phone(tmp_path: Path, tiny_tflite: Pa
                                  str(_farm(tmp_path / "farm.yaml")), "--store", store_url, "--no-report",
                                  "--set", f"options.extra.graph={tiny_tflite}"],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=_sigint_default)
         jobs = fake.host_path(DEVICE_DIR + "/jobs")
         deadline = time.monotonic() + 60
         pid_files: list[Path] = []

@@ -14,6 +14,15 @@ import pytest
 
 from harness.store import Store
 
+
+def _sigint_default() -> None:
+    """In the child: SIGINT back to its default, so Python turns it into KeyboardInterrupt even when
+    pytest itself was started in the background (where the shell makes children ignore SIGINT)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -126,7 +135,7 @@ def test_interrupt_keeps_finished_jobs(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "suites/smoke.yaml", "--store", url,
                              "--no-report", "--set", "iterations=1", "--set", "variants=[baseline, +opt_softmax]"],
                             cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
     store = None
     deadline = time.time() + 300
     while time.time() < deadline:  # wait for the first stored job
