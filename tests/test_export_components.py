@@ -175,6 +175,18 @@ def test_factory_model_with_relu_attention_exports_to_tflite(comp_cache):
     twin = ensure_artifact(FACTORY, Flags(groupnorm_gelu="fused", attention="relu"), "tflite", cache_dir=comp_cache)
     assert twin.cached and twin.path == art.path
 
+    # The host's litert-cpu runtime runs it: the factory's declared input shapes, the ReLU reference.
+    from harness.protocol import CheckPolicy, JobSpec, RuntimeOptions
+    from harness.workloads.litert import run_litert_cpu
+
+    spec = JobSpec(job_id="f", run_id="r", device="host", model=FACTORY, variant="+relu_attention", flags=relu.to_dict(),
+                   options=RuntimeOptions(runtime="litert-cpu", dtype="fp16"), artifact=str(art.path),
+                   check=CheckPolicy(rel_tolerance=5e-2))
+    result: dict = {"extra": {}}
+    run_litert_cpu(spec, result)
+    assert result.get("error") is None, result.get("error")
+    assert result["check"].passed and result["samples_ms"]
+
 
 def test_e2e_suite_exports_every_component(tflite_components, comp_cache, capsys):
     from harness.export.commands import export_suite, suite_components

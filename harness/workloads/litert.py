@@ -125,7 +125,7 @@ def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
     result["extra"]["composites"] = graph.composites()
     result["extra"]["op_count"] = len(graph.ops)
 
-    inputs = example_inputs(spec.model.name, spec.model.seed)
+    inputs = example_inputs(spec.model, spec.model.seed)  # a name, config or factory model
     arrays = [t.numpy() for t in inputs]
 
     emit("load", 0, 1)
@@ -160,7 +160,10 @@ def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
 
         ref_spec = spec.model_copy(update={"options": spec.options.model_copy(update={"dtype": "fp32"})})
         try:
-            reference = reference_output(ref_spec, "cpu", inputs).float().numpy()
+            # ReLU attention is a different function: its reference is the model with ReLU attention.
+            reference = reference_output(ref_spec, "cpu", inputs,
+                                         attention="relu" if flags.attention == "relu" else "standard")
+            reference = reference.float().numpy()
         except WeightsError as exc:
             raise InputError(str(exc)) from exc
         max_abs = float(np.max(np.abs(output - reference)))
