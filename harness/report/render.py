@@ -127,8 +127,9 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
     if "na_change" in df:
         for _, r in df[df["na_change"] == True].iterrows():  # noqa: E712 - pandas mask
             notes.append(f"{_where(r)}: n/a — the flag(s) this row adds "
-                         f"({', '.join(r['na_flags'])}) touch no block of this model, so it runs the same "
-                         "network as the row above; its latency is a repeat, not an effect.")
+                         f"({', '.join(r['na_flags'])}) touch no block of this model or cannot be expressed in "
+                         "its artifact (README 'Artifacts'), so it runs the same network as the row above; its "
+                         "latency is a repeat, not an effect.")
     if "headroom" in df:
         for _, r in df[df["headroom"] == "over"].iterrows():
             notes.append(f"OVER THE MEMORY LIMIT: {_where(r)}: {r['headroom_note']}")
