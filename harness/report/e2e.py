@@ -389,12 +389,9 @@ def render_terminal(run: RunRecord, df: pd.DataFrame, console) -> None:
         for _, r in _group(df, device, combo).iterrows():
             if _text(r["image_path"]):
                 console.print(f"[dim]image {r['label']}: {r['image_path']}[/]")
+    from harness.report.render import pivot_table
+
     for device, (heads, cells) in pivot_display(df).items():
-        table = Table(title=f"End-to-end: {device} — {PIVOT_TITLE}", title_justify="left")
-        for i, header in enumerate(heads):
-            table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
-        for row in cells:
-            table.add_row(*row)
-        console.print(table)
+        console.print(pivot_table(f"End-to-end: {device} — {PIVOT_TITLE}", heads, cells))
     for note in notes(run, df):
         console.print(f"[dim]{note}[/]")

@@ -85,6 +85,18 @@ def _device_title(run: RunRecord, device: str, df: pd.DataFrame, combination: st
 PIVOT_TITLE = "side by side: median latency ms per row (columns: sweep combinations)"
 
 
+def pivot_table(title: str, heads: list[str], rows: list[list[str]]):
+    """A sweep's side-by-side view as a rich Table (the row label left, the combinations right)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, header in enumerate(heads):
+        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def pivot_display(df: pd.DataFrame) -> dict[str, tuple[list[str], list[list[str]]]]:
     """Per device of a sweep: the latency pivot (rows of the ladder x combinations) as headers and cells."""
     return {device: pivot_rows(table, lambda v: f"{v:,.1f}") for device, table in pivot(df, "latency_ms").items()}
@@ -156,12 +168,7 @@ def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
             table.add_row(*row)
         console.print(table)
     for device, (heads, rows) in pivot_display(df).items():
-        table = Table(title=f"{device} — {PIVOT_TITLE}", title_justify="left")
-        for i, header in enumerate(heads):
-            table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        console.print(pivot_table(f"{device} — {PIVOT_TITLE}", heads, rows))
     for note in _notes(run, df):
         console.print(f"[dim]{note}[/]")
     e2e_report.render_terminal(run, e2e_report.e2e_table(run), console)

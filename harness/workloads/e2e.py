@@ -55,6 +55,22 @@ def job_output_dir(spec: JobSpec) -> Path:
     return cache_dir() / "e2e" / spec.job_id
 
 
+def e2e_flags_and_config(spec: JobSpec):
+    """(Flags, ModelConfig) of an e2e job; an InputError when the flags are bad or the model has no text
+    encoder / VAE (only the built-in configs define the whole pipeline)."""
+    from harness.models.configs import get_model_config
+    from harness.variants import Flags
+
+    try:
+        flags = Flags.from_dict(spec.flags)
+        cfg = get_model_config(spec.model.name)
+    except (ValueError, KeyError) as exc:
+        raise InputError(str(exc)) from exc
+    if not cfg.text_encoder or not cfg.vae:
+        raise InputError(f"model {cfg.name!r} has no text encoder / VAE config, so it cannot run e2e")
+    return flags, cfg
+
+
 def parse_args(spec: JobSpec, image_size: int, scale_factor: int = 8) -> dict[str, Any]:
     """workload_args with defaults, validated (an InputError names the bad field and the fix).
     height/width must be multiples of `scale_factor` (the VAE's: 8 for SD)."""
@@ -224,14 +240,12 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     import torch
 
     from harness import memory
-    from harness.models.configs import get_model_config
     from harness.models.patch import apply_flags, flag_applies, flag_coverage
     from harness.models.pipeline import (
         Pipeline, build_text_encoder, build_tokenizer, build_vae_decoder, count_parameters, scheduler_config,
     )
     from harness.models.quantize import compute_dtype, is_weight_only, quantize_int8
     from harness.models.unet import WeightsError, build_unet
-    from harness.variants import Flags
     from harness.workloads.unet_iteration import int8_check_spec
 
     if spec.options.threads > 0:
@@ -242,13 +256,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     # check's references (the unquantized modules) and the flags.
     weight_only = is_weight_only(spec.options.dtype)
     spec = int8_check_spec(spec) if weight_only else spec
-    try:
-        flags = Flags.from_dict(spec.flags)
-        cfg = get_model_config(spec.model.name)
-    except (ValueError, KeyError) as exc:
-        raise InputError(str(exc)) from exc
-    if not cfg.text_encoder or not cfg.vae:
-        raise InputError(f"model {cfg.name!r} has no text encoder / VAE config, so it cannot run e2e")
+    flags, cfg = e2e_flags_and_config(spec)
     args = parse_args(spec, cfg.image_size, cfg.vae_scale_factor)
     if spec.measure.iterations < 1:
         raise InputError(f"measure.iterations must be >= 1 for e2e (images to time), got {spec.measure.iterations}")

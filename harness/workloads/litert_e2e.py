@@ -95,22 +95,14 @@ def run_litert_cpu_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
     from harness.export import DTYPES, ExportError, ReferenceMismatchError
     from harness.export.mapping import na_flags
     from harness.export.tflite import load_interpreter, read_graph
-    from harness.models.configs import get_model_config
     from harness.models.pipeline import (
         ComponentFns, Pipeline, build_scheduler, build_tokenizer, scheduler_config,
     )
     from harness.models.unet import WeightsError
-    from harness.variants import Flags
-    from harness.workloads.e2e import generation_extra, parse_args, save_image, time_images
+    from harness.workloads.e2e import e2e_flags_and_config, generation_extra, parse_args, save_image, time_images
     from harness.workloads.litert import RSS_METHOD, _artifact_for, rss_anon_bytes
 
-    try:
-        flags = Flags.from_dict(spec.flags)
-        cfg = get_model_config(spec.model.name)
-    except (ValueError, KeyError) as exc:
-        raise InputError(str(exc)) from exc
-    if not cfg.text_encoder or not cfg.vae:
-        raise InputError(f"model {cfg.name!r} has no text encoder / VAE config, so it cannot run e2e")
+    flags, cfg = e2e_flags_and_config(spec)
     dtype = spec.options.dtype
     if dtype not in DTYPES:
         raise InputError(f"runtime litert-cpu runs .tflite artifacts with {', '.join(DTYPES)} weights, not {dtype!r}; "
