@@ -60,7 +60,9 @@ def _run(port: int, standin_path: Path, tmp: Path, serial: str, *extra: str) -> 
     return ["run", str(E2E_SMOKE), "--device", f"android:{serial}", "--adb", f"127.0.0.1:{port}",
             "--benchmark-model", str(standin_path), "--farm", str(_farm(tmp / "farm.yaml", device_dir=DEVICE_DIR)),
             "--store", f"sqlite:///{tmp}/e2e.db", "--set", "variants=[baseline]", "--set", "iterations=3",
-            "--set", "warmup_runs=1", *extra]
+            # the tiny blocks run in microseconds: 0.1 s between runs keeps benchmark_model alive for
+            # meminfo samples (interval 0.1 s), as a real component does by itself
+            "--set", "warmup_runs=1", "--set", "options.extra.run_delay=0.1", *extra]
 
 
 def _launches(srv: FakeAdbServer, serial: str, start: int = 0) -> list[str]:
