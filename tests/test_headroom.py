@@ -5,8 +5,7 @@ from harness.headroom import GIB, MB, device_memory_limit, headroom, ios_app_lim
 from harness.protocol import JobResult, MemoryFigures
 from harness.report.render import render_markdown
 from harness.report.table1 import table1
-from harness.store import Store
-from harness.variants import LADDER
+from tests.fakes.stored_runs import ladder_run
 
 IPHONE_14_PRO = {"id": "ios:abc", "kind": "ios", "model": "iPhone15,2", "extra": {"product_type": "iPhone15,2"}}
 IPHONE_13 = {"id": "ios:def", "kind": "ios", "model": "iPhone14,5", "extra": {"product_type": "iPhone14,5"}}
@@ -45,18 +44,11 @@ def test_job_peak_bytes():
 @pytest.fixture()
 def run(tmp_path):
     """Two ladder rows on an iPhone 13 (4 GiB: 2 GiB per app): the first fits, the second does not."""
-    store = Store(f"sqlite:///{tmp_path}/r.db")
-    store.create_run("r1", "t", {"name": "t", "model": {"name": "tiny", "weights": None}})
-    store.record_device("r1", IPHONE_13)
-    for i, ((name, flags), peak_mb) in enumerate(zip(LADDER[:2], [1800, 2300])):
-        res = JobResult(job_id=f"j{i}", status="ok", samples_ms=[10.0, 11.0, 12.0],
-                        memory=MemoryFigures(peak_rss_bytes=peak_mb * MB, weight_bytes=1600 * MB))
-        store.record_job("r1", job_key=f"k{i}", job_index=i, device_id=IPHONE_13["id"], workload="unet_iteration",
-                         model="tiny", variant=name, variant_index=i, flags=flags.to_dict(),
-                         options={"runtime": "coreml", "dtype": "fp16", "accelerator": "gpu"},
-                         options_hash="h", result=res)
-    store.finish_run("r1", "completed")
-    return store.load_run("r1")
+    results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=[10.0, 11.0, 12.0],
+                         memory=MemoryFigures(peak_rss_bytes=peak_mb * MB, weight_bytes=1600 * MB))
+               for i, peak_mb in enumerate([1800, 2300])]
+    return ladder_run(f"sqlite:///{tmp_path}/r.db", IPHONE_13, results,
+                      {"runtime": "coreml", "dtype": "fp16", "accelerator": "gpu"})
 
 
 def test_report_flags_variant_over_limit(run):

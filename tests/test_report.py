@@ -4,33 +4,27 @@ import pytest
 from harness.protocol import JobResult, MemoryFigures
 from harness.report.render import render, render_html, render_markdown
 from harness.report.table1 import table1
-from harness.store import Store
 from harness.variants import LADDER
+from tests.fakes.stored_runs import ladder_run
 
 MB = 1024 * 1024
 
 
 @pytest.fixture()
 def run(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/r.db")
-    store.create_run("r1", "t", {"name": "t", "model": {"name": "tiny", "weights": None}})
-    store.record_device("r1", {"id": "host", "kind": "host", "model": "Xeon", "gpu": "none (CPU only)"})
-    lat = [100.0, 90.0, 80.0, 50.0, None]
-    for i, ((name, flags), ms) in enumerate(zip(LADDER, lat)):
+    results = []
+    for i, ms in enumerate([100.0, 90.0, 80.0, 50.0, None]):
         if ms is None:
-            res = JobResult.failure(f"j{i}", "reference_mismatch", "variant '+winograd' disagrees <b>x</b>")
+            results.append(JobResult.failure(f"j{i}", "reference_mismatch", "variant '+winograd' disagrees <b>x</b>"))
         else:
-            res = JobResult(job_id=f"j{i}", status="ok", samples_ms=[ms - 1, ms, ms + 1, ms + 5],
-                            timing_method="perf_counter",
-                            memory=MemoryFigures(weight_bytes=10 * MB, tensor_bytes_measured=(5 - i) * MB,
-                                                 tensor_bytes_planned=(4 - i) * MB,
-                                                 tensor_measure_method="torch_profiler_cpu_peak"))
-        store.record_job("r1", job_key=f"k{i}", job_index=i, device_id="host", workload="unet_iteration",
-                         model="tiny", variant=name, variant_index=i, flags=flags.to_dict(),
-                         options={"runtime": "torch", "dtype": "fp32", "accelerator": "auto"},
-                         options_hash="h", result=res)
-    store.finish_run("r1", "completed")
-    return store.load_run("r1")
+            results.append(JobResult(job_id=f"j{i}", status="ok", samples_ms=[ms - 1, ms, ms + 1, ms + 5],
+                                     timing_method="perf_counter",
+                                     memory=MemoryFigures(weight_bytes=10 * MB, tensor_bytes_measured=(5 - i) * MB,
+                                                          tensor_bytes_planned=(4 - i) * MB,
+                                                          tensor_measure_method="torch_profiler_cpu_peak")))
+    return ladder_run(f"sqlite:///{tmp_path}/r.db", {"id": "host", "kind": "host", "model": "Xeon",
+                                                    "gpu": "none (CPU only)"}, results,
+                      {"runtime": "torch", "dtype": "fp32", "accelerator": "auto"})
 
 
 def test_table1_rows(run):
