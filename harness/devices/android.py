@@ -1209,10 +1209,11 @@ class AndroidDevice(Device):
         except ParseError as exc:
             return JobResult.failure(spec.job_id, "parse", f"benchmark_model output not understood: {exc}",
                                      detail=_tail(output) or None, **fail_kw)
-        return self._result(spec, parsed, files, art, extra, before, after, started, ended)
+        return self._result(spec, parsed, files, art, extra, before, after, started, ended, unit)
 
     def _result(self, spec: JobSpec, parsed: BenchmarkModelOutput, files: dict[str, str | None], art: _Artifact,
-                extra: dict[str, Any], before: dict, after: dict, started: float, ended: float) -> JobResult:
+                extra: dict[str, Any], before: dict, after: dict, started: float, ended: float,
+                unit: ComputeUnit) -> JobResult:
         gpu_samples: list[dict[str, Any]] = []
         unparsed = 0
         for stamp, text in split_meminfo_samples(files.get("meminfo.txt") or ""):
@@ -1238,7 +1239,7 @@ class AndroidDevice(Device):
             "model_size_mb": parsed.model_size_mb, "init_footprint_mb": parsed.init_footprint_mb,
             "overall_footprint_mb": parsed.overall_footprint_mb, "end_vmrss_mb": parsed.end_vmrss_mb,
             "delegates": [asdict(dl) for dl in parsed.delegates], "warnings": list(parsed.warnings),
-            "unit": unit_ran(unit_of(spec, self.settings.device_dir), parsed.delegates),
+            "unit": unit_ran(unit, parsed.delegates),
             "gpu_memory_samples": gpu_samples, "gpu_memory_samples_unparsed": unparsed,
         })
         if parsed.op_profiled:
