@@ -36,7 +36,7 @@ def artifact_dtype(dtype: str | None, suite_dtype: str) -> str:
     """--dtype, else the suite's dtype when an artifact can have it (fp16/fp32/int8), else fp16."""
     if dtype:
         return dtype
-    return suite_dtype if suite_dtype in ("fp16", "fp32", "int8") else "fp16"
+    return suite_dtype if suite_dtype in DTYPES else "fp16"
 
 
 class _Bar:
