@@ -97,8 +97,10 @@ def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
         flags = Flags.from_dict(spec.flags)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
+    from harness.export import DTYPES
+
     dtype = spec.options.dtype
-    if dtype not in ("fp16", "fp32", "int8"):
+    if dtype not in DTYPES:
         raise InputError(f"runtime litert-cpu runs .tflite artifacts with fp16, fp32 or int8 weights, not {dtype!r}; "
                          "use --set dtype=fp16 (what phones get), fp32 or int8")
     if dtype == "int8":  # int8 weights: the int8 reference-check tolerance (harness.models.quantize)
