@@ -180,10 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="what an artifact holds: weights by dtype, ops by category, planned tensors",
                        description="Read a .tflite file or an .mlpackage: weight MB by element type, the op "
-                                   "histogram in the paper's categories (composites named), and planned tensor MB "
-                                   "from the artifact's own graph (greedy-by-size).")
+                                   "histogram in the paper's categories (composites named), planned tensor MB "
+                                   "from the artifact's own graph (greedy-by-size), and for a .tflite whether it "
+                                   "compiles wholly on LiteRT's GPU accelerator (a GPU through Vulkan, or "
+                                   "SwiftShader), naming every op it refuses.")
     p.add_argument("artifact", type=Path, help="a .tflite file or .mlpackage directory (`harness export` prints them)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--no-gpu", action="store_true", help="skip compiling a .tflite on the GPU accelerator")
     p.set_defaults(func=cmd_inspect)
     return parser
 
@@ -221,6 +224,22 @@ def cmd_devices(args) -> int:
         table.add_row(i.id, i.state, i.model, i.soc, i.gpu, i.os_version, ram, i.hint)
     Console().print(table)
     return EXIT_OK
+
+
+def _check_runtimes_on_devices(plan, infos) -> None:
+    """Every job's runtime must run on its device's kind (harness.runtimes): else exit 2, before any job."""
+    from harness.runtimes import UnknownRuntimeError, get_runtime
+
+    kinds = {i.id: i.kind for i in infos}
+    problems = []
+    for job in plan.jobs:
+        try:
+            get_runtime(job.spec.options.runtime).on(kinds.get(job.device, job.device.split(":")[0]))
+        except UnknownRuntimeError as exc:
+            if str(exc) not in problems:
+                problems.append(str(exc))
+    if problems:
+        raise InputError("; ".join(problems) + "; pick another --device or --set runtime=...")
 
 
 def cmd_run(args) -> int:
@@ -281,6 +300,7 @@ def cmd_run(args) -> int:
     except DeviceError as exc:
         raise InputError(str(exc)) from None
     plan = expand(suite, [i.id for i in infos], run_id)
+    _check_runtimes_on_devices(plan, infos)
     if args.resume:
         store.reopen_run(run_id)
         todo = sum(1 for j in plan.jobs if j.job_key not in skip_keys)
@@ -347,7 +367,7 @@ def cmd_inspect(args) -> int:
     from harness.export.commands import inspect_command
 
     try:
-        return inspect_command(args.artifact, args.json)
+        return inspect_command(args.artifact, args.json, gpu=not args.no_gpu)
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc)) from None
 

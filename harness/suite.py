@@ -63,6 +63,26 @@ class VariantSpec(_Strict):
         return v
 
 
+class SuiteOptions(RuntimeOptions):
+    """Runtime options as a suite gives them: the runtime must be in the registry (harness.runtimes),
+    and the `options.extra` keys it owns must have its types."""
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, v: str) -> str:
+        from harness.runtimes import get_runtime
+
+        get_runtime(v)  # UnknownRuntimeError (a ValueError) names the known runtimes
+        return v
+
+    @model_validator(mode="after")
+    def _runtime_options(self) -> "SuiteOptions":
+        from harness.runtimes import get_runtime
+
+        get_runtime(self.runtime).parse_options(self.extra)
+        return self
+
+
 class SuiteMeasure(MeasurePolicy):
     shuffle: bool = False  # run each device's jobs in a shuffled order
     shuffle_seed: int = 0
@@ -76,7 +96,7 @@ class Suite(_Strict):
     # "ladder" (the five cumulative rows of Table 1), or a list of ladder step names and
     # {name, flags} entries.
     variants: Literal["ladder"] | list[str | VariantSpec] = "ladder"
-    options: RuntimeOptions = Field(default_factory=RuntimeOptions)
+    options: SuiteOptions = Field(default_factory=SuiteOptions)
     measure: SuiteMeasure = Field(default_factory=SuiteMeasure)
     check: CheckPolicy = Field(default_factory=CheckPolicy)
     devices: list[str] = Field(default_factory=lambda: ["host"])
@@ -488,7 +508,7 @@ def expand(suite: Suite, devices: list[str] | None = None, run_id: str = "") -> 
                     job_id=f"{run_id}-{len(plan.jobs):03d}" if run_id else key,
                     run_id=run_id, device=device, workload=combo.workload,
                     model=ModelRef(**combo.model.model_dump()), variant=name, flags=flags.to_dict(),
-                    options=combo.options, measure=measure, check=combo.check,
+                    options=RuntimeOptions(**combo.options.model_dump()), measure=measure, check=combo.check,
                     workload_args=combo.workload_args, axes=dict(axes),
                 )
                 plan.jobs.append(PlannedJob(len(plan.jobs), device, name, vi, flags, spec, key, options_hash,

@@ -177,13 +177,13 @@ def test_factory_model_with_relu_attention_exports_to_tflite(comp_cache):
 
     # The host's litert-cpu runtime runs it: the factory's declared input shapes, the ReLU reference.
     from harness.protocol import CheckPolicy, JobSpec, RuntimeOptions
-    from harness.workloads.litert import run_litert_cpu
+    from harness.workloads.litert import run_litert
 
     spec = JobSpec(job_id="f", run_id="r", device="host", model=FACTORY, variant="+relu_attention", flags=relu.to_dict(),
                    options=RuntimeOptions(runtime="litert-cpu", dtype="fp16"), artifact=str(art.path),
                    check=CheckPolicy(rel_tolerance=5e-2))
     result: dict = {"extra": {}}
-    run_litert_cpu(spec, result)
+    run_litert(spec, result)
     assert result.get("error") is None, result.get("error")
     assert result["check"].passed and result["samples_ms"]
 

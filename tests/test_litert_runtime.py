@@ -93,10 +93,10 @@ def _spec(variant: str, dtype: str = "fp16", tolerance: float = 5e-2, artifact: 
 
 
 def test_litert_cpu_runs_the_artifact_and_reports_na(nano_env):
-    from harness.workloads.litert import run_litert_cpu
+    from harness.workloads.litert import run_litert
 
     result = {"extra": {}}
-    run_litert_cpu(_spec("+winograd"), result)
+    run_litert(_spec("+winograd"), result)
     assert "error" not in result, result.get("error")
     assert len(result["samples_ms"]) == 3 and len(result["warmup_ms"]) == 1 and result["first_run_ms"] > 0
     assert result["extra"]["na_flags"] == ["conv3x3"]
@@ -109,7 +109,7 @@ def test_litert_cpu_runs_the_artifact_and_reports_na(nano_env):
 
     # The same file given as the job's artifact (what `harness run` passes to the agent).
     again = {"extra": {}}
-    run_litert_cpu(_spec("+flash_attention", artifact=result["extra"]["artifact"]["path"]), again)
+    run_litert(_spec("+flash_attention", artifact=result["extra"]["artifact"]["path"]), again)
     assert "error" not in again and again["extra"]["na_flags"] == []
     assert again["extra"]["artifact"]["source"] == "job"
     assert again["memory"].tensor_bytes_planned == mem.tensor_bytes_planned
@@ -117,25 +117,25 @@ def test_litert_cpu_runs_the_artifact_and_reports_na(nano_env):
 
 def test_litert_cpu_reference_mismatch_and_bad_dtype(nano_env):
     from harness.workloads.common import InputError
-    from harness.workloads.litert import run_litert_cpu
+    from harness.workloads.litert import run_litert
 
     result = {"extra": {}}
     path = None
-    run_litert_cpu(_spec("+flash_attention", tolerance=5e-2), result)
+    run_litert(_spec("+flash_attention", tolerance=5e-2), result)
     path = result["extra"]["artifact"]["path"]
     strict = {"extra": {}}
-    run_litert_cpu(_spec("+flash_attention", tolerance=1e-9, artifact=path), strict)
+    run_litert(_spec("+flash_attention", tolerance=1e-9, artifact=path), strict)
     assert strict["error"]["kind"] == "reference_mismatch" and "'+flash_attention'" in strict["error"]["message"]
     assert not strict["check"].passed and "samples_ms" not in strict
     with pytest.raises(InputError, match="fp16, fp32 or int8 weights, not 'bf16'"):
-        run_litert_cpu(_spec("baseline", dtype="bf16"), {"extra": {}})
+        run_litert(_spec("baseline", dtype="bf16"), {"extra": {}})
     # int8 goes through to the exporter (ensure_artifact(..., dtype="int8")): its answer, not the runtime's.
     int8 = {"extra": {}}
     try:
-        run_litert_cpu(_spec("baseline", dtype="int8"), int8)
+        run_litert(_spec("baseline", dtype="int8"), int8)
     except InputError as exc:
         assert "int8" in str(exc) and "litert-cpu runs" not in str(exc)
     else:
         assert int8["extra"]["weights_dtype"] == "int8" and int8["check"].rel_tolerance >= 5e-2
     with pytest.raises(InputError, match="is not a file"):
-        run_litert_cpu(_spec("baseline", artifact=str(Path(path).with_name("missing.tflite"))), {"extra": {}})
+        run_litert(_spec("baseline", artifact=str(Path(path).with_name("missing.tflite"))), {"extra": {}})

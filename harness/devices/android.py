@@ -79,6 +79,7 @@ from harness.devices.base import (
     DeviceUnavailableError, ProgressFn,
 )
 from harness.protocol import JobResult, JobSpec, MemoryFigures, write_json_atomic
+from harness.runtimes import UnknownRuntimeError, get_runtime, runtimes_of
 
 AGENT_SCRIPT = Path(__file__).resolve().parents[2] / "device_agents" / "android" / "run_job.sh"
 DEFAULT_DEVICE_DIR = "/data/local/tmp/harness"
@@ -111,7 +112,8 @@ SETTINGS_KEYS = ("benchmark_model", "device_dir", "affinity", "cooldown", "memin
                  "poll_s", "reconnect_timeout_s", "socket_timeout_s")
 COOLDOWN_KEYS = ("max_temp_c", "max_battery_c", "timeout_s", "poll_s", "zones")
 # Keys of `options.extra` this device reads.
-OPTION_KEYS = ("use_gpu", "gpu_backend", "gpu_precision_loss_allowed", "enable_op_profiling",
+OPTION_KEYS = ("use_gpu", "gpu_backend", "gpu_precision_loss_allowed", "allow_cpu_fallback", "precision",
+               "enable_op_profiling",
                "report_peak_memory_footprint", "run_delay", "warmup_min_secs", "num_threads",
                "affinity", "cooldown", "graph", "graphs", "flags", "meminfo_interval_s",
                "nnapi_accelerator_name", "external_delegate_path", "external_delegate_options")
@@ -119,7 +121,7 @@ OPTION_KEYS = ("use_gpu", "gpu_backend", "gpu_precision_loss_allowed", "enable_o
 # the GPU delegate, the CPU (XNNPACK), NNAPI (the vendor's NPU/DSP/GPU driver, optionally one named
 # accelerator), or an external delegate library (a vendor NPU delegate such as Qualcomm's QNN
 # libQnnTFLiteDelegate.so). `torch`, the suite default phones cannot run, means litert-gpu.
-ANDROID_RUNTIMES = ("litert-gpu", "litert-cpu", "litert-nnapi", "litert-delegate")
+ANDROID_RUNTIMES = runtimes_of("android")  # harness.runtimes: litert-cpu, litert-gpu, litert-nnapi, litert-delegate
 # The .tflite components of an `e2e` job, in the order they run (one benchmark_model run each).
 E2E_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 E2E_TIMING_METHOD = "composed: benchmark_model medians (text encoder, UNet, VAE decoder) + host scheduler"
@@ -383,12 +385,10 @@ def unit_of(spec: JobSpec, device_dir: str = "") -> ComputeUnit:
     runtime Android lacks or a bad option."""
     runtime = spec.options.runtime
     extra = spec.options.extra
-    if runtime in ("coreml",):
-        raise _JobFailure("input", f"runtime {runtime!r} runs on iOS only; use one of {', '.join(ANDROID_RUNTIMES)} "
-                          "on Android")
-    if runtime not in ("torch", *ANDROID_RUNTIMES):
-        raise _JobFailure("input", f"runtime {runtime!r} is not available on Android; known: "
-                          f"{', '.join(ANDROID_RUNTIMES)}")
+    try:
+        get_runtime(runtime).on("android")
+    except UnknownRuntimeError as exc:
+        raise _JobFailure("input", str(exc)) from None
     if runtime == "litert-nnapi":
         accel = extra.get("nnapi_accelerator_name")
         flags: list[tuple[str, Any]] = [("use_gpu", False), ("use_nnapi", True),
@@ -456,6 +456,32 @@ def unit_ran(unit: ComputeUnit, delegates: Any) -> str:
     return f"{unit.label} (benchmark_model did not report applying the delegate)"
 
 
+def is_compiled_model_tool(supported: set[str] | None) -> bool:
+    """Whether a benchmark_model (by the flags its --help lists) is LiteRT 2.x's CompiledModel tool
+    (`//litert/tools:benchmark_model`: --use_cpu, --require_full_delegation, --gpu-precision) rather
+    than the classic interpreter tool (--use_gpu with --gpu_precision_loss_allowed)."""
+    return bool(supported) and "gpu-precision" in supported and "use_cpu" in supported
+
+
+def _allows_cpu(spec: JobSpec) -> bool:
+    try:
+        return bool(get_runtime("litert-gpu").parse_options(spec.options.extra).allow_cpu_fallback)
+    except ValueError:
+        return False
+
+
+def unit_used(unit: ComputeUnit, parsed: Any, args: list[str]) -> str:
+    """The unit a run used: from the delegate lines of the classic tool (`unit_ran`); LiteRT's
+    CompiledModel tool prints none, and with --require_full_delegation=true it fails rather than split
+    a graph, so a run that finished with that flag ran wholly on the unit."""
+    if getattr(parsed, "format", "") == "compiled_model" and unit.use_gpu:
+        if "--require_full_delegation=true" in args:
+            return unit.label
+        return (f"{unit.label} (partial or full: CPU fallback was allowed and LiteRT's CompiledModel tool does not "
+                "say how much ran on the CPU)")
+    return unit_ran(unit, parsed.delegates)
+
+
 def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
                     result_file: str | None = None, device_dir: str = "") -> tuple[list[str], list[str]]:
     """The benchmark_model arguments of a job, and the requested flags this binary lacks.
@@ -481,14 +507,32 @@ def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
         wanted.append(("num_threads", int(_number("num_threads", threads))))
     wanted.extend(unit.flags)
     if use_gpu:
+        compiled = is_compiled_model_tool(supported)
+        try:
+            gpu_opts = get_runtime("litert-gpu").parse_options(extra)
+        except ValueError as exc:
+            raise _JobFailure("input", str(exc)) from None
         backend = extra.get("gpu_backend")
         if backend is not None:
-            if str(backend) not in ("cl", "gl"):
-                raise _JobFailure("input", f"options.extra.gpu_backend must be cl or gl, got {backend!r}")
-            wanted.append(("gpu_backend", str(backend)))
-        # fp16, and int8 weight-only (weights dequantized, compute in fp16 like CUDA int8 jobs): fp16 GPU math.
-        precision = extra.get("gpu_precision_loss_allowed", spec.options.dtype != "fp32")
-        wanted.append(("gpu_precision_loss_allowed", _bool("gpu_precision_loss_allowed", precision)))
+            known = ("opencl", "webgpu", "opengl", "gl") if compiled else ("cl", "gl")
+            if str(backend) not in known:
+                tool = "LiteRT 2.x's CompiledModel benchmark_model" if compiled else "this benchmark_model"
+                raise _JobFailure("input", f"options.extra.gpu_backend must be one of {', '.join(known)} for {tool}, "
+                                  f"got {backend!r}")
+            if not (compiled and str(backend) == "opencl"):  # the CompiledModel tool's default is OpenCL
+                wanted.append(("gpu_backend", str(backend)))
+        if compiled:  # LiteRT 2.x: accelerators by flag; full delegation unless the CPU may take the rest
+            wanted.append(("use_cpu", gpu_opts.allow_cpu_fallback))
+            wanted.append(("require_full_delegation", not gpu_opts.allow_cpu_fallback))
+            fp32 = gpu_opts.precision == "fp32" or spec.options.dtype == "fp32"
+            wanted.append(("gpu-precision", "fp32" if fp32 else "fp16"))
+        else:
+            # fp16, and int8 weight-only (weights dequantized, compute in fp16 like CUDA int8 jobs): fp16 GPU math.
+            precision = extra.get("gpu_precision_loss_allowed",
+                                  spec.options.dtype != "fp32" and gpu_opts.precision != "fp32")
+            wanted.append(("gpu_precision_loss_allowed", _bool("gpu_precision_loss_allowed", precision)))
+            if supported is None or "require_full_delegation" in supported:
+                wanted.append(("require_full_delegation", not gpu_opts.allow_cpu_fallback))
     if "run_delay" in extra:
         wanted.append(("run_delay", _number("run_delay", extra["run_delay"])))
     if _bool("enable_op_profiling", extra.get("enable_op_profiling", False)):
@@ -501,7 +545,7 @@ def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
     if not isinstance(user_flags, dict):
         raise _JobFailure("input", "options.extra.flags must map benchmark_model flag names to values")
     for name, value in user_flags.items():
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", str(name)):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(name)):
             raise _JobFailure("input", f"options.extra.flags: {name!r} is not a benchmark_model flag name")
         wanted = [(n, v) for n, v in wanted if n != name] + [(str(name), value)]
     args: list[str] = []
@@ -1059,7 +1103,7 @@ class AndroidDevice(Device):
         if self._probed:
             return
         res = self._sh(f"{shlex.quote(self.remote_bin)} --help", "asking benchmark_model for its flags")
-        names = set(re.findall(r"^\s*--([A-Za-z][A-Za-z0-9_]*)=", res.stdout + "\n" + res.stderr, re.MULTILINE))
+        names = set(re.findall(r"^\s*--([A-Za-z][A-Za-z0-9_-]*)=", res.stdout + "\n" + res.stderr, re.MULTILINE))
         self._supported_flags = names or None
         self._probed = True
 
@@ -1209,6 +1253,13 @@ class AndroidDevice(Device):
         except ParseError as exc:
             return JobResult.failure(spec.job_id, "parse", f"benchmark_model output not understood: {exc}",
                                      detail=_tail(output) or None, **fail_kw)
+        extra["unit"] = ran = unit_used(unit, parsed, args)
+        if unit.use_gpu and ran != unit.label and not _allows_cpu(spec):
+            return JobResult.failure(
+                spec.job_id, "delegation",
+                f"the GPU row did not run wholly on the GPU: {ran}; a GPU figure must be the GPU's alone. Make the "
+                "graph GPU-clean (`harness inspect` names the refused ops), or set options.extra.allow_cpu_fallback: "
+                "true to record it as partial", detail=_tail(output) or None, **fail_kw)
         return self._result(spec, parsed, files, art, extra, before, after, started, ended, unit)
 
     def _result(self, spec: JobSpec, parsed: BenchmarkModelOutput, files: dict[str, str | None], art: _Artifact,
@@ -1239,7 +1290,7 @@ class AndroidDevice(Device):
             "model_size_mb": parsed.model_size_mb, "init_footprint_mb": parsed.init_footprint_mb,
             "overall_footprint_mb": parsed.overall_footprint_mb, "end_vmrss_mb": parsed.end_vmrss_mb,
             "delegates": [asdict(dl) for dl in parsed.delegates], "warnings": list(parsed.warnings),
-            "unit": unit_ran(unit, parsed.delegates),
+            "unit": extra.get("unit") or unit_used(unit, parsed, extra.get("benchmark_flags") or []),
             "gpu_memory_samples": gpu_samples, "gpu_memory_samples_unparsed": unparsed,
         })
         if parsed.op_profiled:

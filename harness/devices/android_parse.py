@@ -145,7 +145,7 @@ class DelegateApplication:
 class BenchmarkModelOutput:
     """Everything parse_benchmark_model recognized in one benchmark_model run."""
 
-    format: Literal["current", "legacy"]
+    format: Literal["current", "legacy", "compiled_model"]
     init_us: float
     warmup_avg_us: float
     inference_avg_us: float
@@ -208,6 +208,16 @@ _LEGACY_TIMINGS_RE = re.compile(
     rf"Average inference timings in us: Warmup: ({_NUM}), Init: ({_NUM}),"
     rf" (?:Inference|no stats): ({_NUM})"
 )
+# LiteRT 2.x's CompiledModel tool (litert/tools/benchmark_litert_model.h, LITERT_LOG lines such as
+# "INFO: [benchmark_litert_model.h:94] Model initialization: 12.34 ms") prints its own results block.
+_CM_BLOCK = "========== BENCHMARK RESULTS =========="
+_CM_INIT_RE = re.compile(rf"Model initialization: ({_NUM}) ms")
+_CM_WARMUP_FIRST_RE = re.compile(rf"Warmup \(first\): +({_NUM}) ms")
+_CM_WARMUP_AVG_RE = re.compile(rf"Warmup \(avg\): +({_NUM}) ms \((\d+) runs\)")
+_CM_INFER_AVG_RE = re.compile(rf"Inference \(avg\): +({_NUM}) ms \((\d+) runs\)")
+_CM_INIT_FP_RE = re.compile(rf"Init footprint: +({_NUM}) MB")
+_CM_OVERALL_FP_RE = re.compile(rf"Overall footprint: +({_NUM}) MB")
+_CM_PEAK_RE = re.compile(rf"Peak memory: +({_NUM}) MB")
 _FOOTPRINT_RE = re.compile(
     rf"(?:Memory footprint delta from the start of the tool|Peak memory footprint) \(MB\):"
     rf" init=({_NUM}) overall=({_NUM})"
@@ -363,12 +373,19 @@ def _parse_regular_profile(
     return tuple(primary), tuple(subgraphs), tuple(delegate)
 
 
+def _cm_mb(m: re.Match[str] | None) -> float | None:
+    return _num(m[1]) if m else None
+
+
 def parse_benchmark_model(text: str) -> BenchmarkModelOutput:
     """Parse LiteRT/TFLite ``benchmark_model`` output (stdout and stderr together).
 
     Recognizes the current summary line (``Inference timings in us: Init: .., First inference:
-    .., Warmup (avg): .., Inference (avg): ..``) and the legacy one (``Average inference timings
-    in us: Warmup: .., Init: .., Inference: ..``). benchmark_model calls its run loop twice, first
+    .., Warmup (avg): .., Inference (avg): ..``), the legacy one (``Average inference timings
+    in us: Warmup: .., Init: .., Inference: ..``) and the results block of LiteRT 2.x's
+    CompiledModel tool (``Model initialization: .. ms``, ``Warmup (first)``, ``Warmup (avg): .. ms
+    (N runs)``, ``Inference (avg)``, ``Init footprint``, ``Overall footprint``, ``Peak memory``;
+    format "compiled_model"). benchmark_model calls its run loop twice, first
     for the warm-up runs and then for the timed ("regular") runs; each call prints a "Running
     benchmark for at least N iterations ..." line followed by one stat line, so the first stat
     line is the warm-up and the second the timed runs. Both are cross-checked against the summary
@@ -390,13 +407,17 @@ def parse_benchmark_model(text: str) -> BenchmarkModelOutput:
 
     current = [m for line in lines if (m := _TIMINGS_RE.search(line))]
     legacy = [m for line in lines if (m := _LEGACY_TIMINGS_RE.search(line))]
-    if len(current) + len(legacy) == 0:
+    blocks = [m for line in lines if (m := _CM_INFER_AVG_RE.search(line))]
+    compiled = bool(blocks) and not current and not legacy and any(_CM_BLOCK in line for line in lines)
+    runs = len(blocks) if compiled else len(current) + len(legacy)
+    if runs == 0:
         if errors:
             raise _fail("benchmark_model failed: " + " | ".join(errors[:5]), text)
-        raise _fail("no 'Inference timings in us' line in benchmark_model output", text)
-    if len(current) + len(legacy) > 1:
+        raise _fail("no 'Inference timings in us' line (classic tool) or 'BENCHMARK RESULTS' block (LiteRT's "
+                    "CompiledModel tool) in benchmark_model output", text)
+    if runs > 1:
         raise _fail(
-            f"benchmark_model output holds {len(current) + len(legacy)} benchmark runs; parse one"
+            f"benchmark_model output holds {runs} benchmark runs; parse one"
             " run's output at a time",
             text,
         )
@@ -426,10 +447,32 @@ def parse_benchmark_model(text: str) -> BenchmarkModelOutput:
         )
     warmup, inference = stats
 
-    if current:
+    def find(regex: re.Pattern[str]) -> re.Match[str] | None:
+        for line in lines:
+            if mm := regex.search(line):
+                return mm
+        return None
+
+    fmt: Literal["current", "legacy", "compiled_model"]
+    if compiled:  # the block prints ms with two decimals: compared with the stat lines to 10 us
+        m = blocks[0]
+        init_m, first_m, wavg_m = find(_CM_INIT_RE), find(_CM_WARMUP_FIRST_RE), find(_CM_WARMUP_AVG_RE)
+        if init_m is None or wavg_m is None:
+            raise _fail("LiteRT's BENCHMARK RESULTS block without 'Model initialization' or 'Warmup (avg)'", text)
+        init_us = _num(init_m[1]) * 1000.0
+        first_us = _num(first_m[1]) * 1000.0 if first_m else None
+        warmup_avg_us, inference_avg_us = _num(wavg_m[1]) * 1000.0, _num(m[1]) * 1000.0
+        if int(m[2]) != inference.count:
+            raise _fail(f"BENCHMARK RESULTS counts {m[2]} inference runs, the stat line {inference.count}", m.string)
+        if not math.isclose(inference.avg_us, inference_avg_us, abs_tol=10.0) or (
+                warmup.count and not math.isclose(warmup.avg_us, warmup_avg_us, abs_tol=10.0)):
+            raise _fail(f"benchmark_model stat lines (warm-up avg {warmup.avg_us}, timed avg {inference.avg_us} us) "
+                        "disagree with its BENCHMARK RESULTS block", m.string)
+        fmt = "compiled_model"
+    elif current:
         m = current[0]
         init_us, first_us, warmup_avg_us, inference_avg_us = (_num(m[k]) for k in (1, 2, 3, 4))
-        fmt: Literal["current", "legacy"] = "current"
+        fmt = "current"
     else:
         m = legacy[0]
         warmup_avg_us, init_us, inference_avg_us = (_num(m[k]) for k in (1, 2, 3))
@@ -440,23 +483,18 @@ def parse_benchmark_model(text: str) -> BenchmarkModelOutput:
             f"benchmark_model reported no timed inference (Inference avg {inference_avg_us})",
             m.string,
         )
-    if not _close(inference.avg_us, inference_avg_us) or not _close(warmup.avg_us, warmup_avg_us):
+    if fmt != "compiled_model" and (not _close(inference.avg_us, inference_avg_us)
+                                    or not _close(warmup.avg_us, warmup_avg_us)):
         raise _fail(
             f"benchmark_model stat lines (warm-up avg {warmup.avg_us}, timed avg"
             f" {inference.avg_us}) disagree with its summary line",
             m.string,
         )
-    if first_us is not None and not _close(warmup.first_us, first_us):
+    if first_us is not None and fmt != "compiled_model" and not _close(warmup.first_us, first_us):
         raise _fail(f"warm-up first={warmup.first_us} disagrees with 'First inference'", m.string)
 
-    def find(regex: re.Pattern[str]) -> re.Match[str] | None:
-        for line in lines:
-            if mm := regex.search(line):
-                return mm
-        return None
-
     fp = find(_FOOTPRINT_RE)
-    peak = find(_PEAK_RE)
+    peak = find(_PEAK_RE) or (find(_CM_PEAK_RE) if compiled else None)
     vmrss = find(_VMRSS_RE)
     size = find(_MODEL_SIZE_RE)
     init_session = find(_INIT_SESSION_RE)
@@ -483,8 +521,8 @@ def parse_benchmark_model(text: str) -> BenchmarkModelOutput:
         inference=inference,
         model_size_mb=_num(size[1]) if size else None,
         init_session_ms=_num(init_session[1]) if init_session else None,
-        init_footprint_mb=_num(fp[1]) if fp else None,
-        overall_footprint_mb=_num(fp[2]) if fp else None,
+        init_footprint_mb=_num(fp[1]) if fp else _cm_mb(find(_CM_INIT_FP_RE)) if compiled else None,
+        overall_footprint_mb=_num(fp[2]) if fp else _cm_mb(find(_CM_OVERALL_FP_RE)) if compiled else None,
         peak_memory_mb=_num(peak[1]) if peak else None,
         end_vmrss_mb=_num(vmrss[1]) if vmrss else None,
         delegates=tuple(delegates),

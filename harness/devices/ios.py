@@ -298,10 +298,14 @@ def compute_units_of(spec: JobSpec) -> str:
 
 
 def check_runtime(spec: JobSpec) -> None:
-    """iOS runs Core ML only; `torch` (the suite default, which phones cannot run) means Core ML."""
-    if spec.options.runtime not in ("coreml", "torch"):
-        raise _JobFailure("input", f"runtime {spec.options.runtime!r} is not available on iOS; use coreml "
-                                   "(or leave the suite's torch, which means Core ML on a phone)")
+    """iOS runs Core ML only (harness.runtimes); `torch` (the suite default, which phones cannot run)
+    means Core ML."""
+    from harness.runtimes import UnknownRuntimeError, get_runtime
+
+    try:
+        get_runtime(spec.options.runtime).on("ios")
+    except UnknownRuntimeError as exc:
+        raise _JobFailure("input", f"{exc} (or leave the suite's torch, which means Core ML on a phone)") from None
 
 
 def device_spec(spec: JobSpec, model_paths: dict[str, str], heartbeat_s: float,

@@ -10,14 +10,14 @@ Layout under the cache root ($HARNESS_CACHE, ~/.cache/harness, or --cache DIR):
 
 The key hashes everything that decides the artifact's bytes: the model config, the weights' identity,
 the flags as the format realizes them, the format, the weight dtype, the converter versions and
-EXPORT_VERSION (bump it when the export code changes what it emits). Fields added after version 1
+EXPORT_VERSION of the format (bump it when the export code changes what it emits). Fields added after version 1
 enter the key document only when they differ from what a version-1 key meant, so every key of a
 UNet of a built-in model stays what it was: `component` (not "unet") and `model_source`:
 
 * a `unet_config` model: the config file's path and the sha256 of its content;
 * a `factory` model: the factory path, the source file of the factory's module and its sha256. Only
   that file is hashed: a change in another module the factory uses (a helper, a base class) is not
-  seen; clear the cache (`rm -r $HARNESS_CACHE/artifacts`) or bump EXPORT_VERSION after one. An entry whose files no longer
+  seen; clear the cache (`rm -r $HARNESS_CACHE/artifacts`) or bump EXPORT_VERSION[format] after one. An entry whose files no longer
 hash to the recorded sha256 (truncated, edited) is not a hit: it is removed and rebuilt.
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ from typing import Any, Iterator
 from harness.export.mapping import SUFFIX, check_format, effective_flags
 from harness.variants import Flags
 
-EXPORT_VERSION = 1
+# Per format (the key's `export_version`). tflite 2: the GPU-clean forms (harness.export.rewrite.gpu_clean).
+EXPORT_VERSION: dict[str, int] = {"tflite": 2, "coreml": 1}
 META = "meta.json"
 _CHUNK = 8 << 20
 
@@ -130,7 +131,7 @@ def artifact_key(model: Any, cfg: Any, flags: Flags, fmt: str, dtype: str,
     check_format(fmt)
     eff = effective_flags(flags, fmt, component)
     doc = {
-        "export_version": EXPORT_VERSION,
+        "export_version": EXPORT_VERSION[fmt],
         "model": model_identity(model.name, cfg),
         "weights": weights_identity(model.weights, model.seed),
         "flags": eff.to_dict(),

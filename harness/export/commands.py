@@ -10,16 +10,24 @@ from harness.export import (
     COMPONENTS, DTYPES, FORMATS, Artifact, ExportError, PlannedArtifact, ensure_artifact, plan_artifacts,
 )
 from harness.export.mapping import UnknownFormatError
+from harness.runtimes import RUNTIMES
 
-# Host runtimes that run an artifact, and its format. (Phones resolve theirs in their device's prepare.)
-HOST_RUNTIME_FORMATS: dict[str, str] = {"litert-cpu": "tflite"}
 MB = float(1 << 20)
 
 
+def host_artifact_format(runtime: str) -> str | None:
+    """The artifact format a host job of `runtime` runs (None: it builds its model itself); phones
+    resolve theirs in their device's prepare."""
+    rt = RUNTIMES.get(runtime)
+    return rt.artifact if rt is not None and "host" in rt.devices else None
+
+
 def formats_from_arg(value: str | None, runtime: str) -> list[str]:
-    """--format tflite|coreml|all; by default the suite runtime's format (tflite unless coreml)."""
+    """--format tflite|coreml|all; by default the suite runtime's format (the registry's; tflite for
+    runtimes that build their model themselves)."""
     if value is None:
-        return ["coreml"] if runtime == "coreml" else ["tflite"]
+        rt = RUNTIMES.get(runtime)
+        return [rt.artifact] if rt is not None and rt.artifact else ["tflite"]
     if value == "all":
         return list(FORMATS)
     if value not in FORMATS:
@@ -175,10 +183,10 @@ def _export_one(suite: Any, formats: list[str], dtype: str, cache_dir: Path | No
     return 1 if failed else 0
 
 
-def inspect_command(path: Path, as_json: bool) -> int:
+def inspect_command(path: Path, as_json: bool, gpu: bool = True) -> int:
     from harness.export.inspect import format_report, inspect_artifact
 
-    report = inspect_artifact(path)
+    report = inspect_artifact(path, gpu=gpu)
     if as_json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -187,14 +195,14 @@ def inspect_command(path: Path, as_json: bool) -> int:
 
 
 def prepare_run_artifacts(plan: Any, cache_dir: Path | None) -> None:
-    """Export, through the cache, what the plan's host jobs need (runtime litert-cpu: .tflite; for an
+    """Export, through the cache, what the plan's host jobs need (litert-cpu / litert-gpu: .tflite; for an
     `e2e` job the text encoder and the VAE decoder too), with a progress bar, and point each job at
     its UNet artifact (an e2e job finds the other two in the same cache). A variant that fails to
     export is reported here and fails as its own job (the host agent tries again and records the
     converter's message)."""
     from harness.variants import Flags
 
-    jobs = [j for j in plan.jobs if j.device == "host" and j.spec.options.runtime in HOST_RUNTIME_FORMATS
+    jobs = [j for j in plan.jobs if j.device == "host" and host_artifact_format(j.spec.options.runtime)
             and not j.spec.artifact]
     if not jobs:
         return
@@ -205,7 +213,7 @@ def prepare_run_artifacts(plan: Any, cache_dir: Path | None) -> None:
 
     with _Bar(sum(len(components(j)) for j in jobs)) as bar:
         for job in jobs:
-            fmt = HOST_RUNTIME_FORMATS[job.spec.options.runtime]
+            fmt = host_artifact_format(job.spec.options.runtime)
             dtype = job.spec.options.dtype
             if dtype not in DTYPES:  # e.g. bf16: the job's own check names the problem
                 bar.start(f"artifact {job.variant} -> {fmt}")

@@ -59,6 +59,25 @@ def location_classes(location: str) -> list[str]:
     return best
 
 
+_SEGMENT = re.compile(r"(?:^|\.)(?P<cls>[A-Za-z][A-Za-z0-9]*)_(?P<attr>[^./]*)$")
+
+
+def location_modules(location: str) -> str:
+    """A converter location as a readable torch module path, e.g.
+    'UNet2DConditionModel(unet) > CrossAttnDownBlock2D(down_blocks_0) > GroupNorm(norm1)' (the deepest
+    of the ';'-joined locations of a fused op); '' when it names no module."""
+    best: list[str] = []
+    for part in location.split(";"):
+        names = []
+        for segment in part.split("/"):
+            m = _SEGMENT.search(segment)
+            if m:
+                names.append(f"{m['cls']}({m['attr']})")
+        if len(names) > len(best):
+            best = names
+    return " > ".join(best)
+
+
 def categorize(op_type: str, composite: str | None = None, location: str = "",
                kernel_hw: tuple[int, int] | None = None) -> str:
     """The paper's category of one op: by composite name, by op type, by a 3x3 filter, then by the

@@ -6,7 +6,10 @@
 - an op histogram grouped into the paper's categories (GroupNorm, GELU, softmax/attention, 3x3
   convolution, other), composite ops named, with the op list of each composite's decomposition;
 - planned tensor MB: the artifact's own activations (sizes and op order from the file) laid out by
-  `harness.memory.plan_greedy_by_size`, the skeleton's planner (TFLite GPU's greedy-by-size).
+  `harness.memory.plan_greedy_by_size`, the skeleton's planner (TFLite GPU's greedy-by-size);
+- for a .tflite, "GPU: fully accelerated (<adapter>)" or the ops LiteRT's GPU accelerator refuses
+  (each with its nodes and torch modules), from compiling the file in a child process
+  (`harness.runtimes.litert_gpu.probe`; SwiftShader where there is no GPU, labelled a CPU emulation).
 """
 from __future__ import annotations
 
@@ -45,8 +48,21 @@ def load_graph(path: str | Path) -> Graph:
     return read_graph(path)
 
 
-def inspect_artifact(path: str | Path) -> dict[str, Any]:
-    """The inspect report as data (what `harness inspect --json` prints)."""
+def gpu_facts(path: Path, graph: Graph) -> dict[str, Any]:
+    """What compiling `path` on LiteRT's GPU accelerator showed (inspect's `gpu`)."""
+    from harness.runtimes.litert_gpu import explain, probe
+
+    report = probe(path)
+    return {"fully_accelerated": report.fully_accelerated, "summary": report.summary(),
+            "adapter": report.adapter.label() if report.adapter else None,
+            "software": bool(report.adapter and report.adapter.software), "crashed": report.crashed,
+            "error": report.error, "ops_on_gpu": report.ops_on_gpu, "ops_on_cpu": report.ops_on_cpu,
+            "rejected": explain(report, graph), "checked": report.adapter is not None or report.crashed}
+
+
+def inspect_artifact(path: str | Path, gpu: bool = False) -> dict[str, Any]:
+    """The inspect report as data (what `harness inspect --json` prints); `gpu`: compile a .tflite on
+    the GPU accelerator too."""
     path = Path(path).expanduser()
     graph = load_graph(path)
     plan = graph.plan()
@@ -75,6 +91,7 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         "model": meta.get("model"),
         "component": meta.get("component") or _component_from_name(path.name),
         "dtype": meta.get("dtype"),
+        "gpu": gpu_facts(path, graph) if gpu and graph.fmt == "tflite" else None,
     }
 
 
@@ -124,4 +141,15 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"planned tensor memory: {report['planned_tensor_bytes'] / MB:.2f} MB "
                  f"(greedy by size over {report['planned_tensors']} activations; peak live "
                  f"{report['peak_live_tensor_bytes'] / MB:.2f} MB, no reuse {report['naive_tensor_bytes'] / MB:.2f} MB)")
+    gpu = report.get("gpu")
+    if gpu:
+        lines.append("")
+        if gpu["fully_accelerated"]:
+            note = "; a CPU emulation of a GPU" if gpu["software"] else ""
+            lines.append(f"GPU: fully accelerated ({gpu['adapter']}{note})")
+        elif not gpu["checked"]:
+            lines.append(f"GPU: not checked: {gpu['error'] or 'no Vulkan adapter'}")
+        else:
+            lines.append(f"GPU: {gpu['summary']}")
+            lines.extend(f"  {line}" for line in gpu["rejected"])
     return "\n".join(lines)

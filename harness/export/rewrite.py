@@ -23,17 +23,34 @@ gets them in the order above.
 
 `harness.models.patch.apply_flags` installs the kernels (GroupNorm and GELU decomposed or fused,
 direct 3x3 convolution: Winograd is n/a in both formats). What a converter needs written differently
-is attention, which `ExportAttnProcessor` replaces:
+is attention, which `ExportAttnProcessor` replaces, and, for .tflite, what LiteRT's GPU engine refuses
+(`gpu_clean`): every .tflite compiles wholly on the GPU accelerator (README "The phone GPU engine on
+this host" lists what it takes):
+
+* the fused GroupNorm is `group_norm_folded` (statistics folded into a per-channel scale), not the
+  `odml.group_norm` composite, and not F.group_norm (lowered with BROADCAST_TO);
+* a scalar timestep is made [B] by concatenating it B times before the UNet (CONCATENATION):
+  diffusers' `timesteps.expand(B)` of a scalar becomes BROADCAST_TO, and so do `repeat` and a
+  multiply with ones(B), which the converter simplifies to a broadcast;
+* with int8 weights every nn.Linear runs as a 1x1 convolution (`LinearAsConv1x1`, same weight and
+  bias): ML Drift's FULLY_CONNECTED fails to build with per-channel int8 weights ("Shape mismatch:
+  {bhwc, {O, 1, 1, I}} vs {bhwc, {1, 1, O, I}}") while its CONV_2D takes them;
+* embedding tables stay fp32 in fp16/int8 artifacts (`harness.export.tflite.quant_recipe`).
+
+The attention cores:
 
 * softmax=naive: max, subtract, exp, sum, reciprocal, multiply as separate ops. Written as
   e * (1 / sum(e)): the TFLite converter folds the usual e / sum(e) back into one SOFTMAX op.
 * softmax=optimized: torch.softmax, one SOFTMAX (tflite) / softmax (Core ML) op. (The PyTorch kernel
   of this row, `optimized_softmax_attention`, normalizes after the product with V; as a graph for a
   runtime with a softmax kernel, the row means that kernel.)
-* attention=flash, tflite: the `odml.scaled_dot_product_attention` composite around
-  F.scaled_dot_product_attention, with q/k/v as [B, T, N, H] and an explicit zero mask
-  [B, 1, 1, T_k] (broadcast over queries; a [B, 1, T_q, T_k] constant would weigh 128 MiB at SD
-  1.4's 4096 tokens).
+* attention=flash, tflite: FlashAttention's algorithm as a graph (`flash_attention` of
+  `harness.models.kernels.attention`, the CPU kernel of the same row): keys and values in blocks of
+  `tflite_flash_block(T_k)` keys with an online softmax (running row max and sum, the accumulator
+  rescaled as the max grows), so no [T_q, T_k] score matrix exists; the largest score tensor is
+  [B, N, T_q, block]. Not the `odml.scaled_dot_product_attention` composite: LiteRT's host GPU
+  engine crashes on every composite (README "The phone GPU engine on this host"); `_tflite_flash`
+  builds that composite for engines that take it.
 * attention=flash, coreml: F.scaled_dot_product_attention without a scale argument (the default
   1/sqrt(d) is SD's), which the iOS18 target converts to the fused scaled_dot_product_attention op.
 * attention=relu (MobileDiffusion's ReLU attention, `kernels.attention.relu_attention`):
@@ -78,8 +95,29 @@ def _relu_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) 
     return torch.matmul(torch.relu(torch.matmul(q, k.transpose(-1, -2))), v) * (scale / k.shape[-2])
 
 
+# Keys per block of the .tflite flash graph: at most this many.
+TFLITE_FLASH_MAX_BLOCK = 512
+
+
+def tflite_flash_block(t_k: int) -> int:
+    """Keys per block of the .tflite flash graph: T_k below 128 keys (one block: no score matrix is
+    large then), else at most TFLITE_FLASH_MAX_BLOCK and at least two blocks (SD 1.4: 4096 keys ->
+    8 blocks of 512; 1024 -> 2 x 512; 256 -> 2 x 128; the 77 text tokens -> 1)."""
+    if t_k < 128:
+        return t_k
+    return min(TFLITE_FLASH_MAX_BLOCK, -(-t_k // 2))
+
+
+def _tflite_flash_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """q/k/v [B, N, T, H] -> [B, N, T_q, H]: online-softmax attention over key blocks, primitive ops."""
+    from harness.models.kernels.attention import flash_attention
+
+    return flash_attention(q, k, v, scale, block_kv=tflite_flash_block(k.shape[-2]), use_sdpa=False)
+
+
 def _tflite_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """q/k/v [B, T, N, H] -> [B, T_q, N, H] inside the odml.scaled_dot_product_attention composite."""
+    """q/k/v [B, T, N, H] -> [B, T_q, N, H] inside the odml.scaled_dot_product_attention composite
+    (for GPU engines that take composites; LiteRT's host GPU accelerator crashes on it)."""
     from litert_torch.hlfb import StableHLOCompositeBuilder
 
     mask = torch.zeros((q.shape[0], 1, 1, k.shape[1]), dtype=q.dtype)
@@ -111,11 +149,11 @@ class ExportAttnProcessor:
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """q/k/v [B, T, N, H] -> [B, T_q, N, H]."""
-        if self.attention == "flash" and self.fmt == "tflite":
-            return _tflite_flash(q, k, v, scale)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.attention == "relu":
             out = _relu_core(q, k, v, scale)
+        elif self.attention == "flash" and self.fmt == "tflite":
+            out = _tflite_flash_tiled(q, k, v, scale)
         elif self.attention == "flash":
             out = _coreml_flash(q, k, v, scale)
         elif self.softmax == "naive":
@@ -170,6 +208,8 @@ class UNetForExport(nn.Module):
         self.unet = unet
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        if timestep.dim() == 0:  # [B] by concatenation: an expand, repeat or t * ones(B) lowers to BROADCAST_TO
+            timestep = torch.cat([timestep.reshape(1)] * sample.shape[0])
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
@@ -243,10 +283,40 @@ def _wrap(module: nn.Module, component: str) -> nn.Module:
     return wrapper[component](module).eval()
 
 
+class LinearAsConv1x1(nn.Module):
+    """nn.Linear computed as a 1x1 convolution over [..., C] inputs (same weight and bias Parameters):
+    the form of int8 .tflite artifacts (see the module docstring)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        rows = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)  # [1, C, rows, 1]
+        out = F.conv2d(rows, self.weight[:, :, None, None], self.bias)
+        return out.permute(0, 2, 3, 1).reshape(*lead, self.weight.shape[0])
+
+
+def gpu_clean(module: nn.Module, dtype: str) -> nn.Module:
+    """The .tflite forms LiteRT's GPU engine takes (module docstring), in place: the fused GroupNorm
+    folded, and with int8 weights every nn.Linear as a 1x1 convolution."""
+    from harness.models.kernels.groupnorm import GroupNorm
+
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GroupNorm) and child.impl == "fused":
+                child.impl = "folded"
+            elif dtype == "int8" and type(child) is nn.Linear:
+                setattr(parent, name, LinearAsConv1x1(child))
+    return module
+
+
 def export_model(cfg: Any, weights: str | None, seed: int, flags: Flags, fmt: str,
-                 component: str = "unet") -> nn.Module:
+                 component: str = "unet", dtype: str = "fp32") -> nn.Module:
     """The fp32 `component` of `cfg` (a ModelConfig, or a ModelRef for a factory model) with the
-    kernels of `flags` (already effective for `fmt`) and the attention of `fmt`, wrapped for export.
+    kernels of `flags` (already effective for `fmt`) and the attention of `fmt`, wrapped for export;
+    for .tflite in the GPU engine's forms (`gpu_clean`, which depend on the weight `dtype`).
     The text encoder is built as is (the flags do not apply to it)."""
     from diffusers.models.attention_processor import Attention
 
@@ -260,6 +330,8 @@ def export_model(cfg: Any, weights: str | None, seed: int, flags: Flags, fmt: st
         for sub in module.modules():
             if isinstance(sub, Attention):
                 sub.set_processor(processor)
+    if fmt == "tflite":
+        gpu_clean(module, dtype)
     return _wrap(module, component)
 
 

@@ -211,6 +211,31 @@ def quant_config_for(dtype: str):
                                                  granularity=quant_attrs.Granularity.CHANNELWISE)
 
 
+# Ops whose constant operands keep their fp32 values in fp16/int8 artifacts: ML Drift's
+# EMBEDDING_LOOKUP takes an fp32 table (or a quantized one with scales) but refuses an fp16 table
+# behind DEQUANTIZE ("EMBEDDING_LOOKUP: Empty quantization params"), which would send the text encoder
+# to the CPU.
+FP32_OPS: tuple[str, ...] = ("EMBEDDING_LOOKUP",)
+
+
+def quant_recipe(dtype: str) -> list[dict[str, Any]] | None:
+    """The ai-edge-quantizer recipe of `dtype` (None for fp32): litert-torch's weight-only recipe
+    (what `quant_config_for` gives it) with FP32_OPS left unquantized."""
+    import copy
+
+    config = quant_config_for(dtype)
+    if config is None:
+        return None
+    from litert_torch.quantize import translate_recipe
+
+    recipe = list(translate_recipe.translate_to_ai_edge_recipe(config.generative_recipe))
+    for op in FP32_OPS:
+        keep = copy.deepcopy(recipe[0])
+        keep.update(operation=op, algorithm_key="no_quantize")
+        recipe.append(keep)
+    return recipe
+
+
 def convert(cfg: Any, weights: str | None, seed: int, flags: Any, dtype: str, out_path: Path,
             progress: Callable[[str, int, int], None], component: str = "unet") -> dict[str, Any]:
     """Convert the variant's `component` to `out_path` (.tflite). Returns facts for Artifact.meta."""
@@ -221,25 +246,39 @@ def convert(cfg: Any, weights: str | None, seed: int, flags: Any, dtype: str, ou
 
     from harness.export.rewrite import INPUT_NAMES, example_inputs, export_model
 
-    quant_config = quant_config_for(dtype)
-    litert_torch.config.enable_group_norm_composite = flags.groupnorm_gelu == "fused"
+    recipe = quant_recipe(dtype)
+    litert_torch.config.enable_group_norm_composite = False  # GPU-clean forms (harness.export.rewrite)
     litert_torch.config.show_progress = False
     torch.set_grad_enabled(False)
     progress("build", 0, 1)
-    model = export_model(cfg, weights, seed, flags, "tflite", component)
+    model = export_model(cfg, weights, seed, flags, "tflite", component, dtype=dtype)
     inputs = example_inputs(cfg, seed, component)
     progress("convert", 0, 1)
     if component == "unet":  # positional (signature args_0..2), as artifacts built before components
-        edge = litert_torch.convert(model, inputs, quant_config=quant_config, lightweight_conversion=True)
+        edge = litert_torch.convert(model, inputs, lightweight_conversion=True)
     else:  # named signature inputs (input_ids, latents)
         edge = litert_torch.convert(model, (), dict(zip(INPUT_NAMES[component], inputs)),
-                                    quant_config=quant_config, lightweight_conversion=True)
-    progress("write", 0, 1)
-    edge.export(str(out_path))
-    del edge, model
+                                    lightweight_conversion=True)
+    del model
+    gc.collect()
+    if recipe is None:
+        progress("write", 0, 1)
+        edge.export(str(out_path))
+    else:  # what litert-torch does with a quant_config, with our recipe (quant_recipe)
+        from litert_torch.quantize import translate_recipe
+
+        progress("quantize", 0, 1)
+        content = translate_recipe.quantize_model(edge.model_content(), recipe)
+        del edge
+        gc.collect()
+        progress("write", 0, 1)
+        out_path.write_bytes(content)
+        del content
+    edge = None
     gc.collect()
     facts = {"converter": "litert_torch.convert", "lightweight_conversion": True,
-             "group_norm_composite": flags.groupnorm_gelu == "fused", "weights": _WEIGHTS[dtype]}
+             "group_norm_composite": False, "weights": _WEIGHTS[dtype],
+             "fp32_ops": list(FP32_OPS) if recipe is not None else []}
     if component != "unet":
         facts["component"] = component
         facts["input_shapes"] = {n: list(t.shape) for n, t in zip(INPUT_NAMES[component], inputs)}

@@ -5,7 +5,13 @@ stays small and a converter crash stays here). The request names the model confi
 reference of a factory model), the component, flags (already effective for the format), format,
 dtype, output path and tolerance; the worker converts, checks the
 artifact against the PyTorch reference, reads its graph back and writes a result JSON:
-{"ok": true, "meta": {...}} or {"ok": false, "error": {"kind": convert|check|input, "message", "detail"}}.
+{"ok": true, "meta": {...}} or {"ok": false, "error": {"kind": convert|check|gpu|input, "message", "detail"}}.
+
+A .tflite is also compiled on LiteRT's GPU accelerator (`gpu_check`, beside the reference check):
+one that does not run wholly on the GPU fails with kind `gpu`, naming each refused op, its nodes and
+the torch modules they came from. $HARNESS_EXPORT_GPU_CHECK: `auto` (default: check where a Vulkan
+adapter is found, SwiftShader included; without one meta.gpu says it was not checked), `on` (no
+adapter fails the export), `off`.
 Progress goes to stdout as `@@progress PHASE DONE TOTAL` lines; everything else goes to stderr.
 """
 from __future__ import annotations
@@ -41,6 +47,37 @@ def graph_summary(graph) -> dict[str, Any]:
         "planned_tensor_bytes": plan.total_bytes,
         "peak_live_tensor_bytes": plan.peak_live_bytes,
     }
+
+
+def gpu_check(path: Path, graph) -> tuple[dict[str, Any], str | None]:
+    """(meta.gpu, an error message or None): compile the .tflite on the GPU accelerator (a child
+    process) and judge it by $HARNESS_EXPORT_GPU_CHECK (module docstring)."""
+    mode = os.environ.get("HARNESS_EXPORT_GPU_CHECK", "auto").strip().lower() or "auto"
+    if mode not in ("auto", "on", "off"):
+        return {}, f"HARNESS_EXPORT_GPU_CHECK={mode!r}: use auto, on or off"
+    if mode == "off":
+        return {"checked": False, "why": "HARNESS_EXPORT_GPU_CHECK=off"}, None
+    from harness.runtimes.litert_gpu import explain, probe
+
+    t0 = time.perf_counter()
+    report = probe(path)
+    facts: dict[str, Any] = {
+        "checked": report.adapter is not None, "fully_accelerated": report.fully_accelerated,
+        "adapter": report.adapter.label() if report.adapter else None, "driver": report.driver,
+        "software": bool(report.adapter and report.adapter.software), "ops_on_gpu": report.ops_on_gpu,
+        "ops_on_cpu": report.ops_on_cpu, "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if report.adapter is None and not report.crashed:
+        facts["why"] = report.error or "no Vulkan adapter"
+        if mode == "on":
+            return facts, f"the GPU check could not run: {facts['why']}"
+        return facts, None
+    if report.fully_accelerated:
+        return facts, None
+    lines = explain(report, graph)
+    facts["rejected"] = lines
+    return facts, ("the artifact does not run wholly on LiteRT's GPU accelerator: " + report.summary()
+                   + "".join(f"\n  {line}" for line in lines))
 
 
 def build_target(request: dict[str, Any]):
@@ -89,9 +126,15 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     errors = [e for e in (rel, check.get("torch_program_rel_error")) if e is not None]
     check["passed"] = bool(check.get("spec_ok", True)) and all(e <= tolerance for e in errors)
     emit("inspect", 0, 1)
-    summary = graph_summary(conv.read_graph(out_path))
+    graph = conv.read_graph(out_path)
+    summary = graph_summary(graph)
     meta = {**facts, **summary, "reference": check, "convert_seconds": round(convert_s, 2),
             "check_seconds": round(check_s, 2)}
+    if fmt == "tflite":
+        emit("gpu_check", 0, 1)
+        meta["gpu"], gpu_error = gpu_check(out_path, graph)
+        if gpu_error:
+            return {"ok": False, "meta": meta, "error": {"kind": "gpu", "message": gpu_error}}
     if not check["passed"]:
         why = check.get("spec_problems") or (
             f"max abs error {check['max_abs_error']:.3g}, relative {rel:.3g} > tolerance {tolerance:g}"

@@ -357,17 +357,19 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     save_image(spec, result, images[-1][0])
 
 
-def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
-    """The .tflite components through ai-edge-litert on the host CPU (harness.workloads.litert_e2e)."""
-    from harness.workloads.litert_e2e import run_litert_cpu_e2e
+def run_litert(spec: JobSpec, result: dict[str, Any]) -> None:
+    """The .tflite components through ai-edge-litert on the host CPU or its GPU accelerator
+    (harness.workloads.litert_e2e)."""
+    from harness.workloads.litert_e2e import run_litert_e2e
 
-    run_litert_cpu_e2e(spec, result)
+    run_litert_e2e(spec, result)
 
 
 # Runtime name -> implementation. Each writes into `result` (a JobResult in the making).
 RUNTIMES = {
     "torch": run_torch,
-    "litert-cpu": run_litert_cpu,
+    "litert-cpu": run_litert,
+    "litert-gpu": run_litert,
 }
 
 

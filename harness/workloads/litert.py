@@ -1,5 +1,7 @@
-"""Runtime `litert-cpu` of the unet_iteration workload: the variant's .tflite artifact (the file a
-phone gets) run on the host CPU through ai-edge-litert's Interpreter (XNNPACK).
+"""Runtimes `litert-cpu` and `litert-gpu` of the unet_iteration workload: the variant's .tflite artifact
+(the file a phone gets) run on the host through ai-edge-litert: on the CPU with its Interpreter
+(XNNPACK), or on LiteRT's GPU accelerator (ML Drift over WebGPU/Vulkan) with CompiledModel
+(`harness.runtimes.litert_gpu`).
 
 The artifact is the job's `artifact` path when the controller exported it (`harness run` does, for
 host jobs), else it is built or fetched here through `harness.export.ensure_artifact` (same cache).
@@ -15,6 +17,17 @@ What it reports:
   memory, named `rss_anon_delta_litert_allocate_first_invoke`;
 - extra.na_flags: the flags this format cannot express (e.g. conv3x3 on .tflite): the report shows
   n/a for that step on this runtime.
+
+litert-gpu first compiles the file in a child process (`probe`: an engine crash fails the row with its
+reason, never the agent) and records extra.gpu: the adapter (name, backend, type; a CPU emulation such
+as SwiftShader is `software: true` and the row's unit says so), the driver, precision, whether the
+graph ran wholly on the GPU, and the ops the engine refused (type, reason, nodes, torch modules). A
+graph that is not wholly on the GPU fails the row (kind `delegation`) unless
+`options.extra.allow_cpu_fallback: true`, which runs it split and marks the unit "partial" with the
+op counts. Timing: wall time of CompiledModel.run (it returns when the outputs are ready). Memory:
+planned tensors and weights from the file as on the CPU; memory.gpu_bytes is the process's GPU memory
+from NVML after the timed runs (NVIDIA; elsewhere None, extra.gpu.memory_method says why); the
+RssAnon growth is kept in extra (SwiftShader's "GPU memory" is host memory: it is in it).
 """
 from __future__ import annotations
 
@@ -25,7 +38,6 @@ from typing import Any
 from harness.protocol import JobSpec, MemoryFigures
 from harness.workloads.common import InputError, Timer, emit, measure_loop, record_check
 
-RUNTIME = "litert-cpu"
 RSS_METHOD = "rss_anon_delta_litert_allocate_first_invoke"
 
 
@@ -84,33 +96,105 @@ def _artifact_for(spec: JobSpec, flags, dtype: str, component: str = "unet") -> 
     return art.path, facts
 
 
-def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
+def check_litert_job(spec: JobSpec, dtype: str) -> Any:
+    """The job's LiteRT runtime options (LiteRtGpuOptions for litert-gpu, else None), or InputError
+    naming what does not fit the runtime."""
+    from harness.export import DTYPES
+    from harness.runtimes import get_runtime
+
+    runtime = spec.options.runtime
+    if dtype not in DTYPES:
+        raise InputError(f"runtime {runtime} runs .tflite artifacts with {', '.join(DTYPES)} weights, not {dtype!r}; "
+                         "use --set dtype=fp16 (what phones get), fp32 or int8")
+    if runtime == "litert-cpu" and spec.options.accelerator in ("cuda", "gpu"):
+        raise InputError("runtime litert-cpu runs on the CPU; use --set accelerator=auto (or cpu)")
+    if runtime == "litert-gpu":
+        if spec.options.accelerator in ("cuda", "cpu"):
+            raise InputError(f"runtime litert-gpu runs on LiteRT's GPU accelerator, not accelerator="
+                             f"{spec.options.accelerator}; use --set accelerator=auto (or gpu)")
+        try:
+            return get_runtime(runtime).parse_options(spec.options.extra)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    return None
+
+
+def gpu_unit(report: Any) -> str:
+    """The unit a litert-gpu run used, as reports show it."""
+    unit = "gpu"
+    if report.adapter is not None and report.adapter.software:
+        unit = f"gpu (CPU emulation: {report.adapter.name}; not a GPU figure)"
+    if not report.fully_accelerated:
+        split = (f"{report.ops_on_gpu} ops on the GPU, {report.ops_on_cpu} on the CPU"
+                 if report.ops_on_cpu is not None else "part of the graph on the CPU")
+        unit += f" (partial: {split})"
+    return unit
+
+
+def prepare_gpu(spec: JobSpec, path: Path, graph: Any, options: Any, result: dict[str, Any],
+                what: str = "") -> Any:
+    """Probe `path` on the GPU accelerator and record what it showed (extra.gpu, or extra.gpu_components
+    [what] for one of several files). Returns the report, or None after putting the row's error into
+    `result` (engine crash, no adapter, a graph not wholly on the GPU without allow_cpu_fallback)."""
+    from harness.runtimes.litert_gpu import explain, probe
+
+    emit("gpu_compile", 0, 1)
+    report = probe(path, allow_cpu=options.allow_cpu_fallback, precision=options.precision,
+                   driver=options.vulkan_driver)
+    emit("gpu_compile", 1, 1)
+    facts = {
+        "adapter": report.adapter.__dict__ if report.adapter else None,
+        "adapter_label": report.adapter.label() if report.adapter else None,
+        "software": bool(report.adapter and report.adapter.software),
+        "driver": report.driver, "precision": report.precision, "allow_cpu_fallback": report.allow_cpu,
+        "fully_accelerated": report.fully_accelerated, "ops_on_gpu": report.ops_on_gpu,
+        "ops_on_cpu": report.ops_on_cpu, "rejected": explain(report, graph), "tried_drivers": report.tried,
+    }
+    if what:
+        result["extra"].setdefault("gpu_components", {})[what] = facts
+    else:
+        result["extra"]["gpu"] = facts
+    subject = f"the {what} artifact {path.name}" if what else path.name
+    if report.crashed:
+        result["error"] = {"kind": "crash", "message": f"{subject}: {report.summary()}"
+                           + "".join(f"; {line}" for line in facts["rejected"]), "detail": report.log_tail}
+        return None
+    if not report.compiled:
+        refused = "; ".join(facts["rejected"])
+        hint = ("; or set options.extra.allow_cpu_fallback: true to run it split (the row is then marked "
+                "partial)" if refused else "")
+        result["error"] = {"kind": "delegation" if refused else "device",
+                           "message": f"{subject}: {report.summary()}"
+                           + (f" ({report.error})" if report.error and not refused else "")
+                           + (f". Refused: {refused}" if refused else "") + hint,
+                           "detail": report.log_tail}
+        return None
+    return report
+
+
+def run_litert(spec: JobSpec, result: dict[str, Any]) -> None:
     import numpy as np
 
     from harness.export import ExportError, ReferenceMismatchError
     from harness.export.mapping import na_flags
-    from harness.export.tflite import load_interpreter, read_graph, signature_io
+    from harness.export.tflite import read_graph
     from harness.models.unet import WeightsError, example_inputs
+    from harness.runtimes.litert import open_model
     from harness.variants import Flags
 
+    runtime = spec.options.runtime
     try:
         flags = Flags.from_dict(spec.flags)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
-    from harness.export import DTYPES
-
     dtype = spec.options.dtype
-    if dtype not in DTYPES:
-        raise InputError(f"runtime litert-cpu runs .tflite artifacts with fp16, fp32 or int8 weights, not {dtype!r}; "
-                         "use --set dtype=fp16 (what phones get), fp32 or int8")
+    gpu_options = check_litert_job(spec, dtype)
     if dtype == "int8":  # int8 weights: the int8 reference-check tolerance (harness.models.quantize)
         from harness.workloads.unet_iteration import int8_check_spec
 
         spec = int8_check_spec(spec)
-    if spec.options.accelerator in ("cuda", "gpu"):
-        raise InputError("runtime litert-cpu runs on the CPU; use --set accelerator=auto (or cpu)")
     result["extra"]["na_flags"] = na_flags(flags, "tflite")
-    result["extra"]["runtime"] = RUNTIME
+    result["extra"]["runtime"] = runtime
 
     emit("artifact", 0, 1)
     try:
@@ -127,6 +211,16 @@ def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
     result["extra"]["composites"] = graph.composites()
     result["extra"]["op_count"] = len(graph.ops)
 
+    report = None
+    if runtime == "litert-gpu":
+        report = prepare_gpu(spec, path, graph, gpu_options, result)
+        if report is None:
+            return
+        result["extra"]["accelerator"] = "gpu"
+        result["extra"]["unit"] = gpu_unit(report)
+    else:
+        result["extra"]["accelerator"] = "cpu"
+
     inputs = example_inputs(spec.model, spec.model.seed)  # a name, config or factory model
     arrays = [t.numpy() for t in inputs]
 
@@ -134,27 +228,22 @@ def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
     threads = spec.options.threads if spec.options.threads > 0 else None
     rss_before = rss_anon_bytes()
     t0 = time.perf_counter_ns()
-    interpreter = load_interpreter(path, num_threads=threads)
-    interpreter.allocate_tensors()
+    model = open_model(path, runtime, threads=threads, gpu=report,
+                       allow_cpu=bool(gpu_options and gpu_options.allow_cpu_fallback),
+                       precision=gpu_options.precision if gpu_options else "auto")
     result["init_ms"] = (time.perf_counter_ns() - t0) / 1e6
     rss_allocated = rss_anon_bytes()
-    sig_inputs, sig_outputs = signature_io(interpreter)
-    if len(sig_inputs) != len(arrays):
-        raise InputError(f"the artifact {path} takes {len(sig_inputs)} inputs, the workload has {len(arrays)}; "
+    if len(model.inputs) != len(arrays):
+        raise InputError(f"the artifact {path} takes {len(model.inputs)} inputs, the workload has {len(arrays)}; "
                          "rebuild it with `harness export`")
-    for desc, arr in zip(sig_inputs, arrays):
-        interpreter.set_tensor(desc["index"], np.asarray(arr, dtype=desc["dtype"]).reshape(desc["shape"]))
-    out_index = sig_outputs[0]["index"]
-
-    def step() -> None:
-        interpreter.invoke()
+    model.set_inputs(arrays)
 
     timer = Timer("cpu")
-    result["timing_method"] = "perf_counter"
+    result["timing_method"] = "perf_counter" if runtime == "litert-cpu" else "perf_counter_compiled_model_run"
     emit("first_run", 0, 1)
-    result["first_run_ms"] = timer(step)[0]
+    result["first_run_ms"] = timer(model.run)[0]
     rss_after = rss_anon_bytes()
-    output = interpreter.get_tensor(out_index).astype(np.float32)
+    output = np.asarray(model.output(), dtype=np.float32)
 
     if spec.check.enabled:
         emit("reference", 0, 1)
@@ -171,25 +260,38 @@ def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
         max_abs = float(np.max(np.abs(output - reference)))
         rel = max_abs / max(float(np.max(np.abs(reference))), 1e-12)
         if not record_check(result, spec, max_abs, rel,
-                            f"variant {spec.variant!r} (litert-cpu, {dtype} weights) disagrees with the PyTorch "
-                            "reference", hint="raise check.rel_tolerance for fp16 weights",
+                            f"variant {spec.variant!r} ({runtime}, {dtype} weights) disagrees with the PyTorch "
+                            "reference", hint="raise check.rel_tolerance for fp16 weights or GPU fp16 math",
                             finite=bool(np.isfinite(output).all())):
             return
 
-    warmup, samples = measure_loop(step, timer, spec)
+    warmup, samples = measure_loop(model.run, timer, spec)
     result["warmup_ms"], result["samples_ms"] = warmup, samples
 
     emit("memory", 0, 1)
     plan = graph.plan()
     mem = MemoryFigures(weight_bytes=graph.weight_bytes, tensor_bytes_planned=plan.total_bytes)
     if rss_before is not None and rss_after is not None:
-        mem.tensor_bytes_measured = max(0, rss_after - rss_before)
-        mem.tensor_measure_method = RSS_METHOD
-        result["extra"]["rss_anon_delta_allocate_bytes"] = max(0, (rss_allocated or rss_before) - rss_before)
+        delta = max(0, rss_after - rss_before)
+        if runtime == "litert-cpu":
+            mem.tensor_bytes_measured = delta
+            mem.tensor_measure_method = RSS_METHOD
+            result["extra"]["rss_anon_delta_allocate_bytes"] = max(0, (rss_allocated or rss_before) - rss_before)
+        else:
+            result["extra"]["rss_anon_delta_compile_first_run_bytes"] = delta
+    if runtime == "litert-gpu":
+        from harness.runtimes.litert_gpu import gpu_memory_bytes
+
+        mem.gpu_bytes, method = gpu_memory_bytes()
+        if mem.gpu_bytes is None and report.adapter is not None and report.adapter.software:
+            method = (f"not measured: {report.adapter.name} emulates the GPU in host memory (it is in the "
+                      "process's RSS, extra.rss_anon_delta_compile_first_run_bytes)")
+        result["extra"]["gpu"]["memory_method"] = method
     result["memory"] = mem
     result["extra"]["weight_bytes_by_dtype"] = graph.weight_bytes_by_dtype
     result["extra"]["peak_live_tensor_bytes"] = plan.peak_live_bytes
-    result["extra"]["cpu_threads"] = threads or "default"
+    if runtime == "litert-cpu":
+        result["extra"]["cpu_threads"] = threads or "default"
     try:
         from importlib.metadata import version
 
@@ -197,3 +299,4 @@ def run_litert_cpu(spec: JobSpec, result: dict[str, Any]) -> None:
     except Exception:  # noqa: BLE001
         pass
     emit("memory", 1, 1)
+

@@ -1,8 +1,10 @@
-"""Runtime `litert-cpu` of the e2e workload: the real generation loop with the text encoder, every
-UNet call and the VAE decoder run as the .tflite files a phone gets, through ai-edge-litert's
-Interpreter (XNNPACK) on the host CPU; the token ids, the scheduler, the guidance and the 8-bit
-conversion run in torch on the host, the same code as the torch runtime (`Pipeline.generate` with
-interpreter-backed `ComponentFns`).
+"""Runtimes `litert-cpu` and `litert-gpu` of the e2e workload: the real generation loop with the text
+encoder, every UNet call and the VAE decoder run as the .tflite files a phone gets, through
+ai-edge-litert: its Interpreter (XNNPACK) on the host CPU, or LiteRT's GPU accelerator
+(`harness.runtimes.litert_gpu`, each file probed first as in the unet_iteration workload; extra.gpu
+holds the UNet's facts, extra.gpu_components every file's); the token ids, the scheduler, the
+guidance and the 8-bit conversion run in torch on the host, the same code as the torch runtime
+(`Pipeline.generate` with model-backed `ComponentFns`).
 
 Artifacts: the three components (`harness.export.ensure_artifact(..., component=...)`, the job's
 dtype as weight dtype) through the cache; `harness run` builds them before the job, so the agent
@@ -19,7 +21,7 @@ What the JobResult holds beyond the torch loop's layout:
   memory  weight_bytes (the three artifacts' weights as stored), tensor_bytes_planned (the sum of the
           three graphs' plans: their arenas coexist), tensor_bytes_measured (RssAnon growth across
           loading the three interpreters and their first runs), peak_rss_bytes (the process)
-  extra   runtime "litert-cpu", na_flags, weights_dtype, artifacts {text_encoder, unet, decoder: path,
+  extra   runtime "litert-cpu" / "litert-gpu", na_flags, weights_dtype, artifacts {text_encoder, unet, decoder: path,
           sha256, cached, reference (the export's check), source, ...}, check_components, weight_bytes
           and planned_tensor_bytes per component, first_run_components_ms
 """
@@ -30,38 +32,13 @@ import resource
 import time
 from typing import Any
 
+import numpy as np
+
 from harness.protocol import JobSpec, MemoryFigures
 from harness.workloads.common import InputError, emit, record_check
 
-RUNTIME = "litert-cpu"
 # The e2e result's component names (as the torch loop's) -> the export's component names.
 COMPONENTS: dict[str, str] = {"text_encoder": "text_encoder", "unet": "unet", "decoder": "vae_decoder"}
-
-
-class InterpreterFn:
-    """One .tflite signature as a torch-in, torch-out callable (what `ComponentFns` holds): sets the
-    inputs in signature order (cast to the signature's dtype and shape), invokes, returns the first
-    output as a CPU tensor."""
-
-    def __init__(self, interpreter, name: str):
-        from harness.export.tflite import signature_io
-
-        self.interpreter, self.name = interpreter, name
-        self.inputs, outputs = signature_io(interpreter)
-        self.out_index = outputs[0]["index"]
-
-    def __call__(self, *tensors):
-        import numpy as np
-        import torch
-
-        if len(tensors) != len(self.inputs):
-            raise ValueError(f"the {self.name} artifact takes {len(self.inputs)} inputs, got {len(tensors)}")
-        for desc, t in zip(self.inputs, tensors):
-            arr = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
-            arr = np.ascontiguousarray(arr, dtype=desc["dtype"]).reshape(desc["shape"])
-            self.interpreter.set_tensor(desc["index"], arr)
-        self.interpreter.invoke()
-        return torch.from_numpy(self.interpreter.get_tensor(self.out_index))  # get_tensor returns a copy
 
 
 def _expected_shapes(cfg, height: int, width: int) -> dict[str, dict[str, tuple[int, ...] | None]]:
@@ -75,43 +52,42 @@ def _expected_shapes(cfg, height: int, width: int) -> dict[str, dict[str, tuple[
     }
 
 
-def _check_signature(fn: InterpreterFn, expected: dict[str, tuple[int, ...] | None], path, cfg) -> None:
+def _check_signature(fn: Any, expected: dict[str, tuple[int, ...] | None], path, cfg) -> None:
     if len(fn.inputs) != len(expected):
         raise InputError(f"the {fn.name} artifact {path} takes {len(fn.inputs)} inputs, the e2e loop feeds "
                          f"{len(expected)} ({', '.join(expected)}); rebuild it with `harness export`")
     for desc, (what, shape) in zip(fn.inputs, expected.items()):
         got = tuple(int(x) for x in desc["shape"])
-        ok = (int(desc["shape"].prod()) == 1) if shape is None else got == shape
+        ok = (int(np.prod(desc["shape"])) == 1) if shape is None else got == shape
         if not ok:
             raise InputError(f"the {fn.name} artifact {path} takes {what} of shape {list(got)}, the e2e loop feeds "
                              f"{list(shape) if shape else 'one value'} (model {cfg.name}); rebuild it with "
                              "`harness export`")
 
 
-def run_litert_cpu_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
-    import numpy as np
+def run_litert_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
     import torch
 
-    from harness.export import DTYPES, ExportError, ReferenceMismatchError
+    from harness.export import ExportError, ReferenceMismatchError
     from harness.export.mapping import na_flags
-    from harness.export.tflite import load_interpreter, read_graph
+    from harness.export.tflite import read_graph
     from harness.models.pipeline import (
         ComponentFns, Pipeline, build_scheduler, build_tokenizer, scheduler_config,
     )
     from harness.models.unet import WeightsError
+    from harness.runtimes.litert import ModelFn, open_model
     from harness.workloads.e2e import e2e_flags_and_config, generation_extra, parse_args, save_image, time_images
-    from harness.workloads.litert import RSS_METHOD, _artifact_for, rss_anon_bytes
+    from harness.workloads.litert import (
+        RSS_METHOD, _artifact_for, check_litert_job, gpu_unit, prepare_gpu, rss_anon_bytes,
+    )
 
+    runtime = spec.options.runtime
     flags, cfg = e2e_flags_and_config(spec)
     dtype = spec.options.dtype
-    if dtype not in DTYPES:
-        raise InputError(f"runtime litert-cpu runs .tflite artifacts with {', '.join(DTYPES)} weights, not {dtype!r}; "
-                         "use --set dtype=fp16 (what phones get) or fp32")
-    if spec.options.accelerator in ("cuda", "gpu"):
-        raise InputError("runtime litert-cpu runs on the CPU; use --set accelerator=auto (or cpu)")
+    gpu_options = check_litert_job(spec, dtype)
     args = parse_args(spec, cfg.image_size, cfg.vae_scale_factor)
     if (args["height"], args["width"]) != (cfg.image_size, cfg.image_size):
-        raise InputError(f"runtime litert-cpu runs fixed-shape .tflite artifacts built for {cfg.image_size}x"
+        raise InputError(f"runtime {runtime} runs fixed-shape .tflite artifacts built for {cfg.image_size}x"
                          f"{cfg.image_size} images (model {cfg.name}); drop workload_args.height/width "
                          f"(got {args['height']}x{args['width']}) or use runtime torch")
     if spec.measure.iterations < 1:
@@ -124,7 +100,8 @@ def run_litert_cpu_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
     torch.set_grad_enabled(False)
     weights, seed = spec.model.weights, spec.model.seed
     extra = result["extra"]
-    extra.update(runtime=RUNTIME, accelerator="cpu", na_flags=na_flags(flags, "tflite"), weights_dtype=dtype)
+    extra.update(runtime=runtime, accelerator="gpu" if runtime == "litert-gpu" else "cpu",
+                 na_flags=na_flags(flags, "tflite"), weights_dtype=dtype)
 
     # The three artifacts, through the cache (the UNet's may be the job's given file).
     t0 = time.perf_counter_ns()
@@ -148,8 +125,18 @@ def run_litert_cpu_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
     plans = {name: g.plan() for name, g in graphs.items()}
     extra["weight_bytes"] = {name: g.weight_bytes for name, g in graphs.items()}
     extra["planned_tensor_bytes"] = {name: p.total_bytes for name, p in plans.items()}
+    reports: dict[str, Any] = {name: None for name in paths}
+    if runtime == "litert-gpu":
+        for name, path in paths.items():
+            reports[name] = prepare_gpu(spec, path, graphs[name], gpu_options, result, what=name)
+            if reports[name] is None:
+                return
+        extra["gpu"] = extra["gpu_components"]["unet"]
+        units = {gpu_unit(r) for r in reports.values()}
+        extra["unit"] = units.pop() if len(units) == 1 else "; ".join(
+            f"{name}: {gpu_unit(r)}" for name, r in reports.items())
 
-    # Interpreters and the pipeline around them.
+    # The models and the pipeline around them.
     emit("load", 0, 1)
     try:
         tokenizer = build_tokenizer(weights) if weights else None
@@ -160,9 +147,10 @@ def run_litert_cpu_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
     t1 = time.perf_counter_ns()
     fns = {}
     for name, path in paths.items():
-        interpreter = load_interpreter(path, num_threads=threads)
-        interpreter.allocate_tensors()
-        fns[name] = InterpreterFn(interpreter, name)
+        model = open_model(path, runtime, threads=threads, gpu=reports[name],
+                           allow_cpu=bool(gpu_options and gpu_options.allow_cpu_fallback),
+                           precision=gpu_options.precision if gpu_options else "auto")
+        fns[name] = ModelFn(model, name)
     result["init_ms"] = (time.perf_counter_ns() - t1) / 1e6
     emit("load", 1, 1)
     for name, expected in _expected_shapes(cfg, args["height"], args["width"]).items():
@@ -171,7 +159,8 @@ def run_litert_cpu_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
                                                      decode=fns["decoder"]),
                                    args["scheduler"], scheduler_config(weights), tokenizer, "cpu", "fp32")
     extra.update(generation_extra(pipe, args, weights))
-    extra["cpu_threads"] = threads or "default"
+    if runtime == "litert-cpu":
+        extra["cpu_threads"] = threads or "default"
     extra["torch_threads"] = torch.get_num_threads()
 
     # First run of each component on the first step's real inputs (also what the check compares).
@@ -222,7 +211,7 @@ def run_litert_cpu_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
         worst = max(checks, key=lambda n: (not checks[n][2], checks[n][1]))
         max_abs, rel, finite = checks[worst]
         if not record_check(result, spec, max_abs, rel,
-                            f"variant {spec.variant!r} (litert-cpu, {dtype} weights): the {worst} artifact "
+                            f"variant {spec.variant!r} ({runtime}, {dtype} weights): the {worst} artifact "
                             f"{paths[worst].name} disagrees with the PyTorch {worst} on the first step's inputs",
                             hint="raise check.rel_tolerance for fp16 weights", finite=finite):
             return
@@ -236,8 +225,20 @@ def run_litert_cpu_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
                         tensor_bytes_planned=sum(extra["planned_tensor_bytes"].values()),
                         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if rss_before is not None and rss_after is not None:
-        mem.tensor_bytes_measured = max(0, rss_after - rss_before)
-        mem.tensor_measure_method = RSS_METHOD
+        if runtime == "litert-cpu":
+            mem.tensor_bytes_measured = max(0, rss_after - rss_before)
+            mem.tensor_measure_method = RSS_METHOD
+        else:
+            extra["rss_anon_delta_compile_first_run_bytes"] = max(0, rss_after - rss_before)
+    if runtime == "litert-gpu":
+        from harness.runtimes.litert_gpu import gpu_memory_bytes
+
+        mem.gpu_bytes, method = gpu_memory_bytes()
+        software = reports["unet"].adapter is not None and reports["unet"].adapter.software
+        if mem.gpu_bytes is None and software:
+            method = (f"not measured: {reports['unet'].adapter.name} emulates the GPU in host memory (it is in "
+                      "the process's RSS)")
+        extra["gpu"]["memory_method"] = method
     result["memory"] = mem
     extra["weight_bytes_by_dtype"] = {name: g.weight_bytes_by_dtype for name, g in graphs.items()}
     try:

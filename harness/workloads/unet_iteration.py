@@ -189,11 +189,12 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
 
 
 # Runtime name -> implementation. Each writes into `result` (a JobResult in the making).
-from harness.workloads.litert import run_litert_cpu  # noqa: E402 - after run_torch, which it reuses lazily
+from harness.workloads.litert import run_litert  # noqa: E402 - after run_torch, which it reuses lazily
 
 RUNTIMES = {
     "torch": run_torch,
-    "litert-cpu": run_litert_cpu,  # the variant's .tflite through ai-edge-litert on the host CPU
+    "litert-cpu": run_litert,  # the variant's .tflite through ai-edge-litert on the host CPU
+    "litert-gpu": run_litert,  # ... on LiteRT's GPU accelerator (harness.runtimes.litert_gpu)
 }
 
 

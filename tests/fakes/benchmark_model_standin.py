@@ -30,6 +30,14 @@ several fails): ``crash`` (logs the start, then dies of SIGSEGV: exit status 139
 (the tool's own failure: ERROR lines, "Benchmarking failed.", exit 1), ``garbage`` (prints text
 that is not benchmark_model output, exit 0), ``hang`` (loads the model, then sleeps forever).
 
+LiteRT 2.x's CompiledModel tool (``//litert/tools:benchmark_model``) is the second personality
+(``write_standin(path, tool="compiled_model")``): its flags (``--use_cpu``, ``--use_gpu``,
+``--require_full_delegation``, ``--gpu_backend``, ``--gpu-precision``) and its "BENCHMARK RESULTS"
+block (``litert/tools/benchmark_litert_model.h``). Its ``--use_gpu=true`` is real: the graph is
+compiled by ai-edge-litert's CompiledModel on LiteRT's GPU accelerator (a Vulkan GPU, or SwiftShader
+where Debian's chromium is installed); a graph the GPU refuses fails to compile under
+``--require_full_delegation=true``, as the real tool does, and runs split with ``--use_cpu=true``.
+
 Install it as an executable with :func:`write_standin` (it puts this venv's Python in the #!
 line), then push that file as ``benchmark_model``.
 """
@@ -43,6 +51,7 @@ import sys
 import time
 from pathlib import Path
 
+TOOL = "classic"  # write_standin(..., tool="compiled_model") writes the other personality
 FAULT_ENV = "BENCHMARK_MODEL_STANDIN_FAULT"
 FAULT_FILE_NAME = "benchmark_model.fault"
 FAULTS = ("crash", "fail", "garbage", "hang")
@@ -75,13 +84,36 @@ FLAGS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def write_standin(path: str | os.PathLike) -> Path:
-    """Write this stand-in as an executable file at `path`, run by this Python (with ai-edge-litert)."""
+# LiteRT 2.x's CompiledModel tool: the base tool's run-loop flags plus its accelerator flags.
+COMPILED_MODEL_FLAGS: dict[str, tuple[str, str, str]] = {
+    **{k: FLAGS[k] for k in ("num_runs", "min_secs", "max_secs", "run_delay", "num_threads", "warmup_runs",
+                              "warmup_min_secs", "verbose", "report_peak_memory_footprint",
+                              "memory_footprint_check_interval_ms", "help")},
+    "graph": ("", "string", "The path to the model file."),
+    "signature_to_run_for": ("", "string", "The signature to run for."),
+    "use_cpu": ("true", "bool", "Whether to use CPU accelerator."),
+    "use_gpu": ("false", "bool", "Whether to use GPU accelerator."),
+    "use_npu": ("false", "bool", "Whether to use NPU accelerator."),
+    "require_full_delegation": ("false", "bool", "Whether to require full delegation."),
+    "gpu_backend": ("", "string", "GPU backend to use when using GPU accelerator."),
+    "gpu-precision": ("auto", "string", "GPU precision option [auto|fp16|fp32]."),
+}
+
+
+def write_standin(path: str | os.PathLike, tool: str = "classic") -> Path:
+    """Write this stand-in as an executable file at `path`, run by this Python (with ai-edge-litert):
+    tool "classic" (the interpreter tool) or "compiled_model" (LiteRT 2.x's CompiledModel tool)."""
+    if tool not in ("classic", "compiled_model"):
+        raise ValueError(f"unknown stand-in tool {tool!r}; known: classic, compiled_model")
     path = Path(path)
-    source = Path(__file__).read_text()
+    source = Path(__file__).read_text().replace('TOOL = "classic"', f'TOOL = {tool!r}', 1)
     path.write_text(f"#!{sys.executable}\n" + source)
     path.chmod(0o755)
     return path
+
+
+def flag_table() -> dict[str, tuple[str, str, str]]:
+    return COMPILED_MODEL_FLAGS if TOOL == "compiled_model" else FLAGS
 
 
 def log(msg: str, level: str = "INFO") -> None:
@@ -101,7 +133,7 @@ def parse_flags(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     values: dict[str, str] = {}
     unconsumed: list[str] = []
     for arg in argv:
-        if arg.startswith("--") and "=" in arg and arg[2:].split("=", 1)[0] in FLAGS:
+        if arg.startswith("--") and "=" in arg and arg[2:].split("=", 1)[0] in flag_table():
             name, value = arg[2:].split("=", 1)
             values[name] = value
         elif arg in ("--help", "-h"):
@@ -121,7 +153,7 @@ def as_bool(text: str) -> bool:
 
 def usage() -> str:
     lines = ["usage: benchmark_model", "Flags:"]
-    for name, (default, type_name, text) in FLAGS.items():
+    for name, (default, type_name, text) in flag_table().items():
         lines.append(f"\t--{name}={default}\t{type_name}\toptional\t{text}")
     return "\n".join(lines)
 
@@ -233,6 +265,129 @@ def op_profile(interp, avg_us: float) -> None:
     sys.stderr.write("\n".join(out) + "\n")
 
 
+class CompiledRunner:
+    """A CompiledModel with its buffers, run like an Interpreter (`invoke`)."""
+
+    def __init__(self, graph: str, use_gpu: bool, use_cpu: bool, precision: str):
+        import ai_edge_litert
+        from ai_edge_litert.compiled_model import (
+            CompiledModel, Environment, GpuOptions, HardwareAccelerator, Options,
+        )
+
+        if use_gpu and not os.environ.get("VK_ICD_FILENAMES") and not os.environ.get("VK_DRIVER_FILES"):
+            for icd in ("/usr/lib/chromium/vk_swiftshader_icd.json",):
+                if Path(icd).is_file():
+                    os.environ["VK_ICD_FILENAMES"] = icd
+        os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+        accel = HardwareAccelerator.CPU
+        if use_gpu:
+            accel = HardwareAccelerator.GPU | HardwareAccelerator.CPU if use_cpu else HardwareAccelerator.GPU
+        env = Environment.create(runtime_path=os.path.dirname(ai_edge_litert.__file__))
+        self.model = CompiledModel.from_file(graph, environment=env, options=Options(
+            hardware_accelerators=accel, gpu_options=GpuOptions(enforce_f32=precision == "fp32")))
+        self.inputs = self.model.create_input_buffers(0)
+        self.outputs = self.model.create_output_buffers(0)
+        sig = self.model.get_signature_by_index(0)
+        self.details = self.model.get_input_tensor_details(sig.get("key") or "serving_default")
+        self.names = sig["inputs"]
+
+    def fill(self, rng) -> None:
+        import numpy as np
+
+        for name, buf in zip(self.names, self.inputs):
+            d = self.details[name]
+            dtype = np.dtype(d["dtype"])
+            if np.issubdtype(dtype, np.floating):
+                data = rng.uniform(-0.5, 0.5, size=d["shape"]).astype(dtype)
+            else:
+                data = rng.integers(0, 100, size=d["shape"]).astype(dtype)
+            buf.write(data)
+
+    def invoke(self) -> None:
+        self.model.run_by_index(0, self.inputs, self.outputs)
+
+
+def compiled_main(values: dict[str, str], unconsumed: list[str], fault: str | None) -> int:
+    """LiteRT 2.x's CompiledModel tool: its checks, the run loops, its BENCHMARK RESULTS block."""
+    import numpy as np
+
+    try:
+        use_cpu = as_bool(values.get("use_cpu", "true"))
+        use_gpu = as_bool(values.get("use_gpu", "false"))
+        full = as_bool(values.get("require_full_delegation", "false"))
+        num_runs = int(values.get("num_runs", "50"))
+        min_secs, max_secs = float(values.get("min_secs", "1")), float(values.get("max_secs", "150"))
+        run_delay = float(values.get("run_delay", "-1"))
+        warmup_runs = int(values.get("warmup_runs", "1"))
+        warmup_min_secs = float(values.get("warmup_min_secs", "0.5"))
+        peak = as_bool(values.get("report_peak_memory_footprint", "false"))
+    except ValueError as exc:
+        log(f"Failed to parse a flag value: {exc}", "ERROR")
+        return 1
+    precision = values.get("gpu-precision", "auto")
+    graph = values.get("graph", "")
+    if unconsumed:
+        log("Unconsumed cmdline flags: " + " ".join(unconsumed), "WARNING")
+    if use_cpu and full:
+        log("[benchmark_litert_model.cc:110] Requesting full delegation and CPU acceleration are incompatible.",
+            "ERROR")
+        sys.stderr.flush()
+        os.abort()
+    if precision not in ("auto", "fp16", "fp32"):
+        log(f"[benchmark_litert_model.cc:180] Invalid gpu-precision: {precision}", "ERROR")
+        sys.stderr.flush()
+        os.abort()
+    log(f"[benchmark_litert_model.cc:305] Loading model from: {graph}")
+    if not graph or not Path(graph).is_file():
+        log(f"Failed to load model. {graph}", "ERROR")
+        return 1
+    if fault == "crash":
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGSEGV)
+        return 139
+    start_rss = rss_mb()
+    t_init = time.perf_counter_ns()
+    try:
+        runner = CompiledRunner(graph, use_gpu, use_cpu or not full, precision)
+    except Exception as exc:  # noqa: BLE001 - the tool's own failure
+        for line in str(exc).strip().splitlines():
+            log(line, "ERROR")
+        log("Failed to compile model.", "ERROR")
+        log("Benchmarking failed.", "ERROR")
+        return 1
+    init_us = (time.perf_counter_ns() - t_init) // 1000
+    init_rss = rss_mb()
+    runner.fill(np.random.default_rng(0))
+    if fault == "hang":
+        sys.stderr.flush()
+        while True:
+            time.sleep(3600)
+    warmup = run_loop(runner, warmup_runs, warmup_min_secs, max_secs, run_delay)
+    inference = run_loop(runner, num_runs, min_secs, max_secs, run_delay)
+    at = "[benchmark_litert_model.h:%d] "
+    log(at % 89 + "\n========== BENCHMARK RESULTS ==========")
+    log(at % 94 + f"Model initialization: {init_us / 1000.0:.2f} ms")
+    log(at % 95 + f"Warmup (first):       {(warmup.values[0] if warmup.values else 0) / 1000.0:.2f} ms")
+    log(at % 97 + f"Warmup (avg):         {(warmup.avg if warmup.values else 0) / 1000.0:.2f} ms "
+        f"({len(warmup.values)} runs)")
+    log(at % 99 + f"Inference (avg):      {inference.avg / 1000.0:.2f} ms ({len(inference.values)} runs)")
+    log(at % 103 + f"Inference (min):      {min(inference.values) / 1000.0:.2f} ms")
+    log(at % 105 + f"Inference (max):      {max(inference.values) / 1000.0:.2f} ms")
+    std = math.sqrt(max(0.0, sum(v * v for v in inference.values) / len(inference.values) - inference.avg ** 2))
+    log(at % 107 + f"Inference (std):      {std / 1000.0:.2f}")
+    log(at % 117 + "No throughput data available (throughput <= 0).")
+    log(at % 124 + "\nMemory Usage:")
+    log(at % 125 + f"Init footprint:       {init_rss - start_rss:.2f} MB")
+    log(at % 127 + f"Overall footprint:    {rss_mb() - start_rss:.2f} MB")
+    if peak:
+        log(at % 132 + f"Peak memory:          {peak_rss_mb():.2f} MB")
+    else:
+        log(at % 134 + "Peak memory usage not available. (peak_mem_mb <= 0)")
+    log(at % 138 + "======================================\n")
+    sys.stderr.flush()
+    os._exit(0)  # the GPU engine now and then crashes in its teardown after a good run
+
+
 def main(argv: list[str]) -> int:
     values, unconsumed = parse_flags(argv)
     if values.get("help") and as_bool(values["help"]):
@@ -240,6 +395,8 @@ def main(argv: list[str]) -> int:
         return 1
     fault = read_fault(values.get("graph", ""))
     log("STARTING!")
+    if TOOL == "compiled_model":
+        return compiled_main(values, unconsumed, fault)
     if fault == "garbage":
         print("hello from some other tool\n\x1b[31mrandom bytes: 0xdeadbeef\x1b[0m\n"
               "total: 42 items, ok")

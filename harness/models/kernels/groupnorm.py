@@ -5,6 +5,12 @@ mean reduction, a variance reduction, subtract, rsqrt, multiply, reshape back, t
 affine; each op is a separate kernel reading and writing the whole activation.
 `fused` is one op, F.group_norm (which litert-torch can emit as a single `odml.group_norm` composite
 and a GPU delegate can run as one specialized kernel, the paper's section 3.1).
+`folded` is the fused GroupNorm as a graph of primitive ops for GPU engines that cannot take the
+composite (LiteRT's host GPU accelerator crashes on every composite; README "The phone GPU engine on
+this host"): the group statistics are computed once (mean, then the mean of squared deviations) and
+folded with the affine parameters into one per-channel scale, so the activation is read by the two
+reductions and written once by a multiply-add: (x - mean) * (gamma * rstd) + beta, instead of the
+decomposed form's separate normalize, scale and shift passes.
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GroupNormImpl = Literal["decomposed", "fused"]
+GroupNormImpl = Literal["decomposed", "fused", "folded"]
+GROUPNORM_IMPLS: tuple[str, ...] = ("decomposed", "fused", "folded")
 
 
 def group_norm_decomposed(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
@@ -37,6 +44,29 @@ def group_norm_decomposed(x: torch.Tensor, num_groups: int, weight: torch.Tensor
     return out
 
 
+def group_norm_folded(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                      bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """F.group_norm with the statistics folded into a per-channel scale: x [N, C, *].
+
+    Every broadcast is a binary elementwise op at rank <= 4 (what GPU converters fold into the op;
+    an expand feeding anything else becomes BROADCAST_TO, which LiteRT's GPU engine refuses)."""
+    batch, channels = x.shape[0], x.shape[1]
+    if channels % num_groups != 0:
+        raise ValueError(f"GroupNorm: {channels} channels are not divisible into {num_groups} groups")
+    grouped = x.reshape(batch, num_groups, -1)  # [N, G, C/G * HW]
+    mean = grouped.mean(dim=-1, keepdim=True)
+    centered = grouped - mean
+    rstd = torch.rsqrt((centered * centered).mean(dim=-1, keepdim=True) + eps)  # [N, G, 1]
+    per_channel = channels // num_groups
+    scale = rstd.reshape(batch, num_groups, 1, 1)  # [N, G, 1, 1] -> per channel [N, G, C/G, 1]
+    if weight is not None:
+        scale = scale * weight.reshape(1, num_groups, per_channel, 1)
+    out = centered.reshape(batch, num_groups, per_channel, -1) * scale
+    if bias is not None:
+        out = out + bias.reshape(1, num_groups, per_channel, 1)
+    return out.reshape(x.shape)
+
+
 def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
                bias: torch.Tensor | None = None, eps: float = 1e-5,
                impl: GroupNormImpl = "fused") -> torch.Tensor:
@@ -51,7 +81,9 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = N
         return F.group_norm(x, num_groups, weight, bias, eps)
     if impl == "decomposed":
         return group_norm_decomposed(x, num_groups, weight, bias, eps)
-    raise ValueError(f"unknown GroupNorm impl {impl!r}; known: decomposed, fused")
+    if impl == "folded":
+        return group_norm_folded(x, num_groups, weight, bias, eps)
+    raise ValueError(f"unknown GroupNorm impl {impl!r}; known: {', '.join(GROUPNORM_IMPLS)}")
 
 
 class GroupNorm(nn.GroupNorm):
@@ -60,8 +92,8 @@ class GroupNorm(nn.GroupNorm):
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  impl: GroupNormImpl = "fused", device=None, dtype=None) -> None:
         super().__init__(num_groups, num_channels, eps=eps, affine=affine, device=device, dtype=dtype)
-        if impl not in ("decomposed", "fused"):
-            raise ValueError(f"unknown GroupNorm impl {impl!r}; known: decomposed, fused")
+        if impl not in GROUPNORM_IMPLS:
+            raise ValueError(f"unknown GroupNorm impl {impl!r}; known: {', '.join(GROUPNORM_IMPLS)}")
         self.impl: GroupNormImpl = impl
 
     @classmethod
