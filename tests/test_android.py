@@ -42,10 +42,12 @@ try:
     from tests.fakes.adb_server import FakeAdbServer, FakeDevice
     from tests.fakes.benchmark_model_standin import FAULT_FILE_NAME, write_standin
     from tests.fakes.tiny_block import BLOCK_SRC as _BLOCK_SRC
+    from tests.fakes.tiny_block import BROADCAST_SRC as _BROADCAST_SRC
 except ModuleNotFoundError:  # pytest's default import mode puts tests/, not the repo root, on sys.path
     from fakes.adb_server import FakeAdbServer, FakeDevice  # type: ignore[no-redef]
     from fakes.benchmark_model_standin import FAULT_FILE_NAME, write_standin  # type: ignore[no-redef]
     from fakes.tiny_block import BLOCK_SRC as _BLOCK_SRC  # type: ignore[no-redef]
+    from fakes.tiny_block import BROADCAST_SRC as _BROADCAST_SRC  # type: ignore[no-redef]
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "suites" / "smoke.yaml"
@@ -60,19 +62,30 @@ def _harmless_adb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANDROID_ADB_SERVER_PORT", raising=False)
 
 
-@pytest.fixture(scope="session")
-def tiny_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny .tflite made with litert-torch (cached across sessions in pytest's cache dir, if enabled)."""
-    key = hashlib.sha256(_BLOCK_SRC.encode()).hexdigest()[:12]
+def _block_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory, src: str, name: str) -> Path:
+    key = hashlib.sha256(src.encode()).hexdigest()[:12]
     cache = getattr(pytestconfig, "cache", None)
     folder = Path(cache.mkdir("android_tflite")) if cache is not None else tmp_path_factory.mktemp("tflite")
-    out = folder / f"block-{key}.tflite"
+    out = folder / f"{name}-{key}.tflite"
     if not out.is_file():
-        code = (_BLOCK_SRC + "import litert_torch, sys\ntorch.manual_seed(0)\n"
+        code = (src + "import litert_torch, sys\ntorch.manual_seed(0)\n"
                 "litert_torch.convert(Block().eval(), (torch.randn(1, 8, 8, 8),)).export(sys.argv[1])\n")
         subprocess.run([sys.executable, "-c", code, str(out) + ".tmp"], check=True, capture_output=True, timeout=300)
         os.replace(str(out) + ".tmp", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny .tflite made with litert-torch (cached across sessions in pytest's cache dir, if enabled);
+    GPU-clean: the stand-in runs it wholly on LiteRT's GPU accelerator."""
+    return _block_tflite(pytestconfig, tmp_path_factory, _BLOCK_SRC, "block")
+
+
+@pytest.fixture(scope="session")
+def broadcast_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny .tflite LiteRT's GPU engine does not take wholly (a BROADCAST_TO)."""
+    return _block_tflite(pytestconfig, tmp_path_factory, _BROADCAST_SRC, "bcast")
 
 
 @pytest.fixture(scope="session")
@@ -128,9 +141,37 @@ def test_flags_from_options_and_measure() -> None:
                             "run_delay", "enable_op_profiling", "report_peak_memory_footprint", "use_xnnpack"}
     with pytest.raises(_JobFailure, match="no --use_gpu flag"):
         benchmark_flags(spec, "/d/m.tflite", supported={"graph", "num_runs"})
-    with pytest.raises(_JobFailure, match="gpu_backend must be cl or gl"):
+    with pytest.raises(_JobFailure, match="gpu_backend must be one of cl, gl"):
         benchmark_flags(_spec(options={"runtime": "litert-gpu", "extra": {"gpu_backend": "vulkan"}}), "g",
                         supported=None)
+
+
+def test_gpu_rows_require_full_delegation_unless_cpu_fallback_is_allowed() -> None:
+    """Classic tool: --require_full_delegation=true where it lists the flag; LiteRT 2.x's CompiledModel
+    tool (known by --use_cpu and --gpu-precision): the GPU alone, full delegation, its precision flag."""
+    classic = {"graph", "num_runs", "use_gpu", "gpu_precision_loss_allowed", "require_full_delegation"}
+    args, _ = benchmark_flags(_spec(options={"runtime": "litert-gpu", "dtype": "fp16"}), "g", supported=classic)
+    assert "--require_full_delegation=true" in args and "--gpu_precision_loss_allowed=true" in args
+    args, _ = benchmark_flags(_spec(options={"runtime": "litert-gpu", "extra": {"allow_cpu_fallback": True}}), "g",
+                              supported=classic)
+    assert "--require_full_delegation=false" in args
+    compiled = {"graph", "num_runs", "use_cpu", "use_gpu", "use_npu", "require_full_delegation", "gpu_backend",
+                "gpu-precision"}
+    args, missing = benchmark_flags(_spec(options={"runtime": "litert-gpu", "dtype": "fp16",
+                                                   "extra": {"gpu_backend": "webgpu"}}), "g", supported=compiled)
+    assert args[:2] == ["--graph=g", "--num_runs=5"]
+    assert {"--use_gpu=true", "--use_cpu=false", "--require_full_delegation=true", "--gpu-precision=fp16",
+            "--gpu_backend=webgpu"} <= set(args)
+    assert not any(a.startswith("--gpu_precision_loss_allowed") for a in args)
+    args, _ = benchmark_flags(_spec(options={"runtime": "litert-gpu", "dtype": "fp16",
+                                             "extra": {"allow_cpu_fallback": True, "precision": "fp32"}}), "g",
+                              supported=compiled)
+    assert {"--use_cpu=true", "--require_full_delegation=false", "--gpu-precision=fp32"} <= set(args)
+    with pytest.raises(_JobFailure, match="one of opencl, webgpu, opengl, gl for LiteRT 2.x"):
+        benchmark_flags(_spec(options={"runtime": "litert-gpu", "extra": {"gpu_backend": "cl"}}), "g", supported=compiled)
+    with pytest.raises(_JobFailure, match="options.extra.allow_cpu_fallback"):
+        benchmark_flags(_spec(options={"runtime": "litert-gpu", "extra": {"allow_cpu_fallback": "perhaps"}}), "g",
+                        supported=compiled)
 
 
 def test_runtime_mapping() -> None:
@@ -138,7 +179,7 @@ def test_runtime_mapping() -> None:
     assert runtime_of(_spec(options={"runtime": "torch", "accelerator": "cpu"})) == ("litert-cpu", False)
     assert runtime_of(_spec(options={"runtime": "litert-cpu"})) == ("litert-cpu", False)
     assert runtime_of(_spec(options={"runtime": "litert-cpu", "extra": {"use_gpu": True}})) == ("litert-gpu", True)
-    with pytest.raises(_JobFailure, match="iOS only"):
+    with pytest.raises(_JobFailure, match=r"'coreml' does not run on android devices \(it runs on: ios\)"):
         runtime_of(_spec(options={"runtime": "coreml"}))
 
 
@@ -168,7 +209,7 @@ def test_compute_units_map_to_benchmark_model_delegate_flags(tmp_path: Path) -> 
         unit_of(_spec(options={"runtime": "litert-delegate"}))
     with pytest.raises(_JobFailure, match="neither a file on this host nor an absolute path"):
         unit_of(_spec(options={"runtime": "litert-delegate", "extra": {"external_delegate_path": "rel/lib.so"}}))
-    with pytest.raises(_JobFailure, match="known: litert-gpu, litert-cpu, litert-nnapi, litert-delegate"):
+    with pytest.raises(_JobFailure, match="unknown runtime 'tpu'; known runtimes: torch, litert-cpu, litert-gpu"):
         unit_of(_spec(options={"runtime": "tpu"}))
 
 
@@ -420,6 +461,40 @@ def test_nnapi_and_vendor_delegate_runs_on_a_fake_phone_report_the_unit(tmp_path
 
     df = table1(db.load_run(first["id"]))
     assert df["unit"].iloc[0] == "cpu (the NNAPI delegate took no node)"
+
+def test_gpu_rows_on_both_benchmark_model_tools_are_wholly_on_the_gpu_or_fail(
+        tmp_path: Path, tiny_tflite: Path, broadcast_tflite: Path, standin: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """runtime litert-gpu through the fake phone: the classic tool and LiteRT 2.x's CompiledModel tool,
+    both running the graph on LiteRT's GPU accelerator (SwiftShader here). A GPU-clean graph: unit gpu.
+    A graph with a BROADCAST_TO: the row fails (kind delegation) with full delegation required, and with
+    allow_cpu_fallback it runs and its unit says partial."""
+    compiled = write_standin(tmp_path / "cm" / "benchmark_model", tool="compiled_model")
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/g.db"
+    common = ["--device", "android:G1", "--set", "variants=[baseline]", "--set", "iterations=2", "--set",
+              "runtime=litert-gpu", "--set", "dtype=fp16", "--no-report"]
+    runs = []
+    with FakeAdbServer([FakeDevice("G1", root=tmp_path / "g")]) as srv:
+        farm = _farm(tmp_path / "farm.yaml")
+        for tool in (standin, compiled):
+            for graph, extra, rc in ((tiny_tflite, [], 0), (broadcast_tflite, [], 1),
+                                     (broadcast_tflite, ["--set", "options.extra.allow_cpu_fallback=true"], 0)):
+                args = _run_args(srv.port, tool, store, farm, *common, "--set", f"options.extra.graph={graph}", *extra)
+                assert main(args) == rc, (tool, graph, extra)
+                runs.append(tool)
+    db = Store(store)
+    jobs = [db.load_run(r["id"]).jobs[0] for r in sorted(db.list_runs(), key=lambda r: r["started_at"])]
+    for i, label in enumerate(("classic", "compiled_model")):
+        clean, refused, split = jobs[3 * i:3 * i + 3]
+        assert clean.status == "ok" and clean.result.extra["unit"] == "gpu", (label, clean.result.error)
+        assert clean.result.extra["benchmark_output_format"] == ("current" if label == "classic" else "compiled_model")
+        assert refused.status == "failed" and refused.result.error.kind == "delegation", (label, refused.result.error)
+        assert "GPU does not run the whole graph" in refused.result.error.message
+        assert split.status == "ok" and "partial" in split.result.extra["unit"], (label, split.result.extra.get("unit"))
+    assert "--require_full_delegation=true" in jobs[3].result.extra["benchmark_flags"]
+    assert "--use_cpu=false" in jobs[3].result.extra["benchmark_flags"]
+
 
 def test_cooldown_waits_for_a_cool_device_and_affinity_reaches_taskset(tmp_path: Path, tiny_tflite: Path,
                                                                          standin: Path,

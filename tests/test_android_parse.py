@@ -382,3 +382,23 @@ def test_battery_temp() -> None:
     for bad in ("", "cat: /sys/class/power_supply/battery/temp: Permission denied"):
         with pytest.raises(ParseError):
             parse_battery_temp(bad)
+
+
+# ------------------------------------------------------------------------------------ LiteRT 2.x CompiledModel tool
+
+def test_compiled_model_tool_output() -> None:
+    """LiteRT 2.x's //litert/tools:benchmark_model: the base tool's run loops, then its own BENCHMARK
+    RESULTS block (no 'Inference timings in us' line). Fixture: the stand-in's output in the layout of
+    litert/tools/benchmark_litert_model.h, reconstructed from that printing code (tests/data/android/README.md)."""
+    from harness.devices.android_parse import parse_benchmark_model
+
+    out = parse_benchmark_model((DATA / "benchmark_model_compiled_model_gpu.txt").read_text())
+    assert out.format == "compiled_model"
+    assert out.init_us == pytest.approx(848920.0) and out.first_inference_us == pytest.approx(1490.0)
+    assert out.inference.count == 4655 and out.inference.median_us == 92 and out.inference_avg_us == pytest.approx(210.0)
+    assert out.warmup.count == 3254 and out.warmup_avg_us == pytest.approx(150.0)
+    assert (out.init_footprint_mb, out.overall_footprint_mb, out.peak_memory_mb) == (56.22, 118.5, 145.19)
+    assert out.delegates == ()  # the tool prints no delegate lines: delegation is what its flags demanded
+    bad = (DATA / "benchmark_model_compiled_model_gpu.txt").read_text().replace("(4655 runs)", "(12 runs)")
+    with pytest.raises(ParseError, match="BENCHMARK RESULTS counts 12 inference runs, the stat line 4655"):
+        parse_benchmark_model(bad)

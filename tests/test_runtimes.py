@@ -103,9 +103,15 @@ def test_log_of_other_refusals_and_of_no_adapter():
 
 
 def test_driver_choices(monkeypatch):
+    from harness.runtimes import litert_gpu
+
+    monkeypatch.setattr(litert_gpu, "_AUTO_CHOICE", {})
     monkeypatch.delenv("VK_ICD_FILENAMES", raising=False)
     monkeypatch.delenv("VK_DRIVER_FILES", raising=False)
     assert driver_candidates("auto")[0] == "system"
+    litert_gpu._AUTO_CHOICE["auto"] = "swiftshader"  # what a probe that found SwiftShader leaves
+    assert driver_candidates("auto") == ["swiftshader"]
+    litert_gpu._AUTO_CHOICE.clear()
     assert driver_env("system") == {"VK_ICD_FILENAMES": None, "VK_DRIVER_FILES": None}
     monkeypatch.setenv("VK_ICD_FILENAMES", "/x.json")
     assert driver_candidates("auto") == ["environment"] and driver_env("environment") == {}

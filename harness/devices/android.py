@@ -1247,7 +1247,13 @@ class AndroidDevice(Device):
             msg = f"benchmark_model failed with {how}"
             if errors:
                 msg += ": " + " | ".join(errors[:3])
-            return JobResult.failure(spec.job_id, "crash", msg, detail=_tail(stderr or stdout) or None, **fail_kw)
+            refused = any(mark in output for mark in ("Disallowed CPU fallback detected", "Some ops are not accelerated"))
+            if unit.use_gpu and refused:  # --require_full_delegation=true on a graph the GPU does not take wholly
+                msg = ("the GPU does not run the whole graph, and full delegation was required (a GPU row must be "
+                       "the GPU's alone): " + msg + ". `harness inspect` names the ops LiteRT's GPU engine refuses; "
+                       "options.extra.allow_cpu_fallback: true runs it split, marked partial")
+            return JobResult.failure(spec.job_id, "delegation" if unit.use_gpu and refused else "crash", msg,
+                                     detail=_tail(stderr or stdout) or None, **fail_kw)
         try:
             parsed = parse_benchmark_model(output)
         except ParseError as exc:

@@ -41,8 +41,31 @@ def _has_headroom(df: pd.DataFrame) -> bool:
     return "mem_limit_mb" in df and df["mem_limit_mb"].notna().any()
 
 
+# Columns shown only when some row has them: GPU memory (litert-gpu: NVML; Android: dumpsys Graphics),
+# and the unit a row ran on where it is not simply its accelerator (partial delegation, CPU emulation).
+OPTIONAL = [
+    ("gpu_mb", "GPU MB", lambda v: f"{v:,.1f}"),
+    ("unit", "Unit", str),
+]
+
+
+def _optional(df: pd.DataFrame) -> list[tuple]:
+    out = []
+    for col, head, fmt in OPTIONAL:
+        if col not in df:
+            continue
+        if col == "unit":
+            shown = df["unit"].notna() & (df["unit"].astype(str) != df["accelerator"].astype(str))
+            if shown.any():
+                out.append((col, head, fmt))
+        elif df[col].notna().any():
+            out.append((col, head, fmt))
+    return out
+
+
 def headers(df: pd.DataFrame) -> list[str]:
-    return [h for _, h, _ in DISPLAY] + (["Peak MB / limit"] if _has_headroom(df) else [])
+    return ([h for _, h, _ in DISPLAY] + [h for _, h, _ in _optional(df)]
+            + (["Peak MB / limit"] if _has_headroom(df) else []))
 
 
 def _headroom_cell(r) -> str:
@@ -60,10 +83,11 @@ def display_rows(df: pd.DataFrame) -> dict[tuple[str, str], list[list[str]]]:
     touches nothing in the model."""
     out: dict[tuple[str, str], list[list[str]]] = {}
     room = _has_headroom(df)
+    columns = DISPLAY + _optional(df)
     for (device, combo), group in df.groupby(["device", "combination"], sort=False):
         rows = []
         for _, r in group.iterrows():
-            cells = [_cell(r[col], fmt, r["status"]) for col, _, fmt in DISPLAY]
+            cells = [_cell(r[col], fmt, r["status"]) for col, _, fmt in columns]
             if bool(r.get("na_change")):
                 cells[[c for c, _, _ in DISPLAY].index("change_pct")] = "n/a"
             rows.append(cells + ([_headroom_cell(r)] if room else []))
@@ -145,6 +169,13 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
     if "headroom" in df:
         for _, r in df[df["headroom"] == "over"].iterrows():
             notes.append(f"OVER THE MEMORY LIMIT: {_where(r)}: {r['headroom_note']}")
+    if "unit" in df and df["unit"].astype(str).str.contains("CPU emulation", regex=False).any():
+        notes.append("Unit 'CPU emulation': the row ran on LiteRT's GPU engine over SwiftShader, a Vulkan GPU in "
+                     "software on the host CPU (no GPU here): it shows that the graph runs wholly on the GPU engine "
+                     "and agrees with the reference; its latency and memory are not a GPU's.")
+    if "unit" in df and df["unit"].astype(str).str.contains("partial", regex=False).any():
+        notes.append("Unit 'partial': allow_cpu_fallback let the CPU run ops the GPU refused; such a row is a "
+                     "split GPU+CPU figure, not a GPU figure.")
     failed = df[df["status"] == "failed"]
     for _, r in failed.iterrows():
         notes.append(f"{_where(r)}: {r['error']}")

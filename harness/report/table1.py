@@ -28,6 +28,8 @@ COLUMNS = [
     # The compute unit the row really ran on, as the device reported it (e.g. Android: "gpu",
     # "cpu (the NNAPI delegate took no node)", "gpu (partial: 7 delegate kernels, ...)"); else the accelerator.
     "unit",
+    # GPU memory the row's process held (memory.gpu_bytes: NVML on a host GPU, dumpsys Graphics on Android).
+    "gpu_mb",
     # The sweep combination (harness.suite Suite.sweep): its label ("model=tiny, options.dtype=int8"; "" when
     # the run has no sweep), its plan order, and one "axis:<path>" column per axis (added per run).
     "combination", "combination_index",
@@ -127,6 +129,7 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             "tensor_mb_measured": _mb(res.memory.tensor_bytes_measured),
             "tensor_mb_planned": _mb(res.memory.tensor_bytes_planned),
             "weight_mb": _mb(res.memory.weight_bytes), "tensor_method": res.memory.tensor_measure_method,
+            "gpu_mb": _mb(res.memory.gpu_bytes),
             "timing_method": res.timing_method, "first_run_ms": res.first_run_ms, "init_ms": res.init_ms,
             "check_rel_error": res.check.rel_error if res.check else None,
             "error": f"{res.error.kind}: {res.error.message}" if res.error else None,

@@ -155,13 +155,19 @@ def driver_env(driver: str) -> dict[str, str | None]:
     return {"VK_ICD_FILENAMES": path, "VK_DRIVER_FILES": None}
 
 
+# The driver `auto` settled on in this process (the system's drivers are not tried again for every file).
+_AUTO_CHOICE: dict[str, str] = {}
+
+
 def driver_candidates(choice: str) -> list[str]:
     """The drivers `auto` tries, in order: the environment's when it names one, else the system's, then
-    SwiftShader (where installed)."""
+    SwiftShader (where installed); once one gave an adapter in this process, that one."""
     if choice != "auto":
         return [choice]
     if any(os.environ.get(name) for name in DRIVER_ENV):
         return ["environment"]
+    if "auto" in _AUTO_CHOICE:
+        return [_AUTO_CHOICE["auto"]]
     out = ["system"]
     if swiftshader_icd():
         out.append("swiftshader")
@@ -274,6 +280,8 @@ def probe(path: str | os.PathLike, *, allow_cpu: bool = False, precision: str = 
             report.tried.append({"driver": candidate, "why": "no adapter (Dawn refused the drivers it found)"})
             continue
         report.driver = candidate
+        if driver == "auto" and log.adapter is not None:
+            _AUTO_CHOICE["auto"] = candidate
         report.adapter, report.rejected = log.adapter, log.rejected
         report.ops_on_gpu, report.ops_on_cpu = log.ops_on_gpu, log.ops_on_cpu
         report.log_tail = "\n".join(line for line in stderr.splitlines()
