@@ -147,7 +147,7 @@ def _row(path: Path, iterations: int, warmup: int, cpu_threads: int, timeout: fl
 
 # ------------------------------------------------------------------------------------ there: e2e
 
-def e2e(paths: dict[str, Path], steps: int) -> dict:
+def e2e(paths: dict[str, Path], steps: int, model_name: str) -> dict:
     """One 512x512 image of `steps` guided steps through the three components on the GPU: the harness's
     generation loop (`Pipeline.from_functions` + `time_images`), scheduler and guidance in torch."""
     from harness.models.configs import get_model_config
@@ -160,10 +160,11 @@ def e2e(paths: dict[str, Path], steps: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    suite = load_suite(ROOT / "suites" / "e2e.yaml", [f"workload_args.steps={steps}", "warmup_runs=1", "iterations=1",
-                                                        "check.enabled=false"])
+    suite_file = "e2e_smoke.yaml" if model_name == "tiny" else "e2e.yaml"  # the model's native image size
+    suite = load_suite(ROOT / "suites" / suite_file, [f"workload_args.steps={steps}", "warmup_runs=1", "iterations=1",
+                                                      "check.enabled=false", f"model.name={model_name}"])
     spec = expand(suite, ["host"], "litert-gpu-e2e").jobs[0].spec
-    cfg = get_model_config("sd14")
+    cfg = get_model_config(model_name)
     args = parse_args(spec, cfg.image_size, cfg.vae_scale_factor)
     t0 = time.perf_counter()
     fns = {name: ModelFn(GpuModel(paths[comp]), name) for name, comp in
@@ -242,11 +243,12 @@ def run(skel: Path, iterations: int, warmup: int, with_torch: bool, with_e2e: bo
             from harness.runtimes.litert_gpu import apply_env, driver_env
 
             apply_env(driver_env(driver if driver != "auto" else "environment"))
-            e2e_row = e2e(paths, steps)
+            e2e_row = e2e(paths, steps, index["model"])
         except Exception as exc:  # noqa: BLE001 - report it, keep the table
             e2e_row = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         print(f"[e2e] {e2e_row}", flush=True)
-    doc = {"adapter": adapter, "gpu": gpu_name, "dtype": index["dtype"], "rows": rows, "torch_rows": torch_rows,
+    doc = {"model": index["model"], "adapter": adapter, "gpu": gpu_name, "dtype": index["dtype"], "rows": rows,
+           "torch_rows": torch_rows,
            "e2e": e2e_row}
     if json_out:
         json_out.write_text(json.dumps(doc, indent=1, default=str))
@@ -256,7 +258,8 @@ def run(skel: Path, iterations: int, warmup: int, with_torch: bool, with_e2e: bo
 
 def render(doc: dict) -> str:
     f = lambda v, fmt: format(v, fmt) if isinstance(v, (int, float)) else "-"  # noqa: E731
-    lines = [f"SD 1.4 UNet iteration, batch 2, {doc['dtype']} weights; LiteRT GPU engine on {doc['adapter']}"
+    lines = [f"{doc.get('model', 'sd14')} UNet iteration, batch 2, {doc['dtype']} weights; LiteRT GPU engine on "
+             f"{doc['adapter']}"
              + (f"; torch on {doc['gpu']}" if doc.get("gpu") else ""),
              "| row | ms | ms + read | planned tensor MB | GPU MB | weights MB | fully on GPU | GPU vs CPU err |",
              "|---|---:|---:|---:|---:|---:|---|---:|"]
@@ -280,8 +283,8 @@ def render(doc: dict) -> str:
         if e.get("error"):
             lines.append(f"\nend to end through litert-gpu: ERROR {e['error']}")
         else:
-            lines.append(f"\nend to end through litert-gpu (+FlashAttention row, {e['steps']} steps, {e['scheduler']}, "
-                         f"512x512): {e['total_s']:.2f} s per image (text encoder {e['text_encoder_ms']:.1f} ms, UNet "
+            lines.append(f"\nend to end through litert-gpu (+FlashAttention row, {e['steps']} steps, {e['scheduler']}): "
+                         f"{e['total_s']:.2f} s per image (text encoder {e['text_encoder_ms']:.1f} ms, UNet "
                          f"{e['unet_ms_per_step']:.1f} ms x {e['unet_calls']}, scheduler {e['scheduler_ms_per_step']:.1f} "
                          f"ms/step on the host CPU, decoder {e['decoder_ms']:.1f} ms); first image "
                          f"{e['warmup_total_s']:.2f} s")

@@ -49,17 +49,21 @@ MAPPING: dict[str, dict[str, dict[str, str]]] = {
         "groupnorm_gelu": {
             "decomposed": "GroupNorm as RESHAPE/MEAN/SUB/MUL/RSQRT/ADD ops; GELU as the erf formula "
                           "(the converter writes erf as MUL/ADD/MINIMUM/MAXIMUM/DIV; no GELU op)",
-            "fused": "the odml.group_norm composite (litert-torch enable_group_norm_composite) and "
-                     "the builtin GELU op",
+            "fused": "GroupNorm with its statistics folded into one per-channel scale and shift (MEAN, SUB, "
+                     "MUL, MEAN, RSQRT, then one MUL and ADD over the activation; not the odml.group_norm "
+                     "composite, which LiteRT's host GPU engine crashes on) and the builtin GELU op",
         },
         "attention": {
             "standard": "BATCH_MATMUL, the softmax of the softmax flag, BATCH_MATMUL",
-            "flash": "the odml.scaled_dot_product_attention composite (q/k/v as [B,T,N,H], an "
-                     "explicit zero mask [B,1,1,T_k]); the softmax flag no longer applies",
+            "flash": "FlashAttention's tiled online softmax as ops: keys/values in blocks of at most 512 "
+                     "(BATCH_MATMUL, REDUCE_MAX, MAXIMUM, EXP, SUM, rescaled accumulator; no [T_q, T_k] tensor; "
+                     "not the odml.scaled_dot_product_attention composite, which LiteRT's host GPU engine "
+                     "crashes on); the softmax flag no longer applies",
             "relu": "BATCH_MATMUL, RELU, BATCH_MATMUL, MUL by scale/T_k (ReLU attention, "
                     "relu(QK^T*scale)V/T_k; no SOFTMAX); the softmax flag no longer applies",
         },
-        "conv3x3": {"direct": "CONV_2D", "winograd": "n/a: CONV_2D, same artifact as direct"},
+        "conv3x3": {"direct": "CONV_2D", "winograd": "n/a: CONV_2D, same artifact as direct (ML Drift picks "
+                                                   "Winograd itself for 3x3 stride-1 convolutions it finds worth it)"},
     },
     "coreml": {
         "softmax": {
@@ -87,9 +91,11 @@ MAPPING: dict[str, dict[str, dict[str, str]]] = {
 DTYPE_MAPPING: dict[str, dict[str, str]] = {
     "tflite": {
         "fp32": "FLOAT32 constants",
-        "fp16": "FLOAT16 constants feeding DEQUANTIZE ops (litert-torch full_fp16_recipe)",
+        "fp16": "FLOAT16 constants feeding DEQUANTIZE ops (litert-torch full_fp16_recipe); EMBEDDING_LOOKUP "
+                "tables stay FLOAT32 (the GPU engine refuses an fp16 table)",
         "int8": "INT8 constants with per-channel scales feeding DEQUANTIZE ops, activations float "
-                "(litert-torch full_weight_only_recipe, INT8 CHANNELWISE); biases and norm scales stay FLOAT32",
+                "(litert-torch full_weight_only_recipe, INT8 CHANNELWISE); biases, norm scales and embedding "
+                "tables stay FLOAT32; every Linear as a 1x1 CONV_2D (ML Drift's int8 FULLY_CONNECTED fails to build)",
     },
     "coreml": {
         "fp32": "compute_precision=FLOAT32",

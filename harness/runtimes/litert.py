@@ -35,8 +35,8 @@ class CpuModel:
             raise ValueError(f"{self.path} takes {len(self.inputs)} inputs "
                              f"({[i['name'] for i in self.inputs]}), got {len(arrays)}")
         for desc, arr in zip(self.inputs, arrays):
-            self.interpreter.set_tensor(desc["index"], np.ascontiguousarray(
-                np.asarray(arr, dtype=desc["dtype"]).reshape(desc["shape"])))
+            self.interpreter.set_tensor(desc["index"], np.array(
+                arr, dtype=desc["dtype"], order="C").reshape(tuple(int(d) for d in desc["shape"])))
 
     def run(self) -> None:
         self.interpreter.invoke()

@@ -24,7 +24,8 @@ as SwiftShader is `software: true` and the row's unit says so), the driver, prec
 graph ran wholly on the GPU, and the ops the engine refused (type, reason, nodes, torch modules). A
 graph that is not wholly on the GPU fails the row (kind `delegation`) unless
 `options.extra.allow_cpu_fallback: true`, which runs it split and marks the unit "partial" with the
-op counts. Timing: wall time of CompiledModel.run (it returns when the outputs are ready). Memory:
+op counts. Timing: wall time of CompiledModel.run in benchmark mode (it returns when the GPU has
+finished; `harness.runtimes.litert_gpu.compile_model`). Memory:
 planned tensors and weights from the file as on the CPU; memory.gpu_bytes is the process's GPU memory
 from NVML after the timed runs (NVIDIA; elsewhere None, extra.gpu.memory_method says why); the
 RssAnon growth is kept in extra (SwiftShader's "GPU memory" is host memory: it is in it).
@@ -122,8 +123,8 @@ def check_litert_job(spec: JobSpec, dtype: str) -> Any:
 def gpu_unit(report: Any) -> str:
     """The unit a litert-gpu run used, as reports show it."""
     unit = "gpu"
-    if report.adapter is not None and report.adapter.software:
-        unit = f"gpu (CPU emulation: {report.adapter.name}; not a GPU figure)"
+    if report.adapter is not None and report.adapter.software:  # the adapter's name is in extra.gpu
+        unit = "gpu (CPU emulation)"
     if not report.fully_accelerated:
         split = (f"{report.ops_on_gpu} ops on the GPU, {report.ops_on_cpu} on the CPU"
                  if report.ops_on_cpu is not None else "part of the graph on the CPU")

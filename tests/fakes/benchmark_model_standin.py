@@ -290,7 +290,7 @@ class CompiledRunner:
             accel = HardwareAccelerator.GPU | HardwareAccelerator.CPU if use_cpu else HardwareAccelerator.GPU
         env = Environment.create(runtime_path=os.path.dirname(ai_edge_litert.__file__))
         self.model = CompiledModel.from_file(graph, environment=env, options=Options(
-            hardware_accelerators=accel, gpu_options=GpuOptions(enforce_f32=precision == "fp32")))
+            hardware_accelerators=accel, gpu_options=GpuOptions(enforce_f32=precision == "fp32", benchmark_mode=True)))
         self.inputs = self.model.create_input_buffers(0)
         self.outputs = self.model.create_output_buffers(0)
         sig = self.model.get_signature_by_index(0)
