@@ -87,7 +87,8 @@ def harness_rows(iterations: int, variants: list[str] | None) -> list[dict]:
     return rows
 
 
-def diffusers_rows(iterations: int, skip_compile: bool) -> tuple[list[dict], torch.Tensor]:
+def diffusers_rows(iterations: int, skip_compile: bool,
+                   modes: tuple[str, ...] = ("default", "reduce-overhead")) -> tuple[list[dict], torch.Tensor]:
     from harness import memory
     from harness.models.unet import build_unet, example_inputs
     from harness.workloads.common import cuda_graph_replay_ms
@@ -111,7 +112,7 @@ def diffusers_rows(iterations: int, skip_compile: bool) -> tuple[list[dict], tor
     print(f"[diffusers] eager {rows[-1]['ms']:.2f} ms, as a CUDA graph {rows[-1]['graph_ms']:.2f} ms", flush=True)
     if skip_compile:
         return rows, ref
-    for mode in ("default", "reduce-overhead"):
+    for mode in modes:
         torch._dynamo.reset()
         torch.cuda.empty_cache()
         t0 = time.time()

@@ -187,8 +187,8 @@ def e2e(paths: dict[str, Path], steps: int, model_name: str) -> dict:
 
 # ------------------------------------------------------------------------------------ there: run
 
-def run(skel: Path, iterations: int, warmup: int, with_torch: bool, with_e2e: bool, json_out: Path | None,
-        workdir: Path, cpu_threads: int, steps: int) -> int:
+def run(skel: Path, iterations: int, warmup: int, with_torch: str | None, with_e2e: bool, json_out: Path | None,
+        workdir: Path, cpu_threads: int, steps: int, skip_litert: bool = False) -> int:
     from harness.export.skeleton import refill
     from harness.runtimes.litert_gpu import probe
 
@@ -197,13 +197,15 @@ def run(skel: Path, iterations: int, warmup: int, with_torch: bool, with_e2e: bo
     rows, files = [], {}
     for f in index["files"]:
         path = workdir / f["skeleton"].replace(".skel", ".tflite")
+        files[f["key"]] = path
+        if skip_litert or (f["component"] != "unet" and not with_e2e):
+            continue
         t0 = time.time()
         refill(skel / f["skeleton"], path)
-        files[f["key"]] = path
         print(f"[refill] {f['component']} {','.join(f['rows'])}: {time.time() - t0:.0f} s", flush=True)
     adapter, driver = None, "auto"
     for f in index["files"]:
-        if f["component"] != "unet":
+        if f["component"] != "unet" or skip_litert:
             continue
         path = files[f["key"]]
         t0 = time.time()
@@ -230,9 +232,11 @@ def run(skel: Path, iterations: int, warmup: int, with_torch: bool, with_e2e: bo
         import gpu_table1
 
         gpu_name = torch.cuda.get_device_name(0)
-        torch_rows += gpu_table1.harness_rows(iterations, None)
-        drows, _ = gpu_table1.diffusers_rows(iterations, skip_compile=False)
-        torch_rows += [r for r in drows if r["row"] != "diffusers torch.compile default"]
+        if with_torch in ("all", "harness"):
+            torch_rows += gpu_table1.harness_rows(iterations, None)
+        if with_torch in ("all", "diffusers"):
+            drows, _ = gpu_table1.diffusers_rows(iterations, skip_compile=False, modes=("reduce-overhead",))
+            torch_rows += drows
     e2e_row = None
     if with_e2e:
         paths = {}
@@ -304,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("skeletons", type=Path)
     r.add_argument("--iterations", type=int, default=30)
     r.add_argument("--warmup", type=int, default=3)
-    r.add_argument("--torch", action="store_true", help="add the torch rows of bench/gpu_table1.py (CUDA)")
+    r.add_argument("--torch", nargs="?", const="all", choices=("all", "harness", "diffusers"),
+                   help="add torch rows of bench/gpu_table1.py on the CUDA GPU: the harness's ladder (CUDA graphs), "
+                        "diffusers' eager and torch.compile(mode='reduce-overhead'), or all (default)")
+    r.add_argument("--skip-litert", action="store_true", help="only the torch rows (with --torch)")
     r.add_argument("--e2e", action="store_true", help="time a 20-step 512x512 image through litert-gpu")
     r.add_argument("--steps", type=int, default=20)
     r.add_argument("--json", type=Path)
@@ -327,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         os._exit(0)  # skip the engine's teardown
     return run(args.skeletons, args.iterations, args.warmup, args.torch, args.e2e, args.json, args.workdir,
-               args.cpu_threads, args.steps)
+               args.cpu_threads, args.steps, args.skip_litert)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from harness.variants import ladder_flags
 from harness.workloads.common import InputError
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANT = "+winograd"  # every flag: the UNet and decoder artifacts get composites; conv3x3 is n/a on .tflite
+VARIANT = "+winograd"  # every flag (GPU-clean forms in the UNet and decoder artifacts); conv3x3 is n/a on .tflite
 STEPS = 3
 NAMES = ("text_encoder", "unet", "decoder")
 
@@ -34,10 +34,10 @@ def cache(tmp_path_factory):
 
 
 def _spec(out: Path, job_id: str = "j", *, dtype: str = "fp32", tolerance: float = 1e-3,
-          artifact: str | None = None, **workload_args) -> JobSpec:
+          artifact: str | None = None, runtime: str = "litert-cpu", **workload_args) -> JobSpec:
     return JobSpec(job_id=job_id, run_id="r", device="host", workload="e2e", model=ModelRef(name="tiny"),
                    variant=VARIANT, flags=ladder_flags(VARIANT).to_dict(),
-                   options=RuntimeOptions(runtime="litert-cpu", dtype=dtype, threads=1),
+                   options=RuntimeOptions(runtime=runtime, dtype=dtype, threads=1),
                    measure=MeasurePolicy(warmup_runs=0, iterations=2), check=CheckPolicy(rel_tolerance=tolerance),
                    artifact=artifact, workload_args={"steps": STEPS, "output_dir": str(out), **workload_args})
 
@@ -136,6 +136,26 @@ def test_second_job_finds_the_artifacts_in_the_cache(first_job, tmp_path):
         assert "rebuilt_because" not in art
     assert len(res["components_ms"]["unet_ms"][0]) == STEPS
     assert res["extra"]["artifact_ms"] < 60_000  # lookups and hashes, no conversion
+
+
+def test_the_loop_on_the_gpu_engine(first_job, tmp_path):
+    """runtime litert-gpu: the same three files, each probed and compiled on LiteRT's GPU accelerator
+    (SwiftShader here), checked against PyTorch on the first step's inputs, then the loop timed."""
+    from harness.runtimes.litert_gpu import swiftshader_icd
+
+    if swiftshader_icd() is None:
+        pytest.skip("SwiftShader (Debian's chromium) is not installed; .ci/run installs it")
+    res = _run(_spec(tmp_path, "gpu", runtime="litert-gpu"))
+    assert "error" not in res, res.get("error")
+    extra = res["extra"]
+    assert extra["runtime"] == "litert-gpu" and extra["accelerator"] == "gpu" and extra["unit"] == "gpu (CPU emulation)"
+    assert set(extra["gpu_components"]) == set(NAMES)
+    assert all(g["fully_accelerated"] and g["software"] for g in extra["gpu_components"].values())
+    assert extra["gpu"] == extra["gpu_components"]["unet"] and "memory_method" in extra["gpu"]
+    assert res["check"].passed and max(c["rel_error"] for c in extra["check_components"].values()) < 1e-3
+    assert len(res["components_ms"]["unet_ms"][0]) == STEPS and min(res["components_ms"]["unet_ms"][0]) > 0
+    assert all(extra["artifacts"][n]["cached"] for n in NAMES)  # the CPU job's files, nothing converted
+    assert Path(extra["image_path"]).is_file()
 
 
 def test_reference_mismatch_names_the_component(first_job, tmp_path):
