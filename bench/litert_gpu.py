@@ -188,7 +188,8 @@ def e2e(paths: dict[str, Path], steps: int, model_name: str) -> dict:
 # ------------------------------------------------------------------------------------ there: run
 
 def run(skel: Path, iterations: int, warmup: int, with_torch: str | None, with_e2e: bool, json_out: Path | None,
-        workdir: Path, cpu_threads: int, steps: int, skip_litert: bool = False) -> int:
+        workdir: Path, cpu_threads: int, steps: int, skip_litert: bool = False,
+        only_rows: list[str] | None = None) -> int:
     from harness.export.skeleton import refill
     from harness.runtimes.litert_gpu import probe
 
@@ -198,14 +199,20 @@ def run(skel: Path, iterations: int, warmup: int, with_torch: str | None, with_e
     for f in index["files"]:
         path = workdir / f["skeleton"].replace(".skel", ".tflite")
         files[f["key"]] = path
-        if skip_litert or (f["component"] != "unet" and not with_e2e):
+        if skip_litert or (f["component"] != "unet" and not with_e2e) or (
+                f["component"] == "unet" and only_rows and not set(f["rows"]) & set(only_rows) and not with_e2e):
             continue
         t0 = time.time()
+        done = path.with_name(path.name + ".from")  # the skeleton a refilled file came from (a second call skips it)
+        stamp = f"{f['skeleton']} {(skel / f['skeleton']).stat().st_size}"
+        if path.is_file() and done.is_file() and done.read_text() == stamp:
+            continue
         refill(skel / f["skeleton"], path)
+        done.write_text(stamp)
         print(f"[refill] {f['component']} {','.join(f['rows'])}: {time.time() - t0:.0f} s", flush=True)
     adapter, driver = None, "auto"
     for f in index["files"]:
-        if f["component"] != "unet" or skip_litert:
+        if f["component"] != "unet" or skip_litert or (only_rows and not set(f["rows"]) & set(only_rows)):
             continue
         path = files[f["key"]]
         t0 = time.time()
@@ -221,6 +228,9 @@ def run(skel: Path, iterations: int, warmup: int, with_torch: str | None, with_e
         else:
             row["error"] = report.summary() + " " + report.error
         rows.append(row)
+        if json_out:  # as it goes: a call cut off at its limit keeps what it measured
+            json_out.write_text(json.dumps({"model": index["model"], "adapter": adapter, "rows": rows}, indent=1,
+                                           default=str))
         print(f"[litert-gpu] {row['row']}: {row.get('ms')} ms, GPU vs CPU {row.get('gpu_vs_cpu_rel')}, "
               f"fully accelerated {row['fully_accelerated']}, GPU MB {(row.get('gpu_bytes') or 0) / MB:.0f}", flush=True)
     torch_rows: list[dict] = []
@@ -312,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="add torch rows of bench/gpu_table1.py on the CUDA GPU: the harness's ladder (CUDA graphs), "
                         "diffusers' eager and torch.compile(mode='reduce-overhead'), or all (default)")
     r.add_argument("--skip-litert", action="store_true", help="only the torch rows (with --torch)")
+    r.add_argument("--rows", help="comma-separated ladder rows of the litert-gpu table (default: all)")
     r.add_argument("--e2e", action="store_true", help="time a 20-step 512x512 image through litert-gpu")
     r.add_argument("--steps", type=int, default=20)
     r.add_argument("--json", type=Path)
@@ -334,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         os._exit(0)  # skip the engine's teardown
     return run(args.skeletons, args.iterations, args.warmup, args.torch, args.e2e, args.json, args.workdir,
-               args.cpu_threads, args.steps, args.skip_litert)
+               args.cpu_threads, args.steps, args.skip_litert, args.rows.split(",") if args.rows else None)
 
 
 if __name__ == "__main__":
