@@ -131,7 +131,8 @@ def test_flags_from_options_and_measure() -> None:
     args, missing = benchmark_flags(spec, "/d/m.tflite", supported=None, result_file="/d/r.pb")
     assert args == ["--graph=/d/m.tflite", "--num_runs=20", "--warmup_runs=3", "--warmup_min_secs=0",
                     "--min_secs=1.5", "--max_secs=90", "--num_threads=4", "--use_gpu=true", "--gpu_backend=cl",
-                    "--gpu_precision_loss_allowed=true", "--run_delay=0.25", "--enable_op_profiling=true",
+                    "--gpu_precision_loss_allowed=true", "--require_full_delegation=true", "--run_delay=0.25",
+                    "--enable_op_profiling=true",
                     "--report_peak_memory_footprint=true", "--use_xnnpack=false"]
     assert missing == []  # nothing is known to be missing; result_file_path needs a binary that lists it
     supported = {"graph", "num_runs", "warmup_runs", "min_secs", "max_secs", "use_gpu", "result_file_path"}
@@ -313,9 +314,10 @@ def test_smoke_suite_on_two_fake_phones_then_nothing_to_push(tmp_path: Path, tin
     store_url = f"sqlite:///{tmp_path}/x.db"
     farm = _farm(tmp_path / "farm.yaml")
     # run_delay: the tiny block runs in microseconds; 0.1 s between runs keeps benchmark_model alive for
-    # several meminfo samples (interval 0.1 s), as a real SD model does by itself.
+    # several meminfo samples (interval 0.1 s), as a real SD model does by itself. On the CPU: the stand-in
+    # profiles ops there (its GPU runs are tested in test_gpu_rows_on_both_benchmark_model_tools_...).
     graph = ["--set", f"options.extra.graph={tiny_tflite}", "--set", "options.extra.enable_op_profiling=true",
-             "--set", "options.extra.run_delay=0.1"]
+             "--set", "options.extra.run_delay=0.1", "--set", "runtime=litert-cpu"]
     with FakeAdbServer(devices) as srv:
         # 1) the real command line, in a subprocess
         proc = subprocess.run([sys.executable, "-m", "harness", *_run_args(srv.port, standin, store_url, farm, *graph),
@@ -365,7 +367,7 @@ def test_smoke_suite_on_two_fake_phones_then_nothing_to_push(tmp_path: Path, tin
         assert res.device_state_before["hottest_c"] == 43.9 and res.device_state_after["battery_c"] == 31.2
         assert set(res.op_times_ms) == {"groupnorm", "gelu", "attention", "conv3x3", "other"}
         assert {"CONV_2D", "SOFTMAX", "GELU"} <= set(res.extra["op_type_ms"])
-        assert res.extra["accelerator"] == "gpu" and "--use_gpu=true" in res.extra["benchmark_flags"]
+        assert res.extra["accelerator"] == "cpu" and "--use_gpu=false" in res.extra["benchmark_flags"]
     assert len(list(Path(f"results/runs/{run.id}").glob("*/device/stdout.txt"))) == 10  # pulled, kept per job
     # nothing is left on the phones but the binary, the agent and the model
     left = sorted(str(p.relative_to(tmp_path / "p1")) for p in (tmp_path / "p1" / "data/local/tmp").rglob("*")
@@ -469,6 +471,7 @@ def test_gpu_rows_on_both_benchmark_model_tools_are_wholly_on_the_gpu_or_fail(
     both running the graph on LiteRT's GPU accelerator (SwiftShader here). A GPU-clean graph: unit gpu.
     A graph with a BROADCAST_TO: the row fails (kind delegation) with full delegation required, and with
     allow_cpu_fallback it runs and its unit says partial."""
+    (tmp_path / "cm").mkdir()
     compiled = write_standin(tmp_path / "cm" / "benchmark_model", tool="compiled_model")
     monkeypatch.chdir(tmp_path)
     store = f"sqlite:///{tmp_path}/g.db"

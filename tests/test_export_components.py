@@ -158,6 +158,25 @@ def test_tflite_int8_weights(comp_cache):
     assert ref["passed"] and 5e-3 < ref["rel_error"] < DEFAULT_REL_TOLERANCE["int8"]
     report = inspect_artifact(art.path)
     assert report["weight_bytes_by_dtype"]["int8"] == by_dtype["int8"] and "int8" in format_report(report)
+    # On LiteRT's GPU engine (SwiftShader): wholly on it (its Linears are 1x1 convolutions in int8 files),
+    # and its output is the CPU interpreter's.
+    from harness.runtimes.litert_gpu import swiftshader_icd
+
+    if swiftshader_icd() is not None:
+        import numpy as np
+
+        from harness.runtimes.litert import CpuModel, open_model
+        from harness.runtimes.litert_gpu import probe
+
+        assert art.meta["gpu"]["fully_accelerated"] is True
+        gpu = open_model(art.path, "litert-gpu", gpu=probe(art.path))
+        cpu = CpuModel(art.path)
+        x = np.random.default_rng(0).standard_normal(tuple(int(d) for d in cpu.inputs[0]["shape"])).astype(np.float32)
+        for m in (gpu, cpu):
+            m.set_inputs([x])
+            m.run()
+        out, ref = np.asarray(gpu.output()), np.asarray(cpu.output())
+        assert float(np.abs(out - ref).max() / np.abs(ref).max()) < 1e-3
 
 
 def test_factory_model_with_relu_attention_exports_to_tflite(comp_cache):

@@ -370,7 +370,7 @@ def test_device_spec_and_runtime_mapping(mlpackage: Path) -> None:
     assert d.options.extra == {"foo": 1, "models": {"unet": "Documents/models/ab.mlpackage"}, "heartbeat_s": 0.5}
     assert compute_units_of(spec.model_copy(update={"options": RuntimeOptions(compute_units="all")})) == "all"
     for options, words in [(RuntimeOptions(compute_units="gpu"), "not Core ML's"),
-                           (RuntimeOptions(runtime="litert-gpu"), "not available on iOS")]:
+                           (RuntimeOptions(runtime="litert-gpu"), "does not run on ios devices")]:
         with pytest.raises(_JobFailure, match=words):
             s = spec.model_copy(update={"options": options})
             check_runtime(s)
@@ -465,8 +465,11 @@ def test_fixtures_are_what_make_fixtures_writes_now() -> None:
 
 
 def _assert_close(a, b, where: str) -> None:
+    # fp32 scheduler arithmetic: the same code gives values up to 2.9e-6 apart (8e-5 relative, on values near
+    # 0) on an AMD EPYC and on the Xeon the fixture was written on (SIMD paths differ); a stale fixture or a
+    # changed scheduler differs by far more.
     if isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7), where
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5), where
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for k in a:

@@ -28,9 +28,11 @@ def _stored(url: str, run_id: str):
     return Store(url).load_run(run_id)
 
 
+@pytest.mark.slow
 def test_run_smoke_suite_on_litert_cpu(tmp_path):
     """`harness run suites/smoke.yaml --set runtime=litert-cpu`: the artifact is exported through the
-    cache before the job, the job runs it, and the result says that conv3x3 is n/a on .tflite."""
+    cache before the job, the job runs it, and the result says that conv3x3 is n/a on .tflite. (Slow: a
+    tiny-UNet conversion; tests/test_litert_gpu.py runs the same command path on its own model.)"""
     url = f"sqlite:///{tmp_path / 'x.db'}"
     proc = harness("run", "suites/smoke.yaml", "--set", "runtime=litert-cpu", "--set", "variants=[+winograd]",
                    "--store", url, "--cache", str(tmp_path / "cache"), "--no-report")
@@ -127,7 +129,7 @@ def test_litert_cpu_reference_mismatch_and_bad_dtype(nano_env):
     run_litert(_spec("+flash_attention", tolerance=1e-9, artifact=path), strict)
     assert strict["error"]["kind"] == "reference_mismatch" and "'+flash_attention'" in strict["error"]["message"]
     assert not strict["check"].passed and "samples_ms" not in strict
-    with pytest.raises(InputError, match="fp16, fp32 or int8 weights, not 'bf16'"):
+    with pytest.raises(InputError, match="fp16, fp32, int8 weights, not 'bf16'"):
         run_litert(_spec("baseline", dtype="bf16"), {"extra": {}})
     # int8 goes through to the exporter (ensure_artifact(..., dtype="int8")): its answer, not the runtime's.
     int8 = {"extra": {}}

@@ -108,7 +108,11 @@ def test_driver_choices(monkeypatch):
     monkeypatch.setattr(litert_gpu, "_AUTO_CHOICE", {})
     monkeypatch.delenv("VK_ICD_FILENAMES", raising=False)
     monkeypatch.delenv("VK_DRIVER_FILES", raising=False)
-    assert driver_candidates("auto")[0] == "system"
+    monkeypatch.setattr(litert_gpu, "swiftshader_icd", lambda: "/x/vk_swiftshader_icd.json")
+    monkeypatch.setattr(litert_gpu, "gpu_device_nodes", lambda: True)
+    assert driver_candidates("auto") == ["system", "swiftshader"]
+    monkeypatch.setattr(litert_gpu, "gpu_device_nodes", lambda: False)  # no GPU shown: SwiftShader first
+    assert driver_candidates("auto") == ["swiftshader", "system"]
     litert_gpu._AUTO_CHOICE["auto"] = "swiftshader"  # what a probe that found SwiftShader leaves
     assert driver_candidates("auto") == ["swiftshader"]
     litert_gpu._AUTO_CHOICE.clear()

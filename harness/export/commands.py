@@ -164,23 +164,36 @@ def _export_one(suite: Any, formats: list[str], dtype: str, cache_dir: Path | No
                     bar.finish(f"FAILED {name} ({_what(p)}): {exc}")
     table = Table(title=f"Artifacts: {model.name}, {dtype} weights")
     for col in ("format", "component", "rows", "status", "MB", "weights MB", "planned tensor MB", "ref. error",
-                "path"):
+                "GPU", "path"):
         table.add_column(col, overflow="fold")
     failed = 0
     for p in planned:
         got = results.get(id(p), p.cached)
         if isinstance(got, ExportError):
             failed += 1
-            table.add_row(p.fmt, p.component, _rows_text(p), "FAILED", "", "", "", "", str(got)[:120])
+            table.add_row(p.fmt, p.component, _rows_text(p), "FAILED", "", "", "", "", "", str(got)[:120])
             continue
         assert got is not None
         err = _ref_error(got)
         table.add_row(p.fmt, p.component, _rows_text(p), "cached" if p.cached is not None else "built",
                       f"{got.size_bytes / MB:.1f}", f"{got.meta.get('weight_bytes', 0) / MB:.1f}",
                       f"{got.meta.get('planned_tensor_bytes', 0) / MB:.1f}",
-                      "" if err is None else f"{err:.2g}", str(got.path))
+                      "" if err is None else f"{err:.2g}", _gpu_cell(got), str(got.path))
     console.print(table)
     return 1 if failed else 0
+
+
+def _gpu_cell(art: Artifact) -> str:
+    """What the export's GPU check found (meta.json `gpu`; .mlpackage: no check)."""
+    gpu = art.meta.get("gpu")
+    if not gpu:
+        return "-" if art.fmt != "tflite" else "not checked"
+    if not gpu.get("checked"):
+        return "not checked"
+    emulated = " (CPU emulation)" if gpu.get("software") else ""
+    if gpu.get("fully_accelerated"):
+        return "fully" + emulated
+    return ("accepted, not built" if gpu.get("why") else "NO") + emulated
 
 
 def inspect_command(path: Path, as_json: bool, gpu: bool = True) -> int:

@@ -159,19 +159,26 @@ def driver_env(driver: str) -> dict[str, str | None]:
 _AUTO_CHOICE: dict[str, str] = {}
 
 
+def gpu_device_nodes() -> bool:
+    """Whether this machine shows a GPU to user space (a DRM render node or an NVIDIA device)."""
+    import glob
+
+    return bool(glob.glob("/dev/dri/renderD*") or glob.glob("/dev/nvidia[0-9]*"))
+
+
 def driver_candidates(choice: str) -> list[str]:
-    """The drivers `auto` tries, in order: the environment's when it names one, else the system's, then
-    SwiftShader (where installed); once one gave an adapter in this process, that one."""
+    """The drivers `auto` tries, in order: the environment's when it names one; else the system's, then
+    SwiftShader (where installed), SwiftShader first on a machine that shows no GPU device (the system's
+    drivers can only offer a software adapter there); once one gave an adapter in this process, that one."""
     if choice != "auto":
         return [choice]
     if any(os.environ.get(name) for name in DRIVER_ENV):
         return ["environment"]
     if "auto" in _AUTO_CHOICE:
         return [_AUTO_CHOICE["auto"]]
-    out = ["system"]
-    if swiftshader_icd():
-        out.append("swiftshader")
-    return out
+    if not swiftshader_icd():
+        return ["system"]
+    return ["system", "swiftshader"] if gpu_device_nodes() else ["swiftshader", "system"]
 
 
 def apply_env(changes: dict[str, str | None], env: dict[str, str] | os._Environ = os.environ) -> None:
@@ -272,11 +279,12 @@ def probe(path: str | os.PathLike, *, allow_cpu: bool = False, precision: str = 
     ProbeReport). `driver` as LiteRtGpuOptions.vulkan_driver; `auto` tries the candidates until one
     gives an adapter."""
     report = ProbeReport(path=str(path), allow_cpu=allow_cpu, precision=precision)
-    for candidate in driver_candidates(driver):
+    candidates = driver_candidates(driver)
+    for candidate in candidates:
         changes = driver_env(candidate)
         rc, stderr, result = _run_child(str(path), allow_cpu, precision, changes, timeout_s)
         log = parse_engine_log(stderr)
-        if log.no_adapter and candidate != driver_candidates(driver)[-1]:
+        if log.no_adapter and candidate != candidates[-1]:
             report.tried.append({"driver": candidate, "why": "no adapter (Dawn refused the drivers it found)"})
             continue
         report.driver = candidate
