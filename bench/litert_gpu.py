@@ -138,9 +138,14 @@ def _row(path: Path, iterations: int, warmup: int, cpu_threads: int, timeout: fl
     cmd = [sys.executable, str(Path(__file__).resolve()), "_row", str(path), "--iterations", str(iterations),
            "--warmup", str(warmup), "--cpu-threads", str(cpu_threads), "--driver", driver]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    from harness.runtimes.litert_gpu import parse_engine_log
+
+    log = parse_engine_log(proc.stderr)
     for line in proc.stdout.splitlines():
         if line.startswith("@@row "):
-            return json.loads(line[6:])
+            row = json.loads(line[6:])
+            row["adapter"] = log.adapter.label() if log.adapter else None
+            return row
     tail = "\n".join(ln for ln in proc.stderr.splitlines() if not ln.startswith(("INFO:", "I0000")))[-1500:]
     return {"error": f"row process ended with code {proc.returncode}: {tail}"}
 
@@ -189,7 +194,7 @@ def e2e(paths: dict[str, Path], steps: int, model_name: str) -> dict:
 
 def run(skel: Path, iterations: int, warmup: int, with_torch: str | None, with_e2e: bool, json_out: Path | None,
         workdir: Path, cpu_threads: int, steps: int, skip_litert: bool = False,
-        only_rows: list[str] | None = None) -> int:
+        only_rows: list[str] | None = None, with_probe: bool = False) -> int:
     from harness.export.skeleton import refill
     from harness.runtimes.litert_gpu import probe
 
@@ -216,23 +221,52 @@ def run(skel: Path, iterations: int, warmup: int, with_torch: str | None, with_e
             continue
         path = files[f["key"]]
         t0 = time.time()
-        report = probe(path)
-        adapter = adapter or (report.adapter.label() if report.adapter else None)
         row = {"row": f"litert-gpu {f['rows'][0]}", "rows": f["rows"], "weight_mb": f["weight_mb"],
                "planned_tensor_mb": f["planned_tensor_mb"], "op_count": f["op_count"],
-               "export_ref_err": f["reference_rel_error"], "fully_accelerated": report.fully_accelerated,
-               "probe": report.summary(), "compile_s": round(time.time() - t0, 1)}
-        if report.fully_accelerated:
-            driver = report.driver
-            row.update(_row(path, iterations, warmup, cpu_threads, timeout=1800, driver=driver))
-        else:
-            row["error"] = report.summary() + " " + report.error
+               "export_ref_err": f["reference_rel_error"]}
+        if with_probe:  # a separate compile in a child (engine crash safety, refused ops named)
+            report = probe(path)
+            row.update(fully_accelerated=report.fully_accelerated, probe=report.summary())
+            if not report.fully_accelerated:
+                row["error"] = report.summary() + " " + report.error
+            driver = report.driver or driver
+        if "error" not in row:  # the row's own child compiles GPU-only: it fails unless wholly on the GPU
+            if driver == "auto":  # no probe: the first driver `auto` would try (the environment's, on a GPU machine)
+                from harness.runtimes.litert_gpu import driver_candidates
+
+                driver = driver_candidates("auto")[0]
+            got = _row(path, iterations, warmup, cpu_threads, timeout=1800, driver=driver)
+            row.update(got)
+            row.setdefault("fully_accelerated", bool(got.get("fully_accelerated")))
+        row["wall_s"] = round(time.time() - t0, 1)
+        adapter = adapter or row.get("adapter")
         rows.append(row)
         if json_out:  # as it goes: a call cut off at its limit keeps what it measured
             json_out.write_text(json.dumps({"model": index["model"], "adapter": adapter, "rows": rows}, indent=1,
                                            default=str))
         print(f"[litert-gpu] {row['row']}: {row.get('ms')} ms, GPU vs CPU {row.get('gpu_vs_cpu_rel')}, "
               f"fully accelerated {row['fully_accelerated']}, GPU MB {(row.get('gpu_bytes') or 0) / MB:.0f}", flush=True)
+    e2e_row = None
+    if with_e2e:
+        paths = {}
+        for comp in E2E_COMPONENTS:
+            f = next(f for f in index["files"] if f["component"] == comp and "+flash_attention" in f["rows"])
+            paths[comp] = files[f["key"]]
+        try:
+            from harness.runtimes.litert_gpu import apply_env, driver_env
+
+            if driver == "auto":
+                from harness.runtimes.litert_gpu import driver_candidates
+
+                driver = driver_candidates("auto")[0]
+            apply_env(driver_env(driver))
+            e2e_row = e2e(paths, steps, index["model"])
+        except Exception as exc:  # noqa: BLE001 - report it, keep the table
+            e2e_row = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        print(f"[e2e] {e2e_row}", flush=True)
+    if json_out:
+        json_out.write_text(json.dumps({"model": index["model"], "adapter": adapter, "rows": rows, "e2e": e2e_row},
+                                       indent=1, default=str))
     torch_rows: list[dict] = []
     gpu_name = None
     if with_torch:
@@ -247,20 +281,6 @@ def run(skel: Path, iterations: int, warmup: int, with_torch: str | None, with_e
         if with_torch in ("all", "diffusers"):
             drows, _ = gpu_table1.diffusers_rows(iterations, skip_compile=False, modes=("reduce-overhead",))
             torch_rows += drows
-    e2e_row = None
-    if with_e2e:
-        paths = {}
-        for comp in E2E_COMPONENTS:
-            f = next(f for f in index["files"] if f["component"] == comp and "+flash_attention" in f["rows"])
-            paths[comp] = files[f["key"]]
-        try:
-            from harness.runtimes.litert_gpu import apply_env, driver_env
-
-            apply_env(driver_env(driver if driver != "auto" else "environment"))
-            e2e_row = e2e(paths, steps, index["model"])
-        except Exception as exc:  # noqa: BLE001 - report it, keep the table
-            e2e_row = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        print(f"[e2e] {e2e_row}", flush=True)
     doc = {"model": index["model"], "adapter": adapter, "gpu": gpu_name, "dtype": index["dtype"], "rows": rows,
            "torch_rows": torch_rows,
            "e2e": e2e_row}
@@ -323,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                         "diffusers' eager and torch.compile(mode='reduce-overhead'), or all (default)")
     r.add_argument("--skip-litert", action="store_true", help="only the torch rows (with --torch)")
     r.add_argument("--rows", help="comma-separated ladder rows of the litert-gpu table (default: all)")
+    r.add_argument("--probe", action="store_true", help="compile each file in a probe child first (names refused "
+                   "ops, survives an engine crash; a second compile)")
     r.add_argument("--e2e", action="store_true", help="time a 20-step 512x512 image through litert-gpu")
     r.add_argument("--steps", type=int, default=20)
     r.add_argument("--json", type=Path)
@@ -345,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         os._exit(0)  # skip the engine's teardown
     return run(args.skeletons, args.iterations, args.warmup, args.torch, args.e2e, args.json, args.workdir,
-               args.cpu_threads, args.steps, args.skip_litert, args.rows.split(",") if args.rows else None)
+               args.cpu_threads, args.steps, args.skip_litert, args.rows.split(",") if args.rows else None,
+               args.probe)
 
 
 if __name__ == "__main__":
