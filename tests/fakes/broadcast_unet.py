@@ -15,7 +15,8 @@ class BroadcastUNet(nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states=None, return_dict=False):
         batch = sample.shape[0]
-        t = timestep.reshape(1).expand(batch).reshape(batch, 1, 1, 1) * 1e-3  # BROADCAST_TO
+        # the first timestep expanded to the batch and reshaped: a BROADCAST_TO (the export feeds a [B] timestep)
+        t = timestep.reshape(-1)[:1].expand(batch).reshape(batch, 1, 1, 1) * 1e-3
         c = self.ctx(encoder_hidden_states).mean(1).reshape(batch, 4, 1, 1)
         return (self.conv(sample) + t + c,)
 
