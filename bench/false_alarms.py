@@ -14,7 +14,20 @@ would). The table gives every verdict's share so nothing is hidden in "other".
 Targets: false-alarm rate < 1% at every noise level; detection >= 95% for 10% steps.
 A second table sweeps the sample size for the cases that miss the detection target.
 
-Usage: python bench/false_alarms.py [--trials 1000] [--samples 20] [--seed 0] [--run-cv 0.01]
+Drift and A/B scenarios (`--scenarios`, the last table; `harness.abtest`): per noise CV and step,
+false alarms (A/A) or detection, and the mean samples spent per side, of
+  nightly          the nightly design above, with `--drift` night-to-night CV (2%) and 20 samples;
+  A/B fixed        baseline and candidate interleaved in one session (ABBA blocks of 5), one look at
+                   20 samples per side;
+  A/B adaptive     the same, looking again after every 20 more samples per side while INCONCLUSIVE,
+                   up to 100 (alpha spent over the looks; harness.abtest.SequentialPlan defaults).
+A session shares the night's offset between both sides (drawn with `--drift`, so it cancels by
+design, not by assumption), and adds what a session really has: a linear trend across the session
+(slope with CV `--trend-cv`, e.g. a phone warming up) and an offset per block (`--block-cv`: each job
+launch lands a little differently). Target: A/A < 1% and 10% steps >= 95% at 2%, 5% and 10% CV with
+2% drift, mean samples at 10% CV <= 60 per side (3 x 20).
+
+Usage: python bench/false_alarms.py [--trials 1000] [--samples 20] [--seed 0] [--run-cv 0.01] [--drift 0.02]
 """
 from __future__ import annotations
 
@@ -31,6 +44,7 @@ from scipy.stats import binomtest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.abtest import A, ABSession, SequentialPlan  # noqa: E402
 from harness.compare import (  # noqa: E402
     DEFAULT_CV_MAX,
     IMPROVEMENT,
@@ -80,6 +94,70 @@ def simulate(
     return counts
 
 
+def simulate_ab(cv: float, step: float, trials: int, plan: SequentialPlan, drift: float, trend_cv: float,
+                block_cv: float, seed: int, adaptive: bool = True) -> tuple[Counter, float]:
+    """Same-session A/B sessions: (verdict counts, mean samples per side). See the module docstring."""
+    rng = np.random.default_rng(seed)
+    th = thresholds_for(cv, 1)
+    if not adaptive:
+        plan = replace(plan, max_samples=plan.first_look)
+    n_blocks_max = 2 * plan.max_samples // plan.block
+    counts: Counter = Counter()
+    spent = 0
+    for _ in range(trials):
+        night = rng.lognormal(0.0, _sigma(drift)) if drift > 0 else 1.0
+        slope = rng.normal(0.0, trend_cv)
+        s = ABSession(plan=plan, thresholds=th)
+        i = 0
+        while not s.done:
+            side = s.next_side()
+            level = night * (1.0 + slope * (i / n_blocks_max - 0.5))
+            if block_cv > 0:
+                level *= rng.lognormal(0.0, _sigma(block_cv))
+            factor = 1.0 if side == A else 1.0 + step
+            x = BASE_LATENCY_MS * factor * level * rng.lognormal(0.0, _sigma(cv), size=plan.block)
+            s.add(side, x, seconds=float(x.sum()) / 1000.0)
+            i += 1
+        counts[s.verdict.verdict if s.verdict else INCONCLUSIVE] += 1
+        spent += len(s.samples_a)
+    return counts, spent / trials
+
+
+def scenarios(args) -> None:
+    """The drift and A/B table (see the module docstring)."""
+    plan = SequentialPlan(seed=args.seed)
+    print()
+    print(f"drift and A/B scenarios: night-to-night drift {args.drift:.0%}, session trend CV {args.trend_cv:.1%}, "
+          f"block offset CV {args.block_cv:.1%}, {args.trials} trials per cell")
+    print(f"A/B plan: blocks of {plan.block}, ABBA, looks at {plan.looks} samples per side, "
+          f"alpha per look {', '.join(f'{a:.2g}' for a in plan.look_alphas(Thresholds().alpha))}")
+    widths = [13, 8, 5, 11, 13, 28]
+    print(_row(["scenario", "noise CV", "step", "REGRESSION", "mean samples", "target"], widths))
+    print(_row(["-" * w for w in widths], widths))
+    t0 = time.perf_counter()
+    for i, cv in enumerate(NOISE_CVS):
+        for j, step in enumerate((0.0, *STEPS)):
+            seed = args.seed + 70_000 + 1000 * (4 * i + j)
+            rows = []
+            night = simulate(cv, step, args.trials, args.samples, args.history, args.drift, seed)
+            rows.append(("nightly", night, float(args.samples)))
+            for name, adaptive in (("A/B fixed", False), ("A/B adaptive", True)):
+                counts, mean_n = simulate_ab(cv, step, args.trials, plan, args.drift, args.trend_cv, args.block_cv,
+                                             seed + (2 if adaptive else 1), adaptive)
+                rows.append((name, counts, mean_n))
+            for name, counts, mean_n in rows:
+                rate = counts[REGRESSION] / args.trials
+                if step == 0.0:
+                    target = f"< 1%: {'ok' if rate < 0.01 else 'MISSED'} (CI up to {_upper95(counts[REGRESSION], args.trials):.1%})"
+                elif step >= 0.10:
+                    target = f">= 95%: {'ok' if rate >= 0.95 else 'MISSED'}"
+                else:
+                    target = ""
+                print(_row([name, f"{cv:.0%}", "A/A" if step == 0 else f"+{step:.0%}", f"{rate:.1%}",
+                            f"{mean_n:.1f}", target], widths))
+    print(f"elapsed {time.perf_counter() - t0:.0f} s")
+
+
 def _upper95(k: int, n: int) -> float:
     """Upper end of the exact (Clopper-Pearson) 95% interval of a rate k/n."""
     return float(binomtest(k, n).proportion_ci(confidence_level=0.95).high)
@@ -98,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-sweep", action="store_true", help="skip the sample-size sweep")
     ap.add_argument("--no-sensitivity", action="store_true", help="skip the run-to-run drift sensitivity table")
+    ap.add_argument("--drift", type=float, default=0.02, help="night-to-night CV of the drift and A/B scenarios")
+    ap.add_argument("--trend-cv", type=float, default=0.02, help="CV of the linear trend across an A/B session")
+    ap.add_argument("--block-cv", type=float, default=0.005, help="CV of the offset of each block (job launch)")
+    ap.add_argument("--only-scenarios", action="store_true", help="print only the drift and A/B table")
     args = ap.parse_args(argv)
+    if args.only_scenarios:
+        scenarios(args)
+        return 0
 
     t0 = time.perf_counter()
     d = Thresholds()
@@ -176,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
         print(f"({sweep_trials} trials per row)")
         print(f"elapsed {time.perf_counter() - t0:.0f} s")
+    scenarios(args)
     return 0
 
 

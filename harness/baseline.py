@@ -38,6 +38,8 @@ TREND_RUNS = 40
 LOOKBACK_RUNS = 120
 # Runs made by an automatic rerun carry run_group "rerun:<candidate id>" and are never "latest".
 RERUN_GROUP_PREFIX = "rerun:"
+# Run group of the two runs a same-session A/B comparison stores (harness.ab_run): not nightlies either.
+AB_GROUP_PREFIX = "ab:"
 
 
 class BaselineError(ValueError):
@@ -142,7 +144,7 @@ def resolve_baseline(store: Store, ref: str) -> BaselineRef:
 def resolve_candidate(store: Store, ref: str) -> str:
     """'latest' is the newest run that is not an automatic rerun; otherwise a run id or prefix."""
     if ref in ("", "latest"):
-        return store.latest_run_id(exclude_group_prefix=RERUN_GROUP_PREFIX)
+        return store.latest_run_id(exclude_group_prefix=(RERUN_GROUP_PREFIX, AB_GROUP_PREFIX))
     return store.resolve_run(ref)
 
 

@@ -205,6 +205,7 @@ class CellResult:
     state_after: dict[str, Any] = field(default_factory=dict)
     previous: dict[str, Any] | None = None  # the previous nightly's verdicts: {run_id, verdicts, reasons}
     rerun: dict[str, Any] | None = None  # the rerun's verdicts: {run_id, verdicts, reasons}
+    sampling: dict[str, Any] | None = None  # same-session A/B: harness.abtest.ABSession.to_dict()
 
     @property
     def regressed(self) -> list[str]:
@@ -260,6 +261,7 @@ class RegressionReport:
     notes: list[str] = field(default_factory=list)
     generated_at: str = field(default_factory=lambda: dt.datetime.now().isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
+    design: str | None = None  # same-session A/B: harness.abtest.describe(plan); None for a nightly comparison
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(VERDICTS, 0)
@@ -298,6 +300,7 @@ class RegressionReport:
             "thresholds": self.thresholds,
             "missing_cells": self.missing_cells,
             "notes": self.notes,
+            "design": self.design,
             "cells": [c.to_dict() for c in self.cells],
         })
 
@@ -315,6 +318,7 @@ class RegressionReport:
             rerun_error=data.get("rerun_error"), thresholds=dict(data.get("thresholds") or {}),
             missing_cells=list(data.get("missing_cells") or []), notes=list(data.get("notes") or []),
             generated_at=data.get("generated_at", ""), schema_version=data["schema_version"],
+            design=data.get("design"),
         )
 
 

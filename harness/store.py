@@ -322,13 +322,14 @@ class Store:
             r["rejected"] = r["id"] in rejected
         return rows
 
-    def latest_run_id(self, exclude_group_prefix: str | None = None) -> str:
-        """The most recently started run, skipping runs whose run_group starts with the prefix."""
+    def latest_run_id(self, exclude_group_prefix: str | tuple[str, ...] | None = None) -> str:
+        """The most recently started run, skipping runs whose run_group starts with the prefix (or prefixes)."""
+        prefixes = (exclude_group_prefix,) if isinstance(exclude_group_prefix, str) else (exclude_group_prefix or ())
         with self.engine.connect() as conn:
             q = sa.select(runs.c.id).order_by(runs.c.started_at.desc())
-            if exclude_group_prefix:
+            if prefixes:
                 q = q.where(sa.or_(runs.c.run_group.is_(None),
-                                   sa.not_(runs.c.run_group.startswith(exclude_group_prefix))))
+                                   sa.and_(*(sa.not_(runs.c.run_group.startswith(p)) for p in prefixes))))
             row = conn.execute(q.limit(1)).first()
         if row is None:
             raise StoreError(f"the store {self.url} has no runs yet; run `harness run SUITE` first")
