@@ -15,7 +15,17 @@ error. A verdict therefore has to pass three gates, checked in this order:
    Mann-Whitney test cannot reach `alpha` at these sizes (p_min = 1/C(n1+n2, n1); see
    `harness.stats.mwu_min_achievable_p`): no amount of effect could be shown.
    UNSTABLE when the device reported throttling, or either side's CV (std/mean) exceeds `cv_max`:
-   the run is too noisy to judge, fix the device or raise cv_max for it with an override.
+   the run is too noisy to judge, fix the device or raise cv_max for it with an override --
+   unless the change is beyond doubt: the bootstrap CI of r lies wholly beyond the min-effect
+   boundary (ci_low > 1 + min_effect and p_slower < alpha; mirror: ci_high < 1 - min_effect and
+   p_faster < alpha). Such a cell is a REGRESSION (IMPROVEMENT) whatever its CV and even under
+   throttling, and its reason says that the run was noisy or throttled; the history gate (3.) still
+   applies and can hold it at INCONCLUSIVE. Noise widens the CI and weakens the rank test, so a CI
+   that clears the boundary in spite of it is evidence; what the CV gate protects against is a
+   borderline call on a noisy run. The condition is stricter than the ordinary path (CI above 1 and
+   r >= 1 + min_effect), so it adds no A/A false alarm the ordinary path would not allow. A
+   candidate starved of CPU that runs 100x slower is a REGRESSION, not "UNSTABLE, OK"; everything
+   else that is noisy stays UNSTABLE (and `RegressionReport` says such cells were not judged).
 2. Within-run evidence (this run against the baseline run):
    r = median(candidate) / median(baseline), CI = percentile bootstrap CI of r at `ci_level`,
    p_slower / p_faster = one-sided Mann-Whitney U p-values.
@@ -39,12 +49,14 @@ error. A verdict therefore has to pass three gates, checked in this order:
    one-off `harness compare A B`.
 
 Outcomes:
-  REGRESSION    significantly slower, r >= 1 + min_effect, beyond the history gate.
-  IMPROVEMENT   significantly faster, r <= 1 - min_effect, beyond the history gate.
+  REGRESSION    significantly slower, r >= 1 + min_effect, beyond the history gate (on a noisy or
+                throttled run: the whole CI above 1 + min_effect, p_slower < alpha, beyond the gate).
+  IMPROVEMENT   significantly faster, r <= 1 - min_effect, beyond the history gate (mirror image).
   INCONCLUSIVE  (besides the data-quality cases) the change is significant and >= min_effect but
                 within the nightly noise (history gate fails); or |r - 1| >= min_effect while the two
                 tests disagree or neither rejects (the CI straddles the min-effect boundary: the data
                 can neither show the change nor rule it out; more samples would decide).
+  UNSTABLE      throttled or CV > cv_max, and the change is not beyond doubt (see 1.).
   NO CHANGE     |r - 1| < min_effect: either no significant change, or a significant one that is
                 smaller than what matters. The reason says whether the CI lies within
                 +/- min_effect (equivalence shown) or only that no change was detected.
@@ -396,14 +408,7 @@ def compare_latency(
     change = ratio - 1.0
     desc = f"median {_pct(change)} (ratio {ratio:.3f}, {th.ci_level:.0%} CI [{ci.ci_low:.3f}, {ci.ci_high:.3f}])"
 
-    if throttled:
-        return verdict(UNSTABLE, f"thermal throttling was seen during the run; {desc}", **numbers)
-    noisy = [(name, s.cv) for name, s in (("baseline", sb), ("candidate", sc)) if s.cv > th.cv_max]
-    if noisy:
-        parts = ", ".join(f"{name} CV {cv:.1%}" for name, cv in noisy)
-        return verdict(UNSTABLE, f"{parts} exceeds cv_max {th.cv_max:.1%}; {desc}", **numbers)
-
-    # 2. Within-run evidence.
+    # 2. Within-run evidence (also what decides a noisy run, just below).
     slower_sig = p_slower < th.alpha and ci.ci_low > 1.0
     faster_sig = p_faster < th.alpha and ci.ci_high < 1.0
     matters = abs(change) >= th.min_effect
@@ -413,19 +418,50 @@ def compare_latency(
         else f"history gate skipped ({hist.size} history medians < {th.min_history})"
     )
 
+    def beyond_history(p: float, why: str) -> Verdict | None:
+        """INCONCLUSIVE when the history gate exists and the candidate is within it; None when it passes."""
+        if noise_gate is None or history_shift is None:
+            return None
+        if history_shift * math.copysign(1.0, change) > noise_gate:
+            return None
+        return verdict(
+            INCONCLUSIVE,
+            f"{why}{desc} is significant within the run (p={p:.2g}) but within nightly noise: "
+            f"the candidate median is {_pct(history_shift)} from the history median, "
+            f"not beyond the {gate_txt}",
+            **numbers,
+        )
+
+    # 1. (continued) Data quality: a noisy or throttled run is UNSTABLE unless the change is beyond doubt, i.e.
+    # the whole CI lies beyond min_effect and the rank test agrees (the history gate still applies).
+    noisy = [(name, s.cv) for name, s in (("baseline", sb), ("candidate", sc)) if s.cv > th.cv_max]
+    if throttled or noisy:
+        if throttled:
+            noise_why = "thermal throttling was seen during the run"
+        else:
+            noise_why = ", ".join(f"{name} CV {cv:.1%}" for name, cv in noisy) + f" exceeds cv_max {th.cv_max:.1%}"
+        beyond_slower = p_slower < th.alpha and ci.ci_low > 1.0 + th.min_effect
+        beyond_faster = p_faster < th.alpha and ci.ci_high < 1.0 - th.min_effect
+        if not (beyond_slower or beyond_faster):
+            return verdict(UNSTABLE, f"{noise_why}; {desc}", **numbers)
+        kind, p = (REGRESSION, p_slower) if beyond_slower else (IMPROVEMENT, p_faster)
+        held = beyond_history(p, f"{noise_why}; ")
+        if held is not None:
+            return held
+        side = f"above {1.0 + th.min_effect:.2f}" if beyond_slower else f"below {1.0 - th.min_effect:.2f}"
+        return verdict(
+            kind,
+            f"{noise_why}, but the change is beyond doubt: {desc}, the CI lies wholly {side} "
+            f"(min_effect {th.min_effect:.0%}), p={p:.2g} < {th.alpha:g}; {gate_txt}",
+            **numbers,
+        )
+
     # 3. Size and history.
     if (slower_sig and change >= th.min_effect) or (faster_sig and change <= -th.min_effect):
         kind, p = (REGRESSION, p_slower) if change > 0 else (IMPROVEMENT, p_faster)
-        if noise_gate is not None and history_shift is not None and not (
-            history_shift * math.copysign(1.0, change) > noise_gate
-        ):
-            return verdict(
-                INCONCLUSIVE,
-                f"{desc} is significant within the run (p={p:.2g}) but within nightly noise: "
-                f"the candidate median is {_pct(history_shift)} from the history median, "
-                f"not beyond the {gate_txt}",
-                **numbers,
-            )
+        held = beyond_history(p, "")
+        if held is not None:
+            return held
         return verdict(
             kind,
             f"{desc}, p={p:.2g} < {th.alpha:g}, beyond min_effect {th.min_effect:.0%}; {gate_txt}",

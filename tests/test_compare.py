@@ -110,14 +110,52 @@ def test_mwu_gate_blocks_tests_that_cannot_reach_alpha() -> None:
 
 
 def test_unstable_on_throttling_or_high_cv() -> None:
-    v = compare_latency(BASELINE, run(110.0, 0.02, 20, seed=2), QUIET_HISTORY, throttled=True)
+    # A throttled run whose CI does not lie wholly beyond min_effect is not judged.
+    v = compare_latency(BASELINE, run(103.0, 0.02, 20, seed=2), QUIET_HISTORY, throttled=True)
     assert v.verdict == UNSTABLE and "throttling" in v.reason
+    assert v.ci_low < 1.0 + cmp.DEFAULT_MIN_EFFECT
     assert v.ci_low is not None  # the numbers are still recorded for the report
     noisy = compare_latency(BASELINE, run(100.0, 0.25, 20, seed=10), QUIET_HISTORY)
     assert noisy.verdict == UNSTABLE and "candidate CV" in noisy.reason
     # The same noisy run is judged when the cell's cv_max is raised.
     relaxed = compare_latency(BASELINE, run(100.0, 0.25, 20, seed=10), QUIET_HISTORY, Thresholds(cv_max=0.5))
     assert relaxed.verdict != UNSTABLE
+
+
+def test_noisy_run_far_beyond_the_threshold_is_a_regression() -> None:
+    # A CPU-starved candidate: 100x slower and very noisy (CV far over cv_max), as seen by a user:
+    # baseline 39.8 ms, candidate ~4,115 ms. The whole CI lies beyond 1 + min_effect: REGRESSION.
+    base = run(39.8, 0.03, 20, seed=21)
+    starved = run(4115.0, 0.35, 20, seed=22)
+    history = [0.398 * h for h in QUIET_HISTORY]
+    v = compare_latency(base, starved, history)
+    assert v.verdict == REGRESSION, v.reason
+    assert "candidate CV" in v.reason and "beyond doubt" in v.reason
+    assert v.ci_low > 1.0 + cmp.DEFAULT_MIN_EFFECT and v.p_value < cmp.DEFAULT_ALPHA
+    # Without the exception the same cell was UNSTABLE: the CV really is over cv_max.
+    assert float(np.std(starved) / np.mean(starved)) > cmp.DEFAULT_CV_MAX
+    # Throttled as well: still a REGRESSION, and the reason says the device throttled.
+    hot = compare_latency(base, starved, history, throttled=True)
+    assert hot.verdict == REGRESSION and "throttling" in hot.reason and "beyond doubt" in hot.reason
+    # The mirror image: a noisy run far faster is an IMPROVEMENT.
+    fast = compare_latency(run(100.0, 0.3, 20, seed=23), run(20.0, 0.3, 20, seed=24), QUIET_HISTORY)
+    assert fast.verdict == IMPROVEMENT and fast.ci_high < 1.0 - cmp.DEFAULT_MIN_EFFECT
+
+
+def test_noisy_run_keeps_the_history_gate() -> None:
+    # Beyond doubt within the run, but the nightly history swings by +/-40%: held at INCONCLUSIVE.
+    wild = [100.0 * f for f in (1.0, 1.4, 0.6, 1.3, 0.7, 1.35, 0.65, 1.2, 0.8, 1.0)]
+    v = compare_latency(BASELINE, run(160.0, 0.3, 20, seed=25), wild)
+    assert v.verdict == INCONCLUSIVE and "nightly noise" in v.reason and "CV" in v.reason
+    assert v.ci_low > 1.0 + cmp.DEFAULT_MIN_EFFECT
+
+
+def test_noisy_run_with_ci_straddling_the_threshold_stays_unstable() -> None:
+    v = compare_latency(BASELINE, run(106.0, 0.25, 20, seed=26), QUIET_HISTORY)
+    assert v.verdict == UNSTABLE and "candidate CV" in v.reason
+    assert v.ci_low < 1.0 + cmp.DEFAULT_MIN_EFFECT < v.ci_high  # the CI straddles the boundary
+    # The same change measured quietly would be judged (not UNSTABLE).
+    assert compare_latency(BASELINE, run(106.0, 0.02, 20, seed=26), QUIET_HISTORY).verdict == REGRESSION
 
 
 def test_empty_samples_raise() -> None:
