@@ -26,6 +26,14 @@ regresses
      baseline and history.
 An unconfirmed REGRESSION is reported as such and does not fail the build.
 
+Unjudged cells: UNSTABLE and INCONCLUSIVE cells (failed or missing candidate jobs are INCONCLUSIVE)
+were not judged, so "no regression" is not shown for them. `RegressionReport.unjudged()` lists them,
+every rendered headline names them (never "OK: no regression" while some cell is unjudged), and
+`RegressionReport.exit_code(strict=True)` (`harness compare --strict`) returns 3 when some cell is
+unjudged and no regression is confirmed. Exit codes: 0 nothing confirmed (and, with --strict, every
+cell judged); 1 a confirmed REGRESSION (wins over 3); 2 bad input (the CLI's); 3 --strict and some
+cell unjudged.
+
 Trends: each cell's last TREND_RUNS accepted nightly medians plus the candidate's, with change points
 found by `changepoint.detect_change_points` (E-divisive; a change must be at least min_effect).
 """
@@ -69,6 +77,13 @@ _IOS_THERMAL = ("nominal", "fair", "serious", "critical")
 # A callback (candidate run id, cells) that reruns those cells of the candidate through the normal run
 # path and returns the new run's id.
 RerunFn = Callable[[str, list[CellKey]], str]
+
+# Cell verdicts that mean "could not be judged" (with failed or missing candidate jobs, which are INCONCLUSIVE).
+UNJUDGED: tuple[str, ...] = (UNSTABLE, INCONCLUSIVE)
+# `harness compare` exit codes decided by the report (2, bad input, is the CLI's): a confirmed REGRESSION;
+# with --strict, some cell could not be judged and no regression is confirmed.
+EXIT_CONFIRMED = 1
+EXIT_UNJUDGED = 3
 
 # Verdict marks shared by every renderer.
 MARKS: dict[str, str] = {REGRESSION: "▲", IMPROVEMENT: "▼", NO_CHANGE: "=", INCONCLUSIVE: "?", UNSTABLE: "~"}
@@ -275,13 +290,33 @@ class RegressionReport:
     def confirmed_regressions(self) -> list[CellResult]:
         return [c for c in self.regressions() if c.confirmed]
 
-    def exit_code(self) -> int:
-        """1 when a REGRESSION is confirmed, 0 otherwise (errors are the CLI's 2)."""
-        return 1 if self.confirmed_regressions() else 0
+    def unjudged(self) -> list[CellResult]:
+        """Cells that could not be judged: UNSTABLE or INCONCLUSIVE (a failed or missing candidate job is
+        INCONCLUSIVE too). No regression shown in them is not "no regression"."""
+        return [c for c in self.cells if c.verdict in UNJUDGED or c.status != "ok"]
+
+    def unjudged_counts(self) -> dict[str, int]:
+        """Why cells were not judged: {"UNSTABLE": n, "INCONCLUSIVE": n, "failed": n} (failed or missing
+        candidate jobs counted apart from the other INCONCLUSIVE cells), zero counts left out."""
+        out = {UNSTABLE: 0, INCONCLUSIVE: 0, "failed": 0}
+        for cell in self.unjudged():
+            out["failed" if cell.status != "ok" else cell.verdict] += 1
+        return {k: v for k, v in out.items() if v}
+
+    def exit_code(self, strict: bool = False) -> int:
+        """EXIT_CONFIRMED (1) when a REGRESSION is confirmed; else, with strict, EXIT_UNJUDGED (3) when some
+        cell could not be judged; else 0. Input errors are the CLI's 2."""
+        if self.confirmed_regressions():
+            return EXIT_CONFIRMED
+        if strict and self.unjudged():
+            return EXIT_UNJUDGED
+        return 0
 
     def summary(self) -> dict[str, Any]:
         return {"counts": self.counts(), "cells": len(self.cells), "regressions": len(self.regressions()),
                 "confirmed_regressions": len(self.confirmed_regressions()), "exit_code": self.exit_code(),
+                "unjudged": len(self.unjudged()), "unjudged_counts": self.unjudged_counts(),
+                "exit_code_strict": self.exit_code(strict=True),
                 "worst": [c.key.as_dict() for c in self.regressions()]}
 
     def to_dict(self) -> dict[str, Any]:
