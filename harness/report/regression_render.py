@@ -107,6 +107,8 @@ def cell_fields(cell: CellResult) -> dict[str, str]:
     lat = cell.latency
     if lat.noise_gate is not None and lat.history_shift is not None:
         gate = f"{lat.history_shift * 100:+.1f}% / ±{lat.noise_gate * 100:.1f}%"
+        if lat.history_step:  # the gate is centred after a change point of the history
+            gate += " (after step)"
     elif lat.ratio is not None:
         gate = f"skipped ({lat.n_history} medians)"
     else:
