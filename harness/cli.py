@@ -1,8 +1,9 @@
 """Command line: `harness devices | run | report | tag | compare | export | inspect` (also `python -m harness`).
 
 Exit codes: 0 success; 1 a job failed (everything else was stored), or for `compare` a REGRESSION
-was confirmed; 2 bad input or environment; 130 interrupted (everything finished was stored, the run
-is marked interrupted).
+was confirmed; 2 bad input or environment; 3 `compare --strict` and some cell could not be judged
+(UNSTABLE, INCONCLUSIVE, failed job) while no regression is confirmed; 130 interrupted (everything
+finished was stored, the run is marked interrupted).
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "ablation of arXiv 2304.11267 (baseline, + optimized softmax, + S-GN/GELU, "
                     "+ FlashAttention, + Winograd) and end-to-end generation.",
         epilog="Exit codes: 0 ok, 1 a job failed (compare: a regression was confirmed), 2 bad input, "
-               "130 interrupted. See README.md.",
+               "3 compare --strict: some cell could not be judged, 130 interrupted. See README.md.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -141,8 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="verdicts of a run against a baseline run or tag; CI outputs",
                        description="Compare a candidate run with a baseline, cell by cell (device x workload x "
                                    "variant x options): latency and memory verdicts, confirmation of "
-                                   "regressions (previous nightly, or --rerun), JUnit/Markdown/JSON/HTML. "
-                                   "Exit code 1 when a REGRESSION is confirmed, 0 otherwise, 2 on errors.")
+                                   "regressions (previous nightly, or --rerun), JUnit/Markdown/JSON/HTML.",
+                       epilog="Exit codes: 0 no confirmed regression (without --strict, also when some cells "
+                              "could not be judged: the banner says so); 1 a REGRESSION is confirmed (wins over "
+                              "3); 2 bad input (no such run or tag, too few tagged runs, a bad thresholds file, a "
+                              "failed --rerun leaving regressions unconfirmed); 3 with --strict: some cell could "
+                              "not be judged (UNSTABLE, INCONCLUSIVE, failed job) and no regression is confirmed.")
     p.add_argument("refs", nargs="*", metavar="REF", help="BASELINE [CANDIDATE], as --baseline/--candidate")
     p.add_argument("--baseline", "-b", metavar="RUN|TAG", help="a run id (or prefix), or a tag: its last 7 "
                    "accepted runs pooled per cell (at least 3)")
@@ -156,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", type=Path, metavar="PATH", help="write the self-contained HTML report")
     p.add_argument("--rerun", action="store_true", help="rerun the regressed cells (through `harness run`'s "
                    "path, on the same devices) to confirm them")
+    p.add_argument("--strict", action="store_true", help="exit 3 when some cell could not be judged (UNSTABLE, "
+                   "INCONCLUSIVE, failed job) and no regression is confirmed (a confirmed one still exits 1)")
     _add_store(p)
     _add_device_ctx(p)
     p.set_defaults(func=cmd_compare)
@@ -501,7 +508,7 @@ def cmd_compare(args) -> int:
         print(f"error: the automatic rerun failed ({report.rerun_error}); regressions stay unconfirmed",
               file=sys.stderr)
         return EXIT_INPUT
-    return report.exit_code()
+    return report.exit_code(strict=args.strict)
 
 
 def _rerun_callback(args, store):

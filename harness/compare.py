@@ -15,7 +15,17 @@ error. A verdict therefore has to pass three gates, checked in this order:
    Mann-Whitney test cannot reach `alpha` at these sizes (p_min = 1/C(n1+n2, n1); see
    `harness.stats.mwu_min_achievable_p`): no amount of effect could be shown.
    UNSTABLE when the device reported throttling, or either side's CV (std/mean) exceeds `cv_max`:
-   the run is too noisy to judge, fix the device or raise cv_max for it with an override.
+   the run is too noisy to judge, fix the device or raise cv_max for it with an override --
+   unless the change is beyond doubt: the bootstrap CI of r lies wholly beyond the min-effect
+   boundary (ci_low > 1 + min_effect and p_slower < alpha; mirror: ci_high < 1 - min_effect and
+   p_faster < alpha). Such a cell is a REGRESSION (IMPROVEMENT) whatever its CV and even under
+   throttling, and its reason says that the run was noisy or throttled; the history gate (3.) still
+   applies and can hold it at INCONCLUSIVE. Noise widens the CI and weakens the rank test, so a CI
+   that clears the boundary in spite of it is evidence; what the CV gate protects against is a
+   borderline call on a noisy run. The condition is stricter than the ordinary path (CI above 1 and
+   r >= 1 + min_effect), so it adds no A/A false alarm the ordinary path would not allow. A
+   candidate starved of CPU that runs 100x slower is a REGRESSION, not "UNSTABLE, OK"; everything
+   else that is noisy stays UNSTABLE (and `RegressionReport` says such cells were not judged).
 2. Within-run evidence (this run against the baseline run):
    r = median(candidate) / median(baseline), CI = percentile bootstrap CI of r at `ci_level`,
    p_slower / p_faster = one-sided Mann-Whitney U p-values.
@@ -37,14 +47,30 @@ error. A verdict therefore has to pass three gates, checked in this order:
    r - 1 is gated instead; a 10% step at 5% CV is detected 97.4% against 95.2%.
    The gate is skipped (and the reason says so) with fewer than `min_history` medians, e.g. for a
    one-off `harness compare A B`.
+   Drift-aware history (`history_gate`). The centre and sigma above assume a stationary history. A
+   step in it (a deliberate change nobody re-baselined, a new OS build on the phone) does two harms:
+   with the window half before and half after the step, MAD is about half the step, so sigma is
+   inflated (a 10% step gives a gate of about 3 x 7% = 22%) and real regressions hide; and with the
+   step a few nights back, the centre stays at the stale level, so a candidate at the new, accepted
+   level is "beyond the gate". Given the change points of the history (`history_change_points`:
+   E-divisive means, `harness.changepoint`, run by the caller on the history medians only, never on
+   the candidate), the window is cut into segments; the centre is the median of the segment after
+   the last change point and sigma is the robust sigma of the residuals of every median from its own
+   segment's median, pooled over the segments. The reason names the step ("centre after the step at
+   run X") and the verdict stores `history_centre`, `history_step`, `history_n_after`. A last
+   segment of fewer than 2 medians cannot place a centre: that change point is ignored (the newest
+   level, seen once, still counts as a change). Without change points the gate is exactly the
+   stationary one.
 
 Outcomes:
-  REGRESSION    significantly slower, r >= 1 + min_effect, beyond the history gate.
-  IMPROVEMENT   significantly faster, r <= 1 - min_effect, beyond the history gate.
+  REGRESSION    significantly slower, r >= 1 + min_effect, beyond the history gate (on a noisy or
+                throttled run: the whole CI above 1 + min_effect, p_slower < alpha, beyond the gate).
+  IMPROVEMENT   significantly faster, r <= 1 - min_effect, beyond the history gate (mirror image).
   INCONCLUSIVE  (besides the data-quality cases) the change is significant and >= min_effect but
                 within the nightly noise (history gate fails); or |r - 1| >= min_effect while the two
                 tests disagree or neither rejects (the CI straddles the min-effect boundary: the data
                 can neither show the change nor rule it out; more samples would decide).
+  UNSTABLE      throttled or CV > cv_max, and the change is not beyond doubt (see 1.).
   NO CHANGE     |r - 1| < min_effect: either no significant change, or a significant one that is
                 smaller than what matters. The reason says whether the CI lies within
                 +/- min_effect (equivalence shown) or only that no change was detected.
@@ -301,6 +327,13 @@ class Verdict:
     # (median(candidate) - median(history)) / median(baseline); None when the gate is skipped.
     history_shift: float | None = None
     n_history: int = 0
+    # The history gate's centre (ms): the median of the history, or of its segment after the last
+    # change point (drift-aware gate); None when the gate is skipped.
+    history_centre: float | None = None
+    # The change point the centre follows (a run id, or "#index"); None for a stationary history.
+    history_step: str | None = None
+    # Medians after that change point (the centre's segment); 0 when history_step is None.
+    history_n_after: int = 0
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -328,6 +361,79 @@ def _pct(x: float) -> str:
     return f"{x * 100:+.1f}%"
 
 
+# Fewest medians after a change point for the gate to centre on that segment (see `history_gate`).
+MIN_SEGMENT_FOR_CENTRE = 2
+
+
+@dataclass(frozen=True)
+class HistoryGate:
+    """Centre and spread of the nightly history for the history gate (`history_gate`)."""
+
+    centre: float  # median of the window, or of its segment after the last usable change point
+    sigma: float  # robust sigma of the window, or of the residuals from each median's segment median
+    n: int  # medians in the window (the last history_k)
+    n_sigma: int  # residuals pooled into sigma (a one-median segment adds none)
+    n_after: int  # medians the centre is the median of (n when no change point is used)
+    step: str | None  # the change point the centre follows (its label, or "#index"), None when stationary
+    note: str  # how the gate was formed, for the verdict's reason ("" when stationary)
+
+
+def history_gate(
+    medians: Sequence[float],
+    change_points: Sequence[int] = (),
+    history_k: int = DEFAULT_HISTORY_K,
+    labels: Sequence[str] = (),
+) -> HistoryGate:
+    """The history gate's centre and robust sigma from nightly medians (oldest first) and change points.
+
+    change_points are indices into `medians` where a new level starts (`ChangePoint.index` of
+    `harness.changepoint.detect_change_points` run on these medians); labels (e.g. run ids, one per
+    median) name them in the note. Only the last `history_k` medians (the window) are used. Without a
+    change point inside the window: centre = median, sigma = robust_sigma of the window (the
+    stationary gate). With change points: the window is cut into segments; centre = median of the
+    last segment; sigma = robust_sigma of the residuals of every median from its own segment's median,
+    pooled over the segments (a one-median segment has no residual and adds none), so a step neither
+    inflates sigma nor leaves the centre at a stale level. A last segment shorter than
+    MIN_SEGMENT_FOR_CENTRE (2) medians cannot place a centre: that change point is ignored (its
+    segment joins the one before) and the note says so; then the newest step still looks like a
+    change, which is right for a level seen on one night only.
+    """
+    x = np.asarray(medians, dtype=float)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"history_gate needs a non-empty series of medians, got shape {x.shape}")
+    if labels and len(labels) != x.size:
+        raise ValueError(f"history_gate: {len(labels)} labels for {x.size} medians")
+    bad = [i for i in change_points if not 0 < int(i) < x.size]
+    if bad:
+        raise ValueError(f"history_gate: change points {bad} outside the series (1..{x.size - 1})")
+    offset = max(0, x.size - history_k)
+    window = x[offset:]
+
+    def name(i: int) -> str:
+        return f"run {labels[i]}" if labels else f"#{i}"
+
+    cuts = sorted({int(i) - offset for i in change_points if int(i) > offset})
+    notes = []
+    while cuts and window.size - cuts[-1] < MIN_SEGMENT_FOR_CENTRE:
+        dropped = cuts.pop()
+        notes.append(f"the step at {name(dropped + offset)} has {window.size - dropped} nightly median after it, "
+                     f"too few to centre on: ignored")
+    if not cuts:
+        return HistoryGate(centre=float(np.median(window)), sigma=stats.robust_sigma(window), n=int(window.size),
+                           n_sigma=int(window.size), n_after=int(window.size), step=None, note="; ".join(notes))
+    bounds = [0, *cuts, window.size]
+    residuals = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b - a >= 2:
+            residuals.extend(window[a:b] - np.median(window[a:b]))
+    last = window[cuts[-1]:]
+    step = name(cuts[-1] + offset)
+    notes.insert(0, f"centre after the step at {step} ({last.size} medians; sigma about {len(bounds) - 1} "
+                    f"segment medians)")
+    return HistoryGate(centre=float(np.median(last)), sigma=stats.robust_sigma(residuals), n=int(window.size),
+                       n_sigma=len(residuals), n_after=int(last.size), step=step, note="; ".join(notes))
+
+
 def compare_latency(
     baseline_samples: Sequence[float],
     candidate_samples: Sequence[float],
@@ -335,8 +441,15 @@ def compare_latency(
     thresholds: Thresholds | None = None,
     throttled: bool = False,
     seed: int = DEFAULT_SEED,
+    history_change_points: Sequence[int] = (),
+    history_labels: Sequence[str] = (),
 ) -> Verdict:
-    """Latency verdict for a candidate run against a baseline run; see the module docstring."""
+    """Latency verdict for a candidate run against a baseline run; see the module docstring.
+
+    history_change_points: indices into history_medians where a new level starts (change points found
+    on the history, not on the candidate); the history gate then centres on the newest segment
+    (`history_gate`). history_labels: names of the history medians (run ids) for the reason.
+    """
     th = thresholds or Thresholds()
     b = np.asarray(baseline_samples, dtype=float)
     c = np.asarray(candidate_samples, dtype=float)
@@ -349,8 +462,13 @@ def compare_latency(
         raise ValueError(f"baseline median latency is {sb.median}; latencies must be positive")
     ratio = sc.median / sb.median
     hist = np.asarray(history_medians, dtype=float)[-th.history_k :] if len(history_medians) else np.array([])
+    gate: HistoryGate | None = None
+    if hist.size >= th.min_history:
+        gate = history_gate(history_medians, history_change_points, th.history_k, history_labels)
 
     def verdict(kind: str, reason: str, **kw: Any) -> Verdict:
+        if gate is not None and gate.step is not None and gate.step not in reason:
+            reason += f"; the history has a step at {gate.step} (its gate is centred after it)"
         return Verdict(
             metric="latency_ms",
             verdict=kind,
@@ -386,46 +504,73 @@ def compare_latency(
     p_dir = p_slower if ratio >= 1.0 else p_faster
     noise_gate: float | None = None
     history_shift: float | None = None
-    if hist.size >= th.min_history:
-        history_center = float(np.median(hist))
-        noise_gate = th.noise_k * stats.robust_sigma(hist) / sb.median
-        history_shift = (sc.median - history_center) / sb.median
+    if gate is not None:
+        noise_gate = th.noise_k * gate.sigma / sb.median
+        history_shift = (sc.median - gate.centre) / sb.median
     numbers = dict(
-        ci_low=ci.ci_low, ci_high=ci.ci_high, p_value=p_dir, noise_gate=noise_gate, history_shift=history_shift
+        ci_low=ci.ci_low, ci_high=ci.ci_high, p_value=p_dir, noise_gate=noise_gate, history_shift=history_shift,
+        history_centre=gate.centre if gate else None, history_step=gate.step if gate else None,
+        history_n_after=gate.n_after if gate and gate.step else 0,
     )
     change = ratio - 1.0
     desc = f"median {_pct(change)} (ratio {ratio:.3f}, {th.ci_level:.0%} CI [{ci.ci_low:.3f}, {ci.ci_high:.3f}])"
 
-    if throttled:
-        return verdict(UNSTABLE, f"thermal throttling was seen during the run; {desc}", **numbers)
-    noisy = [(name, s.cv) for name, s in (("baseline", sb), ("candidate", sc)) if s.cv > th.cv_max]
-    if noisy:
-        parts = ", ".join(f"{name} CV {cv:.1%}" for name, cv in noisy)
-        return verdict(UNSTABLE, f"{parts} exceeds cv_max {th.cv_max:.1%}; {desc}", **numbers)
-
-    # 2. Within-run evidence.
+    # 2. Within-run evidence (also what decides a noisy run, just below).
     slower_sig = p_slower < th.alpha and ci.ci_low > 1.0
     faster_sig = p_faster < th.alpha and ci.ci_high < 1.0
     matters = abs(change) >= th.min_effect
     gate_txt = (
-        f"history gate {noise_gate:.1%} ({th.noise_k:g} x robust sigma of {hist.size} nightly medians)"
-        if noise_gate is not None
+        f"history gate {noise_gate:.1%} ({th.noise_k:g} x robust sigma of {hist.size} nightly medians"
+        + (f", {gate.note}" if gate.note else "") + ")"
+        if noise_gate is not None and gate is not None
         else f"history gate skipped ({hist.size} history medians < {th.min_history})"
     )
+    centre_txt = f"the history centre (after the step at {gate.step})" if gate and gate.step else "the history median"
+
+    def beyond_history(p: float, why: str) -> Verdict | None:
+        """INCONCLUSIVE when the history gate exists and the candidate is within it; None when it passes."""
+        if noise_gate is None or history_shift is None:
+            return None
+        if history_shift * math.copysign(1.0, change) > noise_gate:
+            return None
+        return verdict(
+            INCONCLUSIVE,
+            f"{why}{desc} is significant within the run (p={p:.2g}) but within nightly noise: "
+            f"the candidate median is {_pct(history_shift)} from {centre_txt}, "
+            f"not beyond the {gate_txt}",
+            **numbers,
+        )
+
+    # 1. (continued) Data quality: a noisy or throttled run is UNSTABLE unless the change is beyond doubt, i.e.
+    # the whole CI lies beyond min_effect and the rank test agrees (the history gate still applies).
+    noisy = [(name, s.cv) for name, s in (("baseline", sb), ("candidate", sc)) if s.cv > th.cv_max]
+    if throttled or noisy:
+        if throttled:
+            noise_why = "thermal throttling was seen during the run"
+        else:
+            noise_why = ", ".join(f"{name} CV {cv:.1%}" for name, cv in noisy) + f" exceeds cv_max {th.cv_max:.1%}"
+        beyond_slower = p_slower < th.alpha and ci.ci_low > 1.0 + th.min_effect
+        beyond_faster = p_faster < th.alpha and ci.ci_high < 1.0 - th.min_effect
+        if not (beyond_slower or beyond_faster):
+            return verdict(UNSTABLE, f"{noise_why}; {desc}", **numbers)
+        kind, p = (REGRESSION, p_slower) if beyond_slower else (IMPROVEMENT, p_faster)
+        held = beyond_history(p, f"{noise_why}; ")
+        if held is not None:
+            return held
+        side = f"above {1.0 + th.min_effect:.2f}" if beyond_slower else f"below {1.0 - th.min_effect:.2f}"
+        return verdict(
+            kind,
+            f"{noise_why}, but the change is beyond doubt: {desc}, the CI lies wholly {side} "
+            f"(min_effect {th.min_effect:.0%}), p={p:.2g} < {th.alpha:g}; {gate_txt}",
+            **numbers,
+        )
 
     # 3. Size and history.
     if (slower_sig and change >= th.min_effect) or (faster_sig and change <= -th.min_effect):
         kind, p = (REGRESSION, p_slower) if change > 0 else (IMPROVEMENT, p_faster)
-        if noise_gate is not None and history_shift is not None and not (
-            history_shift * math.copysign(1.0, change) > noise_gate
-        ):
-            return verdict(
-                INCONCLUSIVE,
-                f"{desc} is significant within the run (p={p:.2g}) but within nightly noise: "
-                f"the candidate median is {_pct(history_shift)} from the history median, "
-                f"not beyond the {gate_txt}",
-                **numbers,
-            )
+        held = beyond_history(p, "")
+        if held is not None:
+            return held
         return verdict(
             kind,
             f"{desc}, p={p:.2g} < {th.alpha:g}, beyond min_effect {th.min_effect:.0%}; {gate_txt}",

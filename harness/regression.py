@@ -11,6 +11,12 @@ Per cell (device, workload, variant, options_hash) of the candidate run:
     baseline tag, or of --history TAG; none for a single-run baseline: the gate is then skipped),
     and `throttled` is set when the device state of the candidate job or of a baseline job shows
     thermal throttling (`throttling_seen`);
+  * drift-aware history (`nightly_history`): change points are searched (E-divisive means,
+    `changepoint.detect_change_points`, a change must be at least min_effect) on the cell's nightly
+    medians since its last re-baseline, up to TREND_RUNS of them, before the candidate and without it
+    (only with >= 2 x changepoint.DEFAULT_MIN_SIZE medians); they go to compare_latency, whose gate
+    then centres on the segment after the last step and pools the sigma over the segments
+    (`compare.history_gate`);
   * memory: `compare.compare_memory` for each figure of MEMORY_METRICS present on both sides;
   * the cell's verdict: REGRESSION if any metric regressed; otherwise the latency verdict, except that
     a memory IMPROVEMENT turns a latency NO CHANGE into IMPROVEMENT.
@@ -25,6 +31,21 @@ regresses
      normal run path into a new run) returns the rerun's run id; its jobs are judged against the same
      baseline and history.
 An unconfirmed REGRESSION is reported as such and does not fail the build.
+The previous nightly is judged with its own drift-aware history: `nightly_history` before it, change
+points recomputed there (the same gate as the candidate's, as of that night). A step cannot fall
+between the previous nightly and the candidate: change points are searched on the history only, and
+need DEFAULT_MIN_SIZE (5) medians on each side, so the previous nightly always lies in the candidate's
+last segment. A new level is therefore judged against the old segment for its first nights (nights 1
+and 2 of a real step both regress: confirmed), and becomes the centre once it has 5 nights (by then the
+pooled baseline has moved to it too); to accept it earlier, record a re-baseline.
+
+Unjudged cells: UNSTABLE and INCONCLUSIVE cells (failed or missing candidate jobs are INCONCLUSIVE)
+were not judged, so "no regression" is not shown for them. `RegressionReport.unjudged()` lists them,
+every rendered headline names them (never "OK: no regression" while some cell is unjudged), and
+`RegressionReport.exit_code(strict=True)` (`harness compare --strict`) returns 3 when some cell is
+unjudged and no regression is confirmed. Exit codes: 0 nothing confirmed (and, with --strict, every
+cell judged); 1 a confirmed REGRESSION (wins over 3); 2 bad input (the CLI's); 3 --strict and some
+cell unjudged.
 
 Trends: each cell's last TREND_RUNS accepted nightly medians plus the candidate's, with change points
 found by `changepoint.detect_change_points` (E-divisive; a change must be at least min_effect).
@@ -41,7 +62,7 @@ import numpy as np
 
 from harness import changepoint
 from harness.baseline import (
-    BaselineError, BaselineRef, CellBaseline, CellKey, TagHistory, cell_jobs, resolve_baseline,
+    TREND_RUNS, BaselineError, BaselineRef, CellBaseline, CellKey, TagHistory, cell_jobs, resolve_baseline,
     resolve_candidate, run_baseline, tag_baseline,
 )
 from harness.compare import (
@@ -69,6 +90,13 @@ _IOS_THERMAL = ("nominal", "fair", "serious", "critical")
 # A callback (candidate run id, cells) that reruns those cells of the candidate through the normal run
 # path and returns the new run's id.
 RerunFn = Callable[[str, list[CellKey]], str]
+
+# Cell verdicts that mean "could not be judged" (with failed or missing candidate jobs, which are INCONCLUSIVE).
+UNJUDGED: tuple[str, ...] = (UNSTABLE, INCONCLUSIVE)
+# `harness compare` exit codes decided by the report (2, bad input, is the CLI's): a confirmed REGRESSION;
+# with --strict, some cell could not be judged and no regression is confirmed.
+EXIT_CONFIRMED = 1
+EXIT_UNJUDGED = 3
 
 # Verdict marks shared by every renderer.
 MARKS: dict[str, str] = {REGRESSION: "▲", IMPROVEMENT: "▼", NO_CHANGE: "=", INCONCLUSIVE: "?", UNSTABLE: "~"}
@@ -114,9 +142,41 @@ def _no_verdict(reason: str, th: Thresholds, base: CellBaseline, job: JobRecord 
                    baseline_median=_median(b) if b else None, candidate_median=_median(c) if c else None)
 
 
-def evaluate_cell(job: JobRecord | None, base: CellBaseline, history_medians: Sequence[float],
+@dataclass(frozen=True)
+class NightlyHistory:
+    """The history gate's input for one cell, as of one night: the medians (oldest first) of the cell's
+    accepted nightlies since its last re-baseline (up to TREND_RUNS), their run ids, and the change
+    points found on these medians (indices; the gate window is the last history_k of them)."""
+
+    medians: list[float] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+    change_points: list[int] = field(default_factory=list)
+
+    def window(self, k: int) -> list[str]:
+        """The run ids of the gate window (the last k medians)."""
+        return self.run_ids[-k:]
+
+
+def nightly_history(history: TagHistory | None, key: CellKey, before: float, th: Thresholds) -> NightlyHistory:
+    """The cell's nightly medians before `before` and their change points (E-divisive means, a change must
+    be at least min_effect; searched only with >= 2 x changepoint.DEFAULT_MIN_SIZE medians)."""
+    if history is None:
+        return NightlyHistory()
+    nights = history.history(key, before=before, k=max(th.history_k, TREND_RUNS))
+    medians = [_median(n.job.result.samples_ms) for n in nights]
+    found: list[int] = []
+    if len(medians) >= 2 * changepoint.DEFAULT_MIN_SIZE:
+        found = [cp.index for cp in changepoint.detect_change_points(medians, min_rel_change=th.min_effect)]
+    return NightlyHistory(medians=medians, run_ids=[n.run_id for n in nights], change_points=found)
+
+
+def evaluate_cell(job: JobRecord | None, base: CellBaseline, history: NightlyHistory | Sequence[float],
                   th: Thresholds) -> tuple[Verdict, dict[str, Verdict], bool]:
-    """(latency verdict, memory verdicts by metric, throttled) of one job against its cell's baseline."""
+    """(latency verdict, memory verdicts by metric, throttled) of one job against its cell's baseline.
+
+    history: a NightlyHistory (drift-aware gate), or bare history medians (stationary gate)."""
+    if not isinstance(history, NightlyHistory):
+        history = NightlyHistory(medians=[float(m) for m in history])
     throttled = bool(job is not None and job_throttled(job)) or any(job_throttled(j) for j in base.jobs)
     if job is None:
         return _no_verdict("the run has no job for this cell", th, base, job), {}, throttled
@@ -128,7 +188,9 @@ def evaluate_cell(job: JobRecord | None, base: CellBaseline, history_medians: Se
         return _no_verdict(f"no baseline: {base.error}", th, base, job), {}, throttled
     if not job.result.samples_ms:
         return _no_verdict("the candidate job recorded no timed samples", th, base, job), {}, throttled
-    latency = compare_latency(base.samples_ms, job.result.samples_ms, history_medians, th, throttled=throttled)
+    latency = compare_latency(base.samples_ms, job.result.samples_ms, history.medians, th, throttled=throttled,
+                              history_change_points=history.change_points,
+                              history_labels=history.run_ids if len(history.run_ids) == len(history.medians) else ())
     memory: dict[str, Verdict] = {}
     for metric in MEMORY_METRICS:
         cand = getattr(job.result.memory, metric)
@@ -277,13 +339,33 @@ class RegressionReport:
     def confirmed_regressions(self) -> list[CellResult]:
         return [c for c in self.regressions() if c.confirmed]
 
-    def exit_code(self) -> int:
-        """1 when a REGRESSION is confirmed, 0 otherwise (errors are the CLI's 2)."""
-        return 1 if self.confirmed_regressions() else 0
+    def unjudged(self) -> list[CellResult]:
+        """Cells that could not be judged: UNSTABLE or INCONCLUSIVE (a failed or missing candidate job is
+        INCONCLUSIVE too). No regression shown in them is not "no regression"."""
+        return [c for c in self.cells if c.verdict in UNJUDGED or c.status != "ok"]
+
+    def unjudged_counts(self) -> dict[str, int]:
+        """Why cells were not judged: {"UNSTABLE": n, "INCONCLUSIVE": n, "failed": n} (failed or missing
+        candidate jobs counted apart from the other INCONCLUSIVE cells), zero counts left out."""
+        out = {UNSTABLE: 0, INCONCLUSIVE: 0, "failed": 0}
+        for cell in self.unjudged():
+            out["failed" if cell.status != "ok" else cell.verdict] += 1
+        return {k: v for k, v in out.items() if v}
+
+    def exit_code(self, strict: bool = False) -> int:
+        """EXIT_CONFIRMED (1) when a REGRESSION is confirmed; else, with strict, EXIT_UNJUDGED (3) when some
+        cell could not be judged; else 0. Input errors are the CLI's 2."""
+        if self.confirmed_regressions():
+            return EXIT_CONFIRMED
+        if strict and self.unjudged():
+            return EXIT_UNJUDGED
+        return 0
 
     def summary(self) -> dict[str, Any]:
         return {"counts": self.counts(), "cells": len(self.cells), "regressions": len(self.regressions()),
                 "confirmed_regressions": len(self.confirmed_regressions()), "exit_code": self.exit_code(),
+                "unjudged": len(self.unjudged()), "unjudged_counts": self.unjudged_counts(),
+                "exit_code_strict": self.exit_code(strict=True),
                 "worst": [c.key.as_dict() for c in self.regressions()]}
 
     def to_dict(self) -> dict[str, Any]:
@@ -401,15 +483,14 @@ def compare_runs(store: Store, baseline: str, candidate: str = "latest", overrid
 
     cells: list[CellResult] = []
     thresholds_of: dict[CellKey, Thresholds] = {}
-    history_medians: dict[CellKey, list[float]] = {}
+    history_of: dict[CellKey, NightlyHistory] = {}
     cand_jobs = cell_jobs(cand.jobs)
     for key, job in cand_jobs.items():
         th = resolve_thresholds(key.as_dict(), all_overrides)
         thresholds_of[key] = th
         base = baselines[key]
-        gate = history.history(key, before=cand.started_at, k=th.history_k) if history else []
-        history_medians[key] = [_median(n.job.result.samples_ms) for n in gate]
-        latency, memory, throttled = evaluate_cell(job, base, history_medians[key], th)
+        history_of[key] = nightly_history(history, key, cand.started_at, th)
+        latency, memory, throttled = evaluate_cell(job, base, history_of[key], th)
         trend, changes = _trend(history, key, job, cand, th)
         err = job.result.error
         cells.append(CellResult(
@@ -417,7 +498,7 @@ def compare_runs(store: Store, baseline: str, candidate: str = "latest", overrid
             status=job.status, verdict=cell_verdict(latency, memory), latency=latency, memory=memory,
             throttled=throttled, error=f"{err.kind}: {err.message}" if err else None,
             baseline_runs=base.run_ids, baseline_note=base.error or base.note, rebaseline=base.rebaseline,
-            history_runs=[n.run_id for n in gate], trend=trend, change_points=changes,
+            history_runs=history_of[key].window(th.history_k), trend=trend, change_points=changes,
             op_deltas=_op_deltas(job, base), candidate_memory=job.result.memory.model_dump(),
             state_before=dict(job.result.device_state_before), state_after=dict(job.result.device_state_after),
         ))
@@ -445,8 +526,9 @@ def compare_runs(store: Store, baseline: str, candidate: str = "latest", overrid
                 continue
             th = thresholds_of[cell.key]
             prev_base = history.pool(cell.key, before=prev.started_at)
-            prev_hist = [_median(n.job.result.samples_ms)
-                         for n in history.history(cell.key, before=prev.started_at, k=th.history_k)]
+            # The previous nightly's own history (before it), with its own change points: the same
+            # drift-aware gate as the candidate's.
+            prev_hist = nightly_history(history, cell.key, prev.started_at, th)
             lat, mem, _ = evaluate_cell(prev.job, prev_base, prev_hist, th)
             cell.previous = {"run_id": prev.run_id, **_verdicts_of(lat, mem)}
             both = sorted(set(cell.regressed) & set(regressed_metrics(lat, mem)))
@@ -475,7 +557,7 @@ def compare_runs(store: Store, baseline: str, candidate: str = "latest", overrid
             for cell in pending:
                 th = thresholds_of[cell.key]
                 lat, mem, _ = evaluate_cell(rerun_jobs.get(cell.key), baselines[cell.key],
-                                            history_medians[cell.key], th)
+                                            history_of[cell.key], th)
                 cell.rerun = {"run_id": rerun_run.id, **_verdicts_of(lat, mem)}
                 both = sorted(set(cell.regressed) & set(regressed_metrics(lat, mem)))
                 prefix = cell.confirmation + "; " if cell.confirmation else ""

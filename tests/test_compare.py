@@ -110,14 +110,52 @@ def test_mwu_gate_blocks_tests_that_cannot_reach_alpha() -> None:
 
 
 def test_unstable_on_throttling_or_high_cv() -> None:
-    v = compare_latency(BASELINE, run(110.0, 0.02, 20, seed=2), QUIET_HISTORY, throttled=True)
+    # A throttled run whose CI does not lie wholly beyond min_effect is not judged.
+    v = compare_latency(BASELINE, run(103.0, 0.02, 20, seed=2), QUIET_HISTORY, throttled=True)
     assert v.verdict == UNSTABLE and "throttling" in v.reason
+    assert v.ci_low < 1.0 + cmp.DEFAULT_MIN_EFFECT
     assert v.ci_low is not None  # the numbers are still recorded for the report
     noisy = compare_latency(BASELINE, run(100.0, 0.25, 20, seed=10), QUIET_HISTORY)
     assert noisy.verdict == UNSTABLE and "candidate CV" in noisy.reason
     # The same noisy run is judged when the cell's cv_max is raised.
     relaxed = compare_latency(BASELINE, run(100.0, 0.25, 20, seed=10), QUIET_HISTORY, Thresholds(cv_max=0.5))
     assert relaxed.verdict != UNSTABLE
+
+
+def test_noisy_run_far_beyond_the_threshold_is_a_regression() -> None:
+    # A CPU-starved candidate: 100x slower and very noisy (CV far over cv_max), as seen by a user:
+    # baseline 39.8 ms, candidate ~4,115 ms. The whole CI lies beyond 1 + min_effect: REGRESSION.
+    base = run(39.8, 0.03, 20, seed=21)
+    starved = run(4115.0, 0.35, 20, seed=22)
+    history = [0.398 * h for h in QUIET_HISTORY]
+    v = compare_latency(base, starved, history)
+    assert v.verdict == REGRESSION, v.reason
+    assert "candidate CV" in v.reason and "beyond doubt" in v.reason
+    assert v.ci_low > 1.0 + cmp.DEFAULT_MIN_EFFECT and v.p_value < cmp.DEFAULT_ALPHA
+    # Without the exception the same cell was UNSTABLE: the CV really is over cv_max.
+    assert float(np.std(starved) / np.mean(starved)) > cmp.DEFAULT_CV_MAX
+    # Throttled as well: still a REGRESSION, and the reason says the device throttled.
+    hot = compare_latency(base, starved, history, throttled=True)
+    assert hot.verdict == REGRESSION and "throttling" in hot.reason and "beyond doubt" in hot.reason
+    # The mirror image: a noisy run far faster is an IMPROVEMENT.
+    fast = compare_latency(run(100.0, 0.3, 20, seed=23), run(20.0, 0.3, 20, seed=24), QUIET_HISTORY)
+    assert fast.verdict == IMPROVEMENT and fast.ci_high < 1.0 - cmp.DEFAULT_MIN_EFFECT
+
+
+def test_noisy_run_keeps_the_history_gate() -> None:
+    # Beyond doubt within the run, but the nightly history swings by +/-40%: held at INCONCLUSIVE.
+    wild = [100.0 * f for f in (1.0, 1.4, 0.6, 1.3, 0.7, 1.35, 0.65, 1.2, 0.8, 1.0)]
+    v = compare_latency(BASELINE, run(160.0, 0.3, 20, seed=25), wild)
+    assert v.verdict == INCONCLUSIVE and "nightly noise" in v.reason and "CV" in v.reason
+    assert v.ci_low > 1.0 + cmp.DEFAULT_MIN_EFFECT
+
+
+def test_noisy_run_with_ci_straddling_the_threshold_stays_unstable() -> None:
+    v = compare_latency(BASELINE, run(106.0, 0.25, 20, seed=26), QUIET_HISTORY)
+    assert v.verdict == UNSTABLE and "candidate CV" in v.reason
+    assert v.ci_low < 1.0 + cmp.DEFAULT_MIN_EFFECT < v.ci_high  # the CI straddles the boundary
+    # The same change measured quietly would be judged (not UNSTABLE).
+    assert compare_latency(BASELINE, run(106.0, 0.02, 20, seed=26), QUIET_HISTORY).verdict == REGRESSION
 
 
 def test_empty_samples_raise() -> None:
@@ -235,3 +273,76 @@ def test_override_on_field_missing_from_cell_key() -> None:
     overrides = parse_threshold_overrides([{"match": {"options_hash": "ab.*"}, "set": {"cv_max": 0.2}}])
     with pytest.raises(ValueError, match="options_hash"):
         resolve_thresholds({"device": "host"}, overrides)
+
+
+# --- drift-aware history gate -----------------------------------------------------------------
+
+# Five nights at 100 ms, then a 10% step: five nights at 110 ms (the same +/-0.4% scatter).
+STEP_FACTORS = (1.0, 1.004, 0.997, 1.002, 0.999)
+STEPPED_HISTORY = [100.0 * f for f in STEP_FACTORS] + [110.0 * f for f in STEP_FACTORS[::-1]]
+
+
+def test_history_gate_centres_after_the_step_and_pools_sigma() -> None:
+    flat = cmp.history_gate(STEPPED_HISTORY)  # the stationary gate: no change points given
+    assert flat.step is None and flat.centre == pytest.approx(105.0, abs=0.5)
+    assert flat.sigma > 5.0  # MAD is about half the step: sigma inflated to ~7 ms
+    gate = cmp.history_gate(STEPPED_HISTORY, [5], labels=[f"n{i:02d}" for i in range(10)])
+    assert gate.step == "run n05" and gate.n_after == 5 and gate.n == 10 and gate.n_sigma == 10
+    assert gate.centre == pytest.approx(110.0 * 1.0, abs=0.2)
+    assert gate.sigma < 0.5  # the scatter within the segments only (~0.3 ms), not the step
+    assert "centre after the step at run n05" in gate.note
+    # Without a step the two gates agree.
+    assert cmp.history_gate(QUIET_HISTORY) == cmp.history_gate(QUIET_HISTORY, [])
+
+
+def test_history_gate_windows_and_falls_back_on_a_short_last_segment() -> None:
+    # The change point lies before the window (history_k = 5): the window is one segment, stationary.
+    assert cmp.history_gate(STEPPED_HISTORY, [5], history_k=5).step is None
+    assert cmp.history_gate(STEPPED_HISTORY, [5], history_k=5).centre == pytest.approx(110.0, abs=0.2)
+    # A step with one median after it cannot place a centre: ignored, and the note says so.
+    one_after = STEPPED_HISTORY[:9] + [125.0]
+    g = cmp.history_gate(one_after, [5, 9])
+    assert g.step == "#5" and g.n_after == 5 and "#9 has 1 nightly median after it" in g.note
+    only = cmp.history_gate(one_after[5:], [4])
+    assert only.step is None and only.centre == pytest.approx(np.median(one_after[5:]))
+    with pytest.raises(ValueError, match="outside the series"):
+        cmp.history_gate(STEPPED_HISTORY, [10])
+
+
+def test_candidate_at_the_new_level_is_not_a_regression() -> None:
+    # Fifteen nights at 100 ms, then a 10% step five nights ago; the candidate sits at the new level and
+    # is compared with a single run from the old level (history_k = 20 holds both levels).
+    history = [100.0 * f for f in STEP_FACTORS * 3] + [110.0 * f for f in STEP_FACTORS]
+    th = Thresholds(history_k=20)
+    candidate = run(110.0, 0.02, 20, seed=31)
+    stationary = compare_latency(BASELINE, candidate, history, th)
+    assert stationary.verdict == REGRESSION  # the stale centre (100 ms) flags the accepted new level
+    aware = compare_latency(BASELINE, candidate, history, th, history_change_points=[15],
+                            history_labels=[f"n{i:02d}" for i in range(20)])
+    assert aware.verdict == INCONCLUSIVE and "nightly noise" in aware.reason
+    assert "after the step at run n15" in aware.reason
+    assert abs(aware.history_shift) < 0.01 < stationary.history_shift - 0.05
+    assert aware.history_step == "run n15" and aware.history_n_after == 5
+    assert aware.history_centre == pytest.approx(110.0, abs=0.2)
+    assert stationary.history_step is None and stationary.history_centre == pytest.approx(100.0, abs=0.3)
+
+
+def test_real_step_on_top_of_an_old_step_is_detected() -> None:
+    # The pooled baseline sits at the new level (110 ms); the candidate is 12% slower still.
+    base = run(110.0, 0.02, 140, seed=32)
+    candidate = run(110.0 * 1.12, 0.02, 20, seed=33)
+    stationary = compare_latency(base, candidate, STEPPED_HISTORY)
+    assert stationary.verdict == INCONCLUSIVE and stationary.noise_gate > 0.15  # hidden by the inflated gate
+    aware = compare_latency(base, candidate, STEPPED_HISTORY, history_change_points=[5])
+    assert aware.verdict == REGRESSION, aware.reason
+    assert aware.noise_gate < 0.02 and aware.history_shift > 0.1
+    assert "centre after the step at #5" in aware.reason
+
+
+def test_old_stored_verdicts_without_gate_fields_still_read() -> None:
+    v = compare_latency(BASELINE, run(110.0, 0.02, 20, seed=2), STEPPED_HISTORY, history_change_points=[5])
+    data = json.loads(json.dumps(v.to_dict()))
+    assert Verdict.from_dict(data) == v
+    old = {k: val for k, val in data.items() if k not in ("history_centre", "history_step", "history_n_after")}
+    back = Verdict.from_dict(old)
+    assert back.history_centre is None and back.history_step is None and back.history_n_after == 0

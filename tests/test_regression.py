@@ -304,6 +304,129 @@ def test_errors_exit_2(tmp_path: Path, capsys) -> None:
         compare_runs(store, "cand", "cand")
 
 
+def noisy_store(path: Path, candidate_latency: dict | None = None, previous: Night | None = None) -> Store:
+    """12 quiet nightlies (and an optional quiet `previous`), then a candidate whose every cell has CV ~30%."""
+    store = build_nightlies(path, previous=previous)
+    add_run(store, "cand", Night(day=13, latency=candidate_latency or {}, tags=()), seed=4242, cv=0.3)
+    return store
+
+
+def test_all_unstable_is_not_ok(tmp_path: Path, capsys) -> None:
+    store = noisy_store(tmp_path / "r.db")
+    report = compare_runs(store, "nightly", "cand")
+    assert report.counts()[UNSTABLE] == 10 and len(report.unjudged()) == 10
+    assert report.unjudged_counts() == {UNSTABLE: 10}
+    assert report.exit_code() == 0 and report.exit_code(strict=True) == 3
+    status, sentence = rr.headline(report)
+    assert status == "NOT JUDGED" and "OK" not in status
+    assert sentence == "10 of 10 cells could not be judged (10 UNSTABLE) — no regression shown"
+    md = rr.render_markdown(report)
+    assert md.startswith("## ❔ Regression check: 10 of 10 cells could not be judged (10 UNSTABLE)")
+    assert "no regression shown" in md and "✅" not in md
+    junit = ET.fromstring(rr.render_junit(report))
+    summaries = {p.get("value") for p in junit.iter("property") if p.get("name") == "summary"}
+    assert summaries == {"NOT JUDGED: " + sentence}
+    html = rr.render_html(report)
+    assert 'data-status="NOT JUDGED"' in html and "10 of 10 cells could not be judged" in html
+    assert json.loads(rr.render_json(report))["summary"]["exit_code_strict"] == 3
+    # Through the CLI: the banner is honest; the exit code is 0 without --strict, 3 with it.
+    capsys.readouterr()
+    assert main(["compare", "-b", "nightly", "-c", "cand", "--store", store.url]) == 0
+    out = capsys.readouterr().out
+    assert "NOT JUDGED" in out and "10 of 10 cells could not be judged" in out and "OK:" not in out
+    assert main(["compare", "-b", "nightly", "-c", "cand", "--strict", "--store", store.url]) == 3
+
+
+def test_partly_unjudged_and_noisy_but_certain_regression(tmp_path: Path) -> None:
+    # A CPU-starved cell 100x slower on a noisy run is a REGRESSION; the other noisy cells stay UNSTABLE.
+    store = noisy_store(tmp_path / "r.db", candidate_latency=slow(100.0, REGRESSED))
+    report = compare_runs(store, "nightly", "cand")
+    bad = by_key(report)[key_of(*REGRESSED)]
+    assert bad.verdict == REGRESSION and "beyond doubt" in bad.latency.reason and "CV" in bad.latency.reason
+    assert not bad.confirmed and report.counts()[UNSTABLE] == 9
+    status, sentence = rr.headline(report)
+    assert status == "WARN" and sentence.endswith("; 9 of 10 cells could not be judged (9 UNSTABLE)")
+    assert report.exit_code() == 0 and report.exit_code(strict=True) == 3
+    assert main(["compare", "-b", "nightly", "-c", "cand", "--strict", "--store", store.url]) == 3
+    # Confirmed by a previous nightly that regressed too: 1 wins over 3.
+    store2 = noisy_store(tmp_path / "r2.db", candidate_latency=slow(100.0, REGRESSED),
+                         previous=Night(day=12, latency=slow(100.0, REGRESSED)))
+    report2 = compare_runs(store2, "nightly", "cand")
+    assert by_key(report2)[key_of(*REGRESSED)].confirmed
+    assert report2.exit_code(strict=True) == 1 == report2.exit_code()
+    assert rr.headline(report2)[0] == "FAIL"
+    assert main(["compare", "-b", "nightly", "-c", "cand", "--strict", "--store", store2.url]) == 1
+
+
+def test_some_cells_unjudged_says_incomplete(tmp_path: Path) -> None:
+    dead = ("android:R5CW10ABCDE", "+winograd")
+    store = build_nightlies(tmp_path / "r.db", candidate=Night(day=12, failed={dead}, tags=()))
+    report = compare_runs(store, "nightly", "cand")
+    status, sentence = rr.headline(report)
+    assert status == "INCOMPLETE" and sentence.startswith(f"{len(report.unjudged())} of 10 cells could not be judged (")
+    assert "1 failed job" in sentence and "no regression in the" in sentence
+    assert report.exit_code() == 0 and report.exit_code(strict=True) == 3
+
+
+STEP_CELL = ("ios:00008120-001A", "+sgn_gelu")
+
+
+def stepped_store(path: Path, tail: list[float]) -> Store:
+    """12 nightlies at the usual level, 5 after a 10% step of STEP_CELL (nights 12-16, no re-baseline),
+    then one run per factor in `tail` (relative to the old level): all tagged but the last (the candidate)."""
+    store = Store(f"sqlite:///{path}")
+    for i in range(17):
+        add_run(store, f"n{i:02d}", Night(day=i, latency=slow(1.10, STEP_CELL) if i >= 12 else {}), seed=i)
+    for j, factor in enumerate(tail):
+        last = j == len(tail) - 1
+        add_run(store, "cand" if last else f"t{j}", Night(day=17 + j, latency=slow(factor, STEP_CELL),
+                                                          tags=() if last else ("nightly",)), seed=100 + j)
+    return store
+
+
+def nightly_tags(store: Store, before: float):
+    """The accepted 'nightly' runs before `before` (what compare_runs reads for the candidate)."""
+    from harness.baseline import TagHistory
+
+    return TagHistory(store, "nightly", before=before, exclude={"cand"})
+
+
+def test_step_in_history_moves_the_gate(tmp_path: Path) -> None:
+    from harness.regression import evaluate_cell, nightly_history
+
+    # The candidate sits at the new level: not a regression, and the gate is centred after the step.
+    store = stepped_store(tmp_path / "r.db", [1.10])
+    report = compare_runs(store, "nightly", "cand")
+    cell = by_key(report)[key_of(*STEP_CELL)]
+    lat = cell.latency
+    assert cell.verdict != REGRESSION and lat.history_step == "run n12" and lat.history_n_after == 5
+    assert abs(lat.history_shift) < 0.02 and "step at run n12" in lat.reason
+    assert cell.history_runs == [f"n{i:02d}" for i in range(7, 17)]
+    # The stationary gate on the same ten medians: centred between the levels, sigma inflated by the step.
+    tags = nightly_tags(store, report.candidate.started_at)
+    hist = nightly_history(tags, key_of(*STEP_CELL), report.candidate.started_at, lat.thresholds)
+    assert hist.change_points == [12] and len(hist.medians) == 17
+    job = next(j for j in store.load_run("cand").jobs if (j.device_id, j.variant) == STEP_CELL)
+    base = tags.pool(key_of(*STEP_CELL), before=report.candidate.started_at)
+    old, _, _ = evaluate_cell(job, base, hist.medians[-10:], lat.thresholds)
+    assert old.history_step is None and old.noise_gate > 0.15 > 0.03 > lat.noise_gate
+    assert old.history_shift > 0.03 > abs(lat.history_shift)
+    # Cells without a step keep the stationary gate.
+    assert all(c.latency.history_step is None for k, c in by_key(report).items() if k != key_of(*STEP_CELL))
+
+
+def test_real_step_after_an_old_step_is_confirmed(tmp_path: Path) -> None:
+    # After the old step, the cell slows by 12% more on the previous nightly and on the candidate.
+    store = stepped_store(tmp_path / "r.db", [1.10 * 1.12, 1.10 * 1.12])
+    report = compare_runs(store, "nightly", "cand")
+    cell = by_key(report)[key_of(*STEP_CELL)]
+    assert cell.verdict == REGRESSION and cell.latency.history_step == "run n12", cell.latency.reason
+    # The previous nightly was judged with its own drift-aware gate: a REGRESSION too, so confirmed.
+    assert cell.confirmed and cell.previous["verdicts"]["latency_ms"] == REGRESSION
+    assert "after the step at run n12" in cell.previous["reasons"]["latency_ms"]
+    assert report.exit_code() == 1
+
+
 # ------------------------------------------------------------------------------------ outputs
 
 @pytest.fixture(scope="module")

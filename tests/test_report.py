@@ -1,4 +1,7 @@
 """Report contents from a stored run: the Table-1 view, its formatting, and every format."""
+import csv
+import io
+
 import pytest
 
 from harness.protocol import JobResult, MemoryFigures
@@ -51,3 +54,33 @@ def test_markdown_and_html(run):
 def test_unknown_format(run, tmp_path):
     with pytest.raises(ValueError, match="known formats: terminal, md, csv, html"):
         render(run, "pdf", tmp_path / "x")
+
+
+def test_high_cv_row_is_flagged_in_every_format(tmp_path):
+    from rich.console import Console
+
+    from harness.compare import DEFAULT_CV_MAX
+    from harness.report.render import render_csv, render_terminal
+
+    noisy = [60.0, 100.0, 140.0, 100.0]  # CV ~ 28%, over the default cv_max
+    results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=samples, timing_method="perf_counter")
+               for i, samples in enumerate([[99.0, 100.0, 101.0, 100.5], noisy])]
+    run = ladder_run(f"sqlite:///{tmp_path}/r.db", {"id": "host", "kind": "host", "model": "Xeon"}, results,
+                     {"runtime": "torch", "dtype": "fp32", "accelerator": "auto"})
+    df = table1(run)
+    assert df["cv"][1] > DEFAULT_CV_MAX > df["cv"][0]
+    cv = f"{df['cv'][1] * 100:.1f}%"
+    md = render_markdown(run, df)
+    row = next(line for line in md.splitlines() if line.startswith("| + optimized softmax"))
+    assert f"| {cv} (unstable) |" in row
+    base = next(line for line in md.splitlines() if line.startswith("| Baseline"))
+    assert "unstable" not in base
+    assert f"- Unstable: host / + optimized softmax (CV {cv})" in md and f"above {DEFAULT_CV_MAX:.0%}" in md
+    html = render_html(run, df)
+    assert f"{cv} (unstable)" in html and "Unstable: host / + optimized softmax" in html
+    rows = list(csv.DictReader(io.StringIO(render_csv(run, df))))
+    assert [r["cv_unstable"] for r in rows] == ["False", "True"]
+    console = Console(width=200, record=True)
+    render_terminal(run, df, console)
+    text = console.export_text()
+    assert f"{cv} (unstable)" in text and "Unstable: host / + optimized softmax" in text

@@ -107,6 +107,8 @@ def cell_fields(cell: CellResult) -> dict[str, str]:
     lat = cell.latency
     if lat.noise_gate is not None and lat.history_shift is not None:
         gate = f"{lat.history_shift * 100:+.1f}% / ±{lat.noise_gate * 100:.1f}%"
+        if lat.history_step:  # the gate is centred after a change point of the history
+            gate += " (after step)"
     elif lat.ratio is not None:
         gate = f"skipped ({lat.n_history} medians)"
     else:
@@ -159,15 +161,44 @@ def groups(report: RegressionReport) -> list[tuple[str, list[CellResult]]]:
     return titled
 
 
+def unjudged_text(report: RegressionReport) -> str:
+    """'5 of 5 cells could not be judged (5 UNSTABLE)', or '' when every cell was judged."""
+    unjudged = report.unjudged()
+    if not unjudged:
+        return ""
+    why = ", ".join(f"{n} failed job{'s' if n != 1 else ''}" if k == "failed" else f"{n} {k}"
+                    for k, n in report.unjudged_counts().items())
+    total = len(report.cells)
+    return f"{len(unjudged)} of {total} cell{'s' if total != 1 else ''} could not be judged ({why})"
+
+
 def headline(report: RegressionReport) -> tuple[str, str]:
-    """(status word, sentence) for the top of every report."""
+    """(status word, sentence) for the top of every report: FAIL, WARN, NOT JUDGED, INCOMPLETE or OK.
+
+    "OK: no regression" only when every cell was judged; unjudged cells (UNSTABLE, INCONCLUSIVE,
+    failed jobs) are named in every sentence."""
     confirmed, regs = len(report.confirmed_regressions()), len(report.regressions())
+    unjudged = unjudged_text(report)
+    tail = f"; {unjudged}" if unjudged else ""
     if confirmed:
         return "FAIL", f"{confirmed} confirmed regression{'s' if confirmed != 1 else ''}" + (
-            f" ({regs - confirmed} more unconfirmed)" if regs > confirmed else "")
+            f" ({regs - confirmed} more unconfirmed)" if regs > confirmed else "") + tail
     if regs:
-        return "WARN", f"{regs} unconfirmed regression{'s' if regs != 1 else ''} (not reproduced or not rechecked)"
+        return "WARN", (f"{regs} unconfirmed regression{'s' if regs != 1 else ''} "
+                        f"(not reproduced or not rechecked){tail}")
+    if unjudged and len(report.unjudged()) == len(report.cells):
+        return "NOT JUDGED", f"{unjudged} — no regression shown"
+    if unjudged:
+        judged = len(report.cells) - len(report.unjudged())
+        return "INCOMPLETE", f"{unjudged} — no regression in the {judged} judged"
     return "OK", "no regression"
+
+
+# Per status word: terminal colour, Markdown icon, HTML class.
+STATUS_STYLE: dict[str, tuple[str, str, str]] = {
+    "FAIL": ("red", "❌", "FAIL"), "WARN": ("yellow", "⚠️", "WARN"), "NOT JUDGED": ("magenta", "❔", "NOT_JUDGED"),
+    "INCOMPLETE": ("yellow", "⚠️", "INCOMPLETE"), "OK": ("green", "✅", "OK"),
+}
 
 
 def _baseline_text(report: RegressionReport) -> str:
@@ -190,7 +221,7 @@ def render_terminal(report: RegressionReport, console=None) -> None:
         if not console.is_terminal or console.width < 150:
             console = Console(width=max(console.width, 150))
     status, sentence = headline(report)
-    color = {"FAIL": "red", "WARN": "yellow", "OK": "green"}[status]
+    color = STATUS_STYLE[status][0]
     console.print(f"[bold {color}]{status}[/]: {sentence} — candidate {report.candidate.id} vs "
                   f"{_baseline_text(report)}")
     console.print("  " + ", ".join(f"{v}: {n}" for v, n in report.counts().items()))
@@ -222,7 +253,7 @@ def _md_escape(text: str) -> str:
 def render_markdown(report: RegressionReport) -> str:
     """A summary for CI step summaries and PR comments."""
     status, sentence = headline(report)
-    icon = {"FAIL": "❌", "WARN": "⚠️", "OK": "✅"}[status]
+    icon = STATUS_STYLE[status][1]
     cand = report.candidate
     lines = [f"## {icon} Regression check: {sentence}", "",
              f"Candidate `{cand.id}` (suite `{cand.suite_name}`, commit `{(cand.git_commit or 'unknown')[:12]}`, "
@@ -274,6 +305,7 @@ def render_junit(report: RegressionReport) -> str:
     """One testsuite per device, one testcase per cell: a confirmed REGRESSION is a <failure>, a failed
     candidate job an <error>, UNSTABLE/INCONCLUSIVE are <skipped> (not judged); the reason is in system-out."""
     cand = report.candidate
+    status, sentence = headline(report)
     root = ET.Element("testsuites", name="harness regression check")
     totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
     by_device: dict[str, list[CellResult]] = {}
@@ -283,7 +315,8 @@ def render_junit(report: RegressionReport) -> str:
         suite = ET.SubElement(root, "testsuite", name=f"harness.{device}", timestamp=dt.datetime.fromtimestamp(
             cand.started_at).isoformat(timespec="seconds"), hostname=cand.host or "unknown")
         props = ET.SubElement(suite, "properties")
-        for name, value in (("candidate_run", cand.id), ("baseline", _baseline_text(report)),
+        for name, value in (("summary", f"{status}: {sentence}"),
+                            ("candidate_run", cand.id), ("baseline", _baseline_text(report)),
                             ("git_commit", cand.git_commit or "unknown"), ("suite", cand.suite_name)):
             ET.SubElement(props, "property", name=name, value=str(value))
         counts = dict.fromkeys(totals, 0)
@@ -482,7 +515,8 @@ def render_html(report: RegressionReport) -> str:
     runs_meta = [("Candidate", report.candidate)] + ([("Rerun", report.rerun_run)] if report.rerun_run else [])
     runs_meta += [("Baseline", r) for r in report.baseline_runs]
     return _env.get_template("regression.html.j2").render(
-        report=report, status=status, sentence=sentence, counts=report.counts(), marks=MARKS,
+        report=report, status=status, status_cls=STATUS_STYLE[status][2], sentence=sentence,
+        counts=report.counts(), marks=MARKS,
         css=CSS_CLASS, colors=COLORS, headers=[h for _, h in TABLE_COLUMNS], columns=[n for n, _ in TABLE_COLUMNS],
         sections=sections, regressions=regs, attention=attention, improvements=improvements,
         runs_meta=runs_meta, fmt_time=fmt_time, baseline_text=_baseline_text(report),

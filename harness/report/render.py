@@ -9,6 +9,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from harness.compare import DEFAULT_CV_MAX
 from harness.report import e2e as e2e_report
 from harness.report.plots import latency_bars
 from harness.report.table1 import pivot, pivot_rows, table1
@@ -28,6 +29,11 @@ DISPLAY = [
     ("iqr_ms", "IQR ms", lambda v: f"{v:,.1f}"),
     ("cv", "CV", lambda v: f"{v * 100:.1f}%"),
 ]
+
+
+def _unstable(cv) -> bool:
+    """A row whose CV exceeds the default cv_max of `harness compare`: too noisy to judge (UNSTABLE)."""
+    return cv is not None and not pd.isna(cv) and float(cv) > DEFAULT_CV_MAX
 
 
 def _cell(value, fmt, status: str) -> str:
@@ -90,6 +96,8 @@ def display_rows(df: pd.DataFrame) -> dict[tuple[str, str], list[list[str]]]:
             cells = [_cell(r[col], fmt, r["status"]) for col, _, fmt in columns]
             if bool(r.get("na_change")):
                 cells[[c for c, _, _ in DISPLAY].index("change_pct")] = "n/a"
+            if _unstable(r["cv"]):
+                cells[[c for c, _, _ in DISPLAY].index("cv")] += " (unstable)"
             rows.append(cells + ([_headroom_cell(r)] if room else []))
         out[(device, combo)] = rows
     return out
@@ -176,6 +184,12 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
     if "unit" in df and df["unit"].astype(str).str.contains("partial", regex=False).any():
         notes.append("Unit 'partial': allow_cpu_fallback let the CPU run ops the GPU refused; such a row is a "
                      "split GPU+CPU figure, not a GPU figure.")
+    unstable = [r for _, r in df.iterrows() if _unstable(r["cv"])] if "cv" in df else []
+    if unstable:
+        rows = "; ".join(f"{_where(r)} (CV {r['cv'] * 100:.1f}%)" for r in unstable)
+        notes.append(f"Unstable: {rows} — CV above {DEFAULT_CV_MAX:.0%} (the default cv_max of `harness compare`, "
+                     "which will not judge these rows (UNSTABLE) unless a change is beyond doubt); check the "
+                     "device state (cooling, background load) and rerun.")
     failed = df[df["status"] == "failed"]
     for _, r in failed.iterrows():
         notes.append(f"{_where(r)}: {r['error']}")
@@ -229,6 +243,8 @@ def render_csv(run: RunRecord, df: pd.DataFrame) -> str:
         e2e = e2e_report.e2e_table(run)
         out = e2e.copy() if not e2e.empty else out
     out.insert(0, "run_id", run.id)
+    if "cv" in out:  # CV above the default cv_max: the row is too noisy for `harness compare` to judge
+        out["cv_unstable"] = [_unstable(v) for v in out["cv"]]
     buf = io.StringIO()
     out.to_csv(buf, index=False)
     return buf.getvalue()
