@@ -123,7 +123,17 @@ class SequentialPlan:
         unknown = sorted(set(data) - known)
         if unknown:
             raise PlanError(f"unknown A/B plan field(s) {unknown}; known: {', '.join(sorted(known))}")
-        return cls(**dict(data))
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            want = str if name == "design" else float if name == "max_seconds" else int
+            ok = (isinstance(value, str) if want is str else
+                  isinstance(value, (int, float)) and not isinstance(value, bool) and
+                  (want is float or float(value) == int(value)))
+            if not ok:
+                kind = {str: "a string", float: "a number", int: "a whole number"}[want]
+                raise PlanError(f"A/B plan field {name!r} must be {kind}, got {value!r}")
+            values[name] = want(value)
+        return cls(**values)
 
 
 def block_order(n_pairs: int, design: str = "abba", seed: int = 0, start: int = 0) -> list[str]:
@@ -153,10 +163,10 @@ class ShiftEstimate:
 
 def hodges_lehmann(a: Sequence[float], b: Sequence[float], alpha_one_sided: float) -> ShiftEstimate:
     """Ratio B/A as exp(HL shift of the logs), its Moses CI (each side at alpha_one_sided), MWU p-values."""
-    la = np.log(np.asarray(a, dtype=float))
-    lb = np.log(np.asarray(b, dtype=float))
-    if la.size == 0 or lb.size == 0 or not (np.all(np.isfinite(la)) and np.all(np.isfinite(lb))):
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if xa.size == 0 or xb.size == 0 or not all(np.all(np.isfinite(x) & (x > 0)) for x in (xa, xb)):
         raise ValueError("hodges_lehmann needs positive, finite samples on both sides")
+    la, lb = np.log(xa), np.log(xb)
     d = np.sort((lb[None, :] - la[:, None]).ravel())
     m = d.size
     n1, n2 = la.size, lb.size

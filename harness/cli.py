@@ -11,6 +11,7 @@ import argparse
 import json
 import signal
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -163,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "path, on the same devices) to confirm them")
     p.add_argument("--strict", action="store_true", help="exit 3 when some cell could not be judged (UNSTABLE, "
                    "INCONCLUSIVE, failed job) and no regression is confirmed (a confirmed one still exits 1)")
+    ab = p.add_argument_group("same-session A/B (--ab)", "Run the baseline's and the candidate's jobs again, "
+                              "interleaved on one device in one session (ABBA blocks), sampling until the verdict "
+                              "is clear or the budget is spent; drift cancels. Defaults: the candidate suite's "
+                              "`ab:` section, then harness.abtest's (README 'Same-session A/B').")
+    ab.add_argument("--ab", action="store_true", help="judge by a same-session A/B run instead of the stored samples")
+    ab.add_argument("--device", "-d", action="append", metavar="ID", help="device(s) of the A/B session "
+                    "(default: the candidate run's devices)")
+    ab.add_argument("--block", type=int, metavar="N", help="timed samples per block (one job of one side)")
+    ab.add_argument("--first-look", type=int, metavar="N", help="samples per side before the first verdict")
+    ab.add_argument("--batch", type=int, metavar="N", help="samples per side added before each further look")
+    ab.add_argument("--max-samples", type=int, metavar="N", help="sample budget per side and cell")
+    ab.add_argument("--max-seconds", type=float, metavar="S", help="time budget per cell (session seconds)")
+    ab.add_argument("--design", choices=["abba", "random"], help="block order: ABBA quartets or random AB/BA pairs")
     _add_store(p)
     _add_device_ctx(p)
     p.set_defaults(func=cmd_compare)
@@ -499,8 +513,19 @@ def cmd_compare(args) -> int:
         raise InputError("compare needs a baseline: --baseline RUN|TAG (e.g. --baseline nightly)")
     candidate = args.candidate or (refs[1] if len(refs) == 2 else "latest")
     store = _store(args)
-    rerun = _rerun_callback(args, store) if args.rerun else None
-    report = _regression_report(args, store, baseline, candidate, rerun)
+    ab_flags = [f"--{k.replace('_', '-')}" for k in _AB_PLAN_FLAGS if getattr(args, k) is not None]
+    if not args.ab and (ab_flags or args.device):
+        raise InputError(f"{', '.join(ab_flags + (['--device'] if args.device else []))} only apply to a same-session "
+                         "A/B comparison: add --ab")
+    if args.ab and (args.rerun or args.history):
+        raise InputError("--ab judges by its own same-session runs: leave out --rerun and --history")
+    if args.ab:
+        report = _ab_report(args, store, baseline, candidate)
+        if report is None:
+            return EXIT_INTERRUPTED
+    else:
+        rerun = _rerun_callback(args, store) if args.rerun else None
+        report = _regression_report(args, store, baseline, candidate, rerun)
     rr.render_terminal(report)
     for path in rr.write_outputs(report, junit=args.junit, markdown=args.markdown, json=args.json, html=args.html):
         print(f"wrote {path}", file=sys.stderr)
@@ -509,6 +534,56 @@ def cmd_compare(args) -> int:
               file=sys.stderr)
         return EXIT_INPUT
     return report.exit_code(strict=args.strict)
+
+
+_AB_PLAN_FLAGS = ("block", "first_look", "batch", "max_samples", "max_seconds", "design")
+
+
+def _ab_report(args, store, baseline: str, candidate: str):
+    """`compare --ab`: pair the two runs' jobs, run the same-session A/B on the devices, judge; None on Ctrl-C."""
+    from harness.ab_run import pair_runs, run_ab
+    from harness.abtest import PlanError, SequentialPlan, describe
+    from harness.baseline import BaselineError, resolve_candidate
+    from harness.devices.base import DeviceError, resolve_devices
+    from harness.export.commands import prepare_run_artifacts
+    from harness.suite import Suite
+
+    try:
+        cand = store.load_run(resolve_candidate(store, candidate))
+        device_ids = list(args.device or cand.suite.get("devices") or ["host"])
+        ctx = _ctx(args)
+        infos = resolve_devices(device_ids, ctx)
+        setup = pair_runs(store, baseline, cand.id, [i.id for i in infos])
+        values = dict(Suite.model_validate(cand.suite).ab)
+        values.update({k: getattr(args, k) for k in _AB_PLAN_FLAGS if getattr(args, k) is not None})
+        plan = SequentialPlan.from_dict(values)
+    except (BaselineError, DeviceError, PlanError) as exc:
+        raise InputError(str(exc)) from None
+    except ValueError as exc:  # a stored suite that no longer validates
+        raise InputError(f"run {cand.id}: {exc}") from None
+    _check_runtimes_on_devices(SimpleNamespace(jobs=setup.a_jobs + setup.b_jobs), infos)
+    for jobs, suite in ((setup.a_jobs, setup.a_suite), (setup.b_jobs, setup.b_suite)):
+        prepare_run_artifacts(SimpleNamespace(jobs=jobs, suite=suite), ctx.cache_dir)
+
+    print(f"A/B session: {len(setup.pairs)} cell(s), side A = run {setup.a_source}, side B = run {setup.b_source}, "
+          f"on {', '.join(i.id for i in infos)}\n{describe(plan)}", file=sys.stderr)
+
+    def progress(side, pair, index, session) -> None:
+        print(f"  {pair.key.device} {pair.key.variant}: block {index + 1} ({side}); "
+              f"{len(session.samples_a)} + {len(session.samples_b)} samples, {len(session.looks)} look(s)",
+              file=sys.stderr, flush=True)
+
+    overrides = _threshold_file(getattr(args, "thresholds", None))
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return run_ab(store, ctx, setup, infos, plan, Path("results") / "runs", overrides,
+                      str(args.thresholds) if args.thresholds else None, progress)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the finished blocks are stored in the session's A and B runs (marked interrupted)",
+              file=sys.stderr)
+        return None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _rerun_callback(args, store):

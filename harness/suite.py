@@ -104,6 +104,9 @@ class Suite(_Strict):
     # Verdict threshold overrides: [{match: {device|workload|variant|options_hash: regex}, set: {...}}]
     # (harness.compare.parse_threshold_overrides; README "Regression detection").
     thresholds: list[dict[str, Any]] = Field(default_factory=list)
+    # Same-session A/B sampling plan (`harness compare --ab`): harness.abtest.SequentialPlan fields
+    # (block, first_look, batch, max_samples, max_seconds, design, seed); flags override them.
+    ab: dict[str, Any] = Field(default_factory=dict)
     # Sweep axes: suite field path (as --set takes it: model, options.dtype, workload_args.steps) -> values.
     # The plan is the Cartesian product of the axes (in the order written) x variants x devices.
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
@@ -140,6 +143,14 @@ class Suite(_Strict):
             except ValidationError as exc:
                 raise SuiteError(_combination_errors(exc, axes)) from None
         return out
+
+    @field_validator("ab")
+    @classmethod
+    def _valid_ab(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from harness.abtest import SequentialPlan
+
+        SequentialPlan.from_dict(v)  # raises PlanError (a ValueError) naming the field and the fix
+        return v
 
     @field_validator("thresholds")
     @classmethod

@@ -201,8 +201,24 @@ STATUS_STYLE: dict[str, tuple[str, str, str]] = {
 }
 
 
+def sampling_text(cell: CellResult) -> str:
+    """A same-session A/B cell's sampling in one line: samples spent, looks, block order, why it stopped."""
+    s = cell.sampling or {}
+    if not s:
+        return ""
+    looks = s.get("looks") or []
+    planned = len((s.get("plan") or {}).get("looks") or []) or None
+    order = s.get("order") or ""
+    order = order if len(order) <= 24 else order[:24] + "..."
+    return (f"{s.get('samples_a', 0)} + {s.get('samples_b', 0)} samples in {len(s.get('blocks') or [])} blocks "
+            f"({order}), {len(looks)} look(s), {s.get('seconds', 0.0):.1f} s; stopped: {s.get('stop_reason') or '?'}"
+            + (f" [plan: {planned} looks]" if planned else ""))
+
+
 def _baseline_text(report: RegressionReport) -> str:
     b = report.baseline
+    if b.get("kind") == "ab":
+        return str(b.get("description") or f"run {b.get('run_id')}")
     if b.get("kind") == "tag":
         pooled = max((len(c.baseline_runs) for c in report.cells), default=0)
         return f"tag {b['tag']!r} (up to {pooled} accepted runs pooled per cell)"
@@ -240,6 +256,10 @@ def render_terminal(report: RegressionReport, console=None) -> None:
     for cell in report.regressions():
         f = cell_fields(cell)
         console.print(f"[bold]{f['verdict']}[/] {f['title']}: {f['reason']}. {cell.confirmation}", soft_wrap=True)
+    if report.design:
+        console.print(f"[bold]{report.design}[/]", soft_wrap=True, markup=False)
+        for cell in report.cells:
+            console.print(f"  {cell_fields(cell)['title']}: {sampling_text(cell)}", soft_wrap=True, markup=False)
     for note in report.notes:
         console.print(f"[dim]{note}[/]")
 
@@ -283,6 +303,12 @@ def render_markdown(report: RegressionReport) -> str:
         lines += ["### Improvements", ""]
         lines += [f"- {_md_escape(c.key.device)} / {_md_escape(c.label)}: {cell_fields(c)['change']} latency, "
                   f"memory {memory_text(c.memory)}" for c in improvements]
+        lines.append("")
+    if report.design:
+        lines += ["### Same-session A/B", "", _md_escape(report.design), "",
+                  "| Device | Row | Verdict | Sampling |", "|---|---|---|---|"]
+        lines += [f"| {_md_escape(c.key.device)} | {_md_escape(c.label)} | {c.verdict} | {_md_escape(sampling_text(c))} |"
+                  for c in report.cells]
         lines.append("")
     lines += ["<details><summary>All cells</summary>", ""]
     for title, cells in groups(report):
@@ -520,6 +546,8 @@ def render_html(report: RegressionReport) -> str:
         css=CSS_CLASS, colors=COLORS, headers=[h for _, h in TABLE_COLUMNS], columns=[n for n, _ in TABLE_COLUMNS],
         sections=sections, regressions=regs, attention=attention, improvements=improvements,
         runs_meta=runs_meta, fmt_time=fmt_time, baseline_text=_baseline_text(report),
+        sampling=[{"f": cell_fields(c), "cell": c, "cls": CSS_CLASS[c.verdict], "text": sampling_text(c),
+                   "looks": (c.sampling or {}).get("looks") or []} for c in report.cells if c.sampling],
         generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
     )
 
