@@ -202,10 +202,14 @@ def run_ab(store: Store, ctx: DeviceContext, setup: ABSetup, infos: Sequence[Dev
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except BaseException:
+        status = "failed"
+        raise
     finally:
         for key, (s, ra, rb) in sessions.items():
-            if status == "interrupted":
-                s.stop("interrupted (Ctrl-C): the block in flight was dropped")
+            if status != "completed":
+                s.stop("interrupted (Ctrl-C): the block in flight was dropped" if status == "interrupted"
+                       else "the session failed (see the error above)")
             pair = next(p for p in setup.pairs if p.key == key)
             ab = {**s.to_dict(), "session": session_id, "a_run": a_run, "b_run": b_run}
             for run_id, job, res, side in ((a_run, pair.a, ra, A), (b_run, pair.b, rb, B)):
@@ -283,6 +287,9 @@ def _session(device, pair: ABPair, plan: SequentialPlan, th, workdir: Path, runs
         except DeviceDisconnectedError as exc:
             result = JobResult.failure(spec.job_id, "device", str(exc), transient=True,
                                        started_at=started, ended_at=time.time())
+        except KeyboardInterrupt:
+            device.cancel()  # stop the block's agent on the device; finished blocks stay
+            raise
         results.append(result)
         index += 1
         if result.status != "ok" or not result.samples_ms:

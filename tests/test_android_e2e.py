@@ -241,15 +241,17 @@ def test_graphs_option_errors_name_the_component(tmp_path: Path, three_graphs: d
 
 
 def test_without_graphs_the_phone_gets_the_three_exported_components(
-        tmp_path: Path, standin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, standin: Path, monkeypatch: pytest.MonkeyPatch, seed_cache) -> None:
     """No graphs given: the controller exports the text encoder, the UNet and the VAE decoder of the
-    suite's model (tiny) through the artifact cache, pushes the three files and runs each once."""
+    suite's model (tiny) through the artifact cache, pushes the three files and runs each once. (The
+    cache starts from the session's tiny fp16 components, tests/conftest.py: the conversions themselves
+    are the export tests' subject.)"""
     from harness.export import ensure_artifact
     from harness.protocol import ModelRef
     from harness.variants import Flags
 
     monkeypatch.chdir(tmp_path)
-    cache = tmp_path / "cache"
+    cache = seed_cache(tmp_path / "cache")
     fake = FakeDevice("E2E4", root=tmp_path / "phone")
     with FakeAdbServer([fake]) as srv:
         assert main(_run(srv.port, standin, tmp_path, "E2E4", "--no-report", "--cache", str(cache),

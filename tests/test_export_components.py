@@ -29,8 +29,9 @@ COREML_VERSIONS = {"coremltools": "8.0", "torch": "2.5", "diffusers": "0.30"}
 
 
 @pytest.fixture(scope="module")
-def comp_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("export-components-cache")
+def comp_cache(tmp_path_factory, seed_cache) -> Path:
+    """The module's cache, started from the session's tiny fp16 baseline components (tests/conftest.py)."""
+    return seed_cache(tmp_path_factory.mktemp("export-components-cache"))
 
 
 # ------------------------------------------------------------------------------------ keys (no conversion)
@@ -218,7 +219,8 @@ def test_e2e_suite_exports_every_component(tflite_components, comp_cache, capsys
     assert suite_components(suite) == COMPONENTS
     assert export_suite(suite, ["tflite"], "fp16", comp_cache) == 0
     err = capsys.readouterr().err
-    assert "building 1 of 3 artifact(s)" in err  # the two components above were cached
+    # the session's tiny fp16 baseline components are in the cache (tests/conftest.py): nothing to convert
+    assert "nothing to build: all 3 artifact(s) for 2 variant(s) are in the cache" in err
     assert "text_encoder tflite: rows baseline (n/a: conv3x3), wino (n/a: conv3x3)" not in err
     assert "text_encoder tflite: rows baseline, wino (n/a: conv3x3) are the same artifact under the mapping " \
            "(the flags do not apply to it); built once" in err

@@ -257,9 +257,10 @@ def render_terminal(report: RegressionReport, console=None) -> None:
         f = cell_fields(cell)
         console.print(f"[bold]{f['verdict']}[/] {f['title']}: {f['reason']}. {cell.confirmation}", soft_wrap=True)
     if report.design:
-        console.print(f"[bold]{report.design}[/]", soft_wrap=True, markup=False)
+        console.print(report.design, soft_wrap=True, markup=False, highlight=False)
         for cell in report.cells:
-            console.print(f"  {cell_fields(cell)['title']}: {sampling_text(cell)}", soft_wrap=True, markup=False)
+            console.print(f"  {cell_fields(cell)['title']}: {sampling_text(cell)}", soft_wrap=True, markup=False,
+                          highlight=False)
     for note in report.notes:
         console.print(f"[dim]{note}[/]")
 

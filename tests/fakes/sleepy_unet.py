@@ -24,8 +24,8 @@ def _shapes() -> dict:
 
 
 def fast(seed: int = 0):
-    return SleepyUNet(0.004).eval(), _shapes()
+    return SleepyUNet(0.002).eval(), _shapes()
 
 
 def slow(seed: int = 0):
-    return SleepyUNet(0.008).eval(), _shapes()
+    return SleepyUNet(0.030).eval(), _shapes()

@@ -1,0 +1,34 @@
+"""Session-wide fixtures shared across test modules."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16_components(tmp_path_factory) -> Path:
+    """An artifact cache holding the tiny model's three baseline .tflite components with fp16 weights
+    (text encoder, UNet, VAE decoder), built once per session: each conversion takes ~40-70 s here, and
+    several modules need exactly these files. Use `seed_cache(dest)` to start a module's own cache from it."""
+    from harness.export import COMPONENTS, ensure_artifact
+    from harness.protocol import ModelRef
+    from harness.variants import Flags
+
+    path = tmp_path_factory.mktemp("tiny-fp16-components")
+    for component in COMPONENTS:
+        ensure_artifact(ModelRef(name="tiny"), Flags(), "tflite", "fp16", cache_dir=path, component=component)
+    return path
+
+
+@pytest.fixture(scope="session")
+def seed_cache(tiny_fp16_components):
+    """seed_cache(dest): copy the session's tiny fp16 components into the cache folder `dest` (created);
+    ensure_artifact then finds them there as cached entries of `dest`."""
+
+    def seed(dest: Path) -> Path:
+        shutil.copytree(tiny_fp16_components, dest, dirs_exist_ok=True)
+        return dest
+
+    return seed
