@@ -553,6 +553,11 @@ def _ab_report(args, store, baseline: str, candidate: str):
         device_ids = list(args.device or cand.suite.get("devices") or ["host"])
         ctx = _ctx(args)
         infos = resolve_devices(device_ids, ctx)
+        android = [i.id.split(":", 1)[1] for i in infos if i.kind == "android"]
+        if android:
+            from harness.devices.android import check_benchmark_model
+
+            check_benchmark_model(ctx, android)
         setup = pair_runs(store, baseline, cand.id, [i.id for i in infos])
         values = dict(Suite.model_validate(cand.suite).ab)
         values.update({k: getattr(args, k) for k in _AB_PLAN_FLAGS if getattr(args, k) is not None})

@@ -710,8 +710,8 @@ def test_fault_matrix(tmp_path: Path, tiny_tflite: Path, standin: Path, monkeypa
         ("benchmark crash (SIGSEGV)", keep(before=_fault_file("crash")), (), 1),
         ("garbage output", keep(before=_fault_file("garbage")), (), 1),
         ("full disk", keep(before=lambda d, s: setattr(d, "disk_quota_bytes", 20_000)), (), 1),
-        ("benchmark hangs (job timeout 3 s)", keep(before=_fault_file("hang")),
-         ("--set", "measure.timeout_seconds=3"), 1),
+        ("benchmark hangs (job timeout 6 s)", keep(before=_fault_file("hang")),
+         ("--set", "measure.timeout_seconds=6"), 1),
         ("adb server restarted mid-run", keep(watch=[restart_mid_run()]),
          ("--set", "options.extra.run_delay=0.15"), 2),
     ]
@@ -754,5 +754,39 @@ def test_fault_matrix(tmp_path: Path, tiny_tflite: Path, standin: Path, monkeypa
     assert (ok, retried, failed) == (0, 0, 2) and errs[0][0] == "disk_full" and "full" in errs[0][1]
     ok, retried, failed, errs = faulty("adb server restarted mid-run")
     assert (ok, failed) == (2, 0) and retried >= 1  # both phones' jobs came back through retries
-    ok, retried, failed, errs = faulty("benchmark hangs (job timeout 3 s)")
+    ok, retried, failed, errs = faulty("benchmark hangs (job timeout 6 s)")
     assert (ok, retried, failed) == (0, 0, 2) and errs[0][0] == "timeout"
+
+
+def test_ab_session_on_a_fake_phone(tmp_path: Path, tiny_tflite: Path, standin: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harness compare --ab` on a phone: the stored run's suite re-runs as both sides in ABBA blocks, each
+    block an ordinary benchmark_model launch on the phone, stored as the session's two runs."""
+    from harness.suite import load_suite
+
+    url = f"sqlite:///{tmp_path}/ab.db"
+    suite = load_suite(SMOKE, [f"options.extra.graph={tiny_tflite}", "options.extra.run_delay=0.05",
+                               "runtime=litert-cpu", "variants=[baseline]"])
+    doc = suite.model_dump(mode="json")
+    doc["devices"] = ["android:ABPHONE"]
+    store = Store(url)
+    store.create_run("20261206-000000-aaaaaa", "smoke", doc)
+    store.finish_run("20261206-000000-aaaaaa", "completed")
+    farm = _farm(tmp_path / "farm.yaml")
+    monkeypatch.chdir(tmp_path)
+    with FakeAdbServer([FakeDevice("ABPHONE", root=tmp_path / "phone")]) as srv:
+        rc = main(["compare", "--ab", "20261206-000000-aaaaaa", "20261206-000000-aaaaaa", "--store", url,
+                   "--adb", f"127.0.0.1:{srv.port}", "--benchmark-model", str(standin), "--farm", str(farm),
+                   "--block", "5", "--first-look", "10", "--batch", "10", "--max-samples", "10",
+                   "--json", str(tmp_path / "ab.json")])
+        launches = [r for s, r in srv.requests if s == "ABPHONE" and r.endswith("echo launched")]
+    assert rc == 0
+    doc = json.loads((tmp_path / "ab.json").read_text())
+    (cell,) = doc["cells"]
+    assert cell["key"]["device"] == "android:ABPHONE" and cell["verdict"] != "REGRESSION"
+    s = cell["sampling"]
+    assert s["order"] == "ABBA" and s["samples_a"] == s["samples_b"] == 10 and len(launches) == 4
+    for rid in (doc["baseline"]["run_id"], doc["candidate"]["id"]):
+        (job,) = store.load_run(rid).jobs
+        assert job.device_id == "android:ABPHONE" and len(job.result.samples_ms) == 10
+        assert job.result.timing_method == "benchmark_model"
