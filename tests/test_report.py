@@ -84,3 +84,48 @@ def test_high_cv_row_is_flagged_in_every_format(tmp_path):
     render_terminal(run, df, console)
     text = console.export_text()
     assert f"{cv} (unstable)" in text and "Unstable: host / + optimized softmax" in text
+
+
+def _wide_run(tmp_path):
+    """Five rows of four-digit latencies and a GPU MB column on a phone with a long id: ~115 columns wide."""
+    results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=[1234.5 + i, 1240.0 + i, 1300.0],
+                         timing_method="perf_counter",
+                         memory=MemoryFigures(weight_bytes=1234 * MB, tensor_bytes_measured=1500 * MB,
+                                              tensor_bytes_planned=1400 * MB, tensor_measure_method="x",
+                                              gpu_bytes=3000 * MB)) for i in range(5)]
+    return ladder_run(f"sqlite:///{tmp_path}/r.db", {"id": "android:R58M12345ABC", "kind": "android",
+                                                    "model": "Pixel 8", "gpu": "Mali-G715"}, results,
+                      {"runtime": "litert-gpu", "dtype": "fp16", "accelerator": "gpu"})
+
+
+def test_run_table_fits_an_80_column_terminal(tmp_path):
+    from rich.console import Console
+
+    from harness.report.render import render_terminal
+
+    run = _wide_run(tmp_path)
+    df = table1(run)
+    console = Console(width=80, record=True)
+    render_terminal(run, df, console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    for label in ("Baseline", "+ optimized softmax", "+ S-GN/GELU", "+ FlashAttention", "+ Winograd (all)"):
+        assert f"│ {label} " in text  # the row label whole, on one line
+    assert "1,240.0" in text and "…" not in text  # cells whole, not ellipsized
+    assert "not shown at this width: Weight MB" in text
+    # A wide console keeps today's layout: every column, no note.
+    console = Console(width=200, record=True)
+    render_terminal(run, df, console)
+    text = console.export_text()
+    assert "Weight MB" in text and "Tensor MB plan" in text and "not shown" not in text
+
+
+def test_terminal_console_keeps_a_terminals_width(monkeypatch):
+    """An 80-column terminal gets an 80-column console (the tables fit it); piped output keeps 110 columns."""
+    from harness.report.render import terminal_console
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: treat the stream as a terminal
+    assert terminal_console(stderr=True).width == 80
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    assert terminal_console(stderr=True).width == 110
