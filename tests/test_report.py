@@ -2,6 +2,7 @@
 import csv
 import io
 
+import pandas as pd
 import pytest
 
 from harness.protocol import JobResult, MemoryFigures
@@ -84,6 +85,33 @@ def test_high_cv_row_is_flagged_in_every_format(tmp_path):
     render_terminal(run, df, console)
     text = console.export_text()
     assert f"{cv} (unstable)" in text and "Unstable: host / + optimized softmax" in text
+
+
+def test_single_sample_has_no_iqr_or_cv(tmp_path):
+    """With one sample IQR and CV are not defined: n/a in the terminal, Markdown and HTML, empty in CSV (not 0)."""
+    from rich.console import Console
+
+    from harness.report.render import render_csv, render_terminal
+
+    results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=samples, timing_method="perf_counter")
+               for i, samples in enumerate([[100.0], [90.0, 91.0, 92.0]])]
+    run = ladder_run(f"sqlite:///{tmp_path}/r.db", {"id": "host", "kind": "host", "model": "Xeon"}, results,
+                     {"runtime": "torch", "dtype": "fp32", "accelerator": "auto"})
+    df = table1(run)
+    assert df["n"][0] == 1 and pd.isna(df["iqr_ms"][0]) and pd.isna(df["cv"][0])
+    assert df["cv"][1] > 0  # two or more samples: defined
+    md = render_markdown(run, df)
+    base = next(line for line in md.splitlines() if line.startswith("| Baseline"))
+    assert base.endswith("| 1 | n/a | n/a |")  # n, IQR ms, CV
+    html = render_html(run, df)
+    row = html.split("Baseline", 1)[1].split("</tr>", 1)[0]
+    assert ">0.0<" not in row and ">0.0%<" not in row and row.count(">n/a<") >= 2
+    rows = list(csv.DictReader(io.StringIO(render_csv(run, df))))
+    assert (rows[0]["iqr_ms"], rows[0]["cv"]) == ("", "") and rows[1]["cv"] != ""
+    console = Console(width=200, record=True)
+    render_terminal(run, df, console)
+    line = next(x for x in console.export_text().splitlines() if "Baseline" in x)
+    assert [c.strip() for c in line.split("│")[-4:-1]] == ["1", "n/a", "n/a"], line
 
 
 def _wide_run(tmp_path):
