@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", metavar="TEXT", help="e2e workload: the prompt (same as --set workload_args.prompt=TEXT)")
     p.add_argument("--report", metavar="PATH", type=Path, help="HTML report path (default reports/RUN_ID.html)")
     p.add_argument("--no-report", action="store_true", help="do not print or write the report")
+    p.add_argument("--json", action="store_true", help="print one JSON object (run_id, status, counts) on stdout "
+                   "instead of the bare run id")
     p.add_argument("--retries", type=int, default=1, metavar="N", help="retries of a transient failure (default 1)")
     p.add_argument("--run-group", metavar="NAME", help="group runs (e.g. CI shards) under one name")
     _add_store(p)
@@ -325,12 +327,13 @@ def cmd_run(args) -> int:
     if args.resume:
         store.reopen_run(run_id)
         todo = sum(1 for j in plan.jobs if j.job_key not in skip_keys)
-        print(f"resuming run {run_id}: {todo} of {len(plan.jobs)} jobs have no stored result", file=sys.stderr)
+        print(f"resuming run {run_id}: {todo} of {_count(len(plan.jobs), 'job')} have no stored result",
+              file=sys.stderr)
     else:
         suite_doc = suite.model_dump(mode="json")
         suite_doc["devices"] = [i.id for i in infos]  # what --resume runs again
         store.create_run(run_id, suite.name, suite_doc, str(args.suite), args.run_group)
-        print(f"run {run_id}: {len(plan.jobs)} jobs on {', '.join(i.id for i in infos)} -> {store.url}",
+        print(f"run {run_id}: {_count(len(plan.jobs), 'job')} on {', '.join(i.id for i in infos)} -> {store.url}",
               file=sys.stderr)
     from harness.export.commands import prepare_run_artifacts
 
@@ -338,7 +341,8 @@ def cmd_run(args) -> int:
         prepare_run_artifacts(plan, ctx.cache_dir)  # host runtimes that run an artifact (litert-cpu): via the cache
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted")
-        print(f"\ninterrupted while exporting artifacts; run {run_id} is marked interrupted", file=sys.stderr)
+        print(f"\ninterrupted while exporting artifacts; run {run_id} is marked interrupted; continue with "
+              f"`harness run --resume {run_id}`", file=sys.stderr)
         return EXIT_INTERRUPTED
     progress = RichProgress()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # CI cancels with SIGTERM: same as Ctrl-C
@@ -346,21 +350,28 @@ def cmd_run(args) -> int:
         outcome = execute(plan, infos, store, run_id, ctx, Path("results") / "runs", progress, args.retries,
                           skip_keys=skip_keys, max_parallel=args.max_parallel)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished jobs are stored; run {run_id} is marked interrupted", file=sys.stderr)
+        print(f"\ninterrupted: finished jobs are stored; run {run_id} is marked interrupted; continue with "
+              f"`harness run --resume {run_id}`", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if not args.no_report:
-        from harness.report.render import render  # pandas/matplotlib: only when reporting
+    if not args.no_report:  # stdout holds only the run id (`run=$(harness run ...)`): the table goes to stderr
+        from harness.report.render import render, terminal_console  # pandas/matplotlib: only when reporting
 
         run = store.load_run(run_id)
-        render(run, "terminal")
+        render(run, "terminal", console=terminal_console(stderr=True))
         report = args.report or Path("reports") / f"{run_id}.html"
         render(run, "html", report)
         print(f"report: {report}", file=sys.stderr)
     for job, result in outcome.failures:
         print(f"FAILED {_job_label(job)}: {result.error.kind}: {result.error.message}", file=sys.stderr)
-    print(run_id)
+    if args.json:
+        print(json.dumps({"run_id": run_id, "status": outcome.status,
+                          "counts": {"jobs": len(plan.jobs), "ok": outcome.ok, "failed": outcome.failed,
+                                     "skipped": len(skip_keys & {j.job_key for j in plan.jobs}),
+                                     "retried": outcome.retried}}))
+    else:
+        print(run_id)
     return EXIT_JOB_FAILED if outcome.failed else EXIT_OK
 
 
@@ -641,6 +652,11 @@ def _store(args):
         raise InputError(str(exc)) from None
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 job', '3 jobs'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _job_label(job) -> str:
     """device variant [sweep combination]."""
     from harness.report.table1 import combination_label
@@ -655,8 +671,11 @@ class RichProgress:
     def __init__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from rich.console import Console
+
+        # stderr: stdout holds only what scripts capture (the run id)
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), transient=False)
+                             TimeElapsedColumn(), transient=False, console=Console(stderr=True))
         self._task = None
 
     def start(self, total_jobs: int) -> None:

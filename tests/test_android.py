@@ -328,7 +328,7 @@ def test_smoke_suite_on_two_fake_phones_then_nothing_to_push(tmp_path: Path, tin
         expected = standin.stat().st_size + AGENT_SCRIPT.stat().st_size + tiny_tflite.stat().st_size
         assert first == [expected, expected]
         for title in ("android:PHONE1 (SM-S918B, Adreno (TM) 740)", "android:PHONE2 (SM-S918B, Adreno (TM) 740)"):
-            assert title in proc.stdout  # one Table-1 per device
+            assert title in proc.stderr  # one Table-1 per device (stdout: the run id)
         # 2) again, in process: every file is already on the phones
         monkeypatch.chdir(tmp_path)
         assert main(_run_args(srv.port, standin, store_url, farm, *graph, "--no-report")) == 0

@@ -122,7 +122,7 @@ def test_e2e_on_a_fake_phone_composes_three_component_runs(tmp_path: Path, three
     fake = FakeDevice("E2E1", root=tmp_path / "phone")
     with FakeAdbServer([fake]) as srv:
         assert main(_run(srv.port, standin, tmp_path, "E2E1", *_graph_sets(three_graphs))) == 0
-        terminal = capsys.readouterr().out
+        terminal = capsys.readouterr().err  # the table: stderr (stdout: the run id)
         first = _launches(srv, "E2E1")
         mark = len(srv.requests)
         assert main(_run(srv.port, standin, tmp_path, "E2E1", *_graph_sets(three_graphs),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 import subprocess
@@ -45,6 +46,7 @@ def test_run_stores_every_job_and_reports(smoke_run):
     proc, url, report = smoke_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = proc.stdout.strip().splitlines()[-1]
+    assert proc.stdout == f"{run_id}\n"  # stdout is the run id alone (`run=$(harness run ...)`)
     run = Store(url).load_run(run_id)
     assert run.status == "completed"
     assert [j.variant for j in run.jobs] == ["baseline", "+opt_softmax", "+sgn_gelu", "+flash_attention",
@@ -63,9 +65,9 @@ def test_run_stores_every_job_and_reports(smoke_run):
     # FlashAttention never materializes the T x T scores: its planned tensor memory is lower.
     planned = {j.variant: j.result.memory.tensor_bytes_planned for j in run.jobs}
     assert planned["+flash_attention"] < planned["+sgn_gelu"]
-    # The terminal table printed the five rows.
+    # The terminal table printed the five rows (on stderr).
     for label in ("Baseline", "+ optimized softmax", "+ S-GN/GELU", "+ FlashAttention", "+ Winograd (all)"):
-        assert label in proc.stdout
+        assert label in proc.stderr
     html = report.read_text()
     assert html.count("<tr>") >= 6 and "data:image/png;base64," in html and "+ FlashAttention" in html
 
@@ -86,6 +88,26 @@ def test_report_formats_from_the_store(smoke_run, tmp_path):
     assert all(float(r["latency_ms"]) > 0 and float(r["weight_mb"]) > 0 for r in table)
     listing = harness("report", "--store", url, "--list")
     assert "smoke" in listing.stdout and "completed" in listing.stdout
+
+
+def test_readme_ci_recipe_captures_only_the_run_id(tmp_path):
+    """README "Regression detection": `run=$(harness run ...)` then `harness tag "$run" nightly`, under set -e;
+    stdout of run is one line, the run id; --json prints one JSON object instead."""
+    url = f"sqlite:///{tmp_path}/r.db"
+    h = f"{sys.executable} -m harness"
+    script = (f'set -e; run=$({h} run suites/smoke.yaml --store {url} --no-report --set iterations=2 '
+              f'--set "variants=[baseline]"); printf "%s" "$run" > {tmp_path}/run.txt; '
+              f'{h} tag "$run" nightly --store {url}')
+    proc = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = (tmp_path / "run.txt").read_text()
+    assert run_id and "\n" not in run_id and run_id == Store(url).resolve_run()
+    assert f"run {run_id}: 1 job on host" in proc.stderr  # not "1 jobs"
+    assert f"tagged {run_id} 'nightly'" in proc.stderr
+    js = harness("run", "--resume", run_id, "--store", url, "--no-report", "--json")
+    assert js.returncode == 0, js.stderr[-3000:]
+    assert json.loads(js.stdout) == {"run_id": run_id, "status": "completed",
+                                     "counts": {"jobs": 1, "ok": 0, "failed": 0, "skipped": 1, "retried": 0}}
 
 
 def test_reference_mismatch_fails_that_job_only(tmp_path):
@@ -152,6 +174,7 @@ def test_interrupt_keeps_finished_jobs(tmp_path, sig):
     assert proc.returncode == 130, err[-2000:]
     run = store.load_run(store.resolve_run())
     assert run.status == "interrupted"
+    assert f"continue with `harness run --resume {run.id}`" in err
     assert len(run.jobs) == 1 and run.jobs[0].status == "ok" and run.jobs[0].variant == "baseline"
     # The agent of the job in flight was stopped with the controller.
     agents = subprocess.run(["pgrep", "-f", f"device_agents/host/agent.py.*{run.id}"], capture_output=True)

@@ -227,7 +227,7 @@ def test_smoke_suite_install_push_launch_poll_pull_store_report(tmp_path: Path, 
     proc = subprocess.run([sys.executable, "-m", "harness", *args, "--report", str(tmp_path / "r1.html")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"ios:{UDID} (iPhone15,3, Apple A16 GPU)" in proc.stdout  # the Table-1 view of the phone
+    assert f"ios:{UDID} (iPhone15,3, Apple A16 GPU)" in proc.stderr  # the Table-1 view of the phone
     assert f"ios:{UDID}" in (tmp_path / "r1.html").read_text()
 
     container = _container(tmp_path)

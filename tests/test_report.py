@@ -2,6 +2,7 @@
 import csv
 import io
 
+import pandas as pd
 import pytest
 
 from harness.protocol import JobResult, MemoryFigures
@@ -84,3 +85,75 @@ def test_high_cv_row_is_flagged_in_every_format(tmp_path):
     render_terminal(run, df, console)
     text = console.export_text()
     assert f"{cv} (unstable)" in text and "Unstable: host / + optimized softmax" in text
+
+
+def test_single_sample_has_no_iqr_or_cv(tmp_path):
+    """With one sample IQR and CV are not defined: n/a in the terminal, Markdown and HTML, empty in CSV (not 0)."""
+    from rich.console import Console
+
+    from harness.report.render import render_csv, render_terminal
+
+    results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=samples, timing_method="perf_counter")
+               for i, samples in enumerate([[100.0], [90.0, 91.0, 92.0]])]
+    run = ladder_run(f"sqlite:///{tmp_path}/r.db", {"id": "host", "kind": "host", "model": "Xeon"}, results,
+                     {"runtime": "torch", "dtype": "fp32", "accelerator": "auto"})
+    df = table1(run)
+    assert df["n"][0] == 1 and pd.isna(df["iqr_ms"][0]) and pd.isna(df["cv"][0])
+    assert df["cv"][1] > 0  # two or more samples: defined
+    md = render_markdown(run, df)
+    base = next(line for line in md.splitlines() if line.startswith("| Baseline"))
+    assert base.endswith("| 1 | n/a | n/a |")  # n, IQR ms, CV
+    html = render_html(run, df)
+    row = html.split("Baseline", 1)[1].split("</tr>", 1)[0]
+    assert ">0.0<" not in row and ">0.0%<" not in row and row.count(">n/a<") >= 2
+    rows = list(csv.DictReader(io.StringIO(render_csv(run, df))))
+    assert (rows[0]["iqr_ms"], rows[0]["cv"]) == ("", "") and rows[1]["cv"] != ""
+    console = Console(width=200, record=True)
+    render_terminal(run, df, console)
+    line = next(x for x in console.export_text().splitlines() if "Baseline" in x)
+    assert [c.strip() for c in line.split("│")[-4:-1]] == ["1", "n/a", "n/a"], line
+
+
+def _wide_run(tmp_path):
+    """Five rows of four-digit latencies and a GPU MB column on a phone with a long id: ~115 columns wide."""
+    results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=[1234.5 + i, 1240.0 + i, 1300.0],
+                         timing_method="perf_counter",
+                         memory=MemoryFigures(weight_bytes=1234 * MB, tensor_bytes_measured=1500 * MB,
+                                              tensor_bytes_planned=1400 * MB, tensor_measure_method="x",
+                                              gpu_bytes=3000 * MB)) for i in range(5)]
+    return ladder_run(f"sqlite:///{tmp_path}/r.db", {"id": "android:R58M12345ABC", "kind": "android",
+                                                    "model": "Pixel 8", "gpu": "Mali-G715"}, results,
+                      {"runtime": "litert-gpu", "dtype": "fp16", "accelerator": "gpu"})
+
+
+def test_run_table_fits_an_80_column_terminal(tmp_path):
+    from rich.console import Console
+
+    from harness.report.render import render_terminal
+
+    run = _wide_run(tmp_path)
+    df = table1(run)
+    console = Console(width=80, record=True)
+    render_terminal(run, df, console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    for label in ("Baseline", "+ optimized softmax", "+ S-GN/GELU", "+ FlashAttention", "+ Winograd (all)"):
+        assert f"│ {label} " in text  # the row label whole, on one line
+    assert "1,240.0" in text and "…" not in text  # cells whole, not ellipsized
+    assert "not shown at this width: Weight MB" in text
+    # A wide console keeps today's layout: every column, no note.
+    console = Console(width=200, record=True)
+    render_terminal(run, df, console)
+    text = console.export_text()
+    assert "Weight MB" in text and "Tensor MB plan" in text and "not shown" not in text
+
+
+def test_terminal_console_keeps_a_terminals_width(monkeypatch):
+    """An 80-column terminal gets an 80-column console (the tables fit it); piped output keeps 110 columns."""
+    from harness.report.render import terminal_console
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: treat the stream as a terminal
+    assert terminal_console(stderr=True).width == 80
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    assert terminal_console(stderr=True).width == 110

@@ -196,22 +196,67 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
     return notes
 
 
-def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
+def terminal_console(stderr: bool = False):
+    """The console a terminal report prints on: a terminal's own width (the tables fit it); piped (a file, a CI
+    log) 110 columns at least, so that the tables keep their full layout."""
     from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal and console.width < 110:
+        console = Console(stderr=stderr, width=110)
+    return console
+
+
+# Columns dropped, in this order, from a run table too wide for the console (each dropped column is named
+# under the table); the row label, latency, vs base and CV stay.
+_DROP_ORDER = ("Weight MB", "Tensor MB plan", "IQR ms", "n", "Unit", "GPU MB", "Tensor MB meas.", "Peak MB / limit")
+
+
+def _run_table(title: str, heads: list[str], rows: list[list[str]], keep: list[int], widths=None):
     from rich.table import Table
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal or console.width < 110:
-            console = Console(width=max(console.width, 110))
+    table = Table(title=title, title_justify="left")
+    for i in keep:
+        table.add_column(heads[i], justify="left" if i == 0 else "right", no_wrap=i == 0,
+                         width=widths[i] if widths else None)
+    for row in rows:
+        table.add_row(*[row[i] for i in keep])
+    return table
+
+
+def fit_run_table(console, title: str, heads: list[str], rows: list[list[str]]):
+    """The run table as today when it fits the console; else each column as narrow as its longest word (a
+    header may wrap, a cell stays whole; the row label never wraps), and without the least needed columns
+    (_DROP_ORDER) until it fits. Returns (table, the headers of the dropped columns)."""
+    from rich.cells import cell_len
+    from rich.measure import Measurement
+
+    keep = list(range(len(heads)))
+    table = _run_table(title, heads, rows, keep)
+    if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
+        return table, []
+    widths = [max(cell_len(w) for text in [heads[i]] + [r[i] for r in rows] for w in text.split() or [""])
+              for i in range(len(heads))]
+    widths[0] = max(cell_len(t) for t in [heads[0]] + [r[0] for r in rows])  # the label: whole, on one line
+    dropped: list[str] = []
+    for name in _DROP_ORDER:
+        if sum(widths[i] + 3 for i in keep) + 1 <= console.width:  # padding 1+1 and a border per column
+            break
+        if name in heads and heads.index(name) in keep:
+            keep.remove(heads.index(name))
+            dropped.append(name)
+    return _run_table(title, heads, rows, keep, widths), dropped
+
+
+def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
+    console = console or terminal_console()
     console.print(f"[bold]Run {run.id}[/] — suite {run.suite_name} ({run.status})")
     for (device, combo), rows in display_rows(df).items():
-        table = Table(title=_device_title(run, device, df, combo), title_justify="left")
-        for i, header in enumerate(headers(df)):
-            table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
-        for row in rows:
-            table.add_row(*row)
+        table, dropped = fit_run_table(console, _device_title(run, device, df, combo), headers(df), rows)
         console.print(table)
+        if dropped:
+            console.print(f"[dim]not shown at this width: {', '.join(dropped)} (a wider terminal, or "
+                          "`harness report --format md`, shows them)[/]")
     for device, (heads, rows) in pivot_display(df).items():
         console.print(pivot_table(f"{device} — {PIVOT_TITLE}", heads, rows))
     for note in _notes(run, df):
@@ -272,13 +317,14 @@ def render_html(run: RunRecord, df: pd.DataFrame, output: Path | None = None) ->
     )
 
 
-def render(run: RunRecord, fmt: str, output: Path | None = None) -> str | None:
-    """Render `run` in `fmt`; write to `output` when given (terminal prints). Returns the text."""
+def render(run: RunRecord, fmt: str, output: Path | None = None, console=None) -> str | None:
+    """Render `run` in `fmt`; write to `output` when given (terminal prints, on `console`: default stdout).
+    Returns the text."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r}; known formats: {', '.join(FORMATS)}")
     df = table1(run)
     if fmt == "terminal":
-        render_terminal(run, df)
+        render_terminal(run, df, console)
         return None
     if fmt == "csv":
         text = render_csv(run, df)

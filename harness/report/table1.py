@@ -146,13 +146,15 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
         summary = res.extra.get("latency_summary_ms") or {}
         if res.samples_ms:
             s = summarize(res.samples_ms)
-            row.update(latency_ms=s.median, n=s.n, iqr_ms=s.iqr, cv=s.cv, latency_source="samples")
+            # IQR and CV of fewer than 2 samples are not defined: None (n/a; empty in CSV), not 0
+            row.update(latency_ms=s.median, n=s.n, iqr_ms=s.iqr if s.n >= 2 else None,
+                       cv=s.cv if s.n >= 2 else None, latency_source="samples")
         elif summary.get("n"):
             # A runtime that reports only a summary (benchmark_model: count/avg/std, median where the
             # build prints percentiles): its median, else its mean, flagged as such.
             center = summary.get("median") if summary.get("median") is not None else summary.get("avg")
             cv = summary["std"] / summary["avg"] if summary.get("std") is not None and summary.get("avg") else None
-            row.update(latency_ms=center, n=summary["n"], cv=cv,
+            row.update(latency_ms=center, n=summary["n"], cv=cv if summary["n"] >= 2 else None,
                        latency_source="device median" if summary.get("median") is not None else "device mean")
         rows.append(row)
     df = add_axes(pd.DataFrame(rows, columns=COLUMNS + ["_flags"]), rows_axes, axes)
