@@ -241,9 +241,14 @@ def cmd_devices(args) -> int:
     for col in ("id", "state", "model", "SoC", "GPU", "OS", "RAM", "what to do"):
         table.add_column(col)
     for i in infos:
+        if i.note:
+            continue
         ram = f"{i.ram_bytes / 2**30:.1f} GiB" if i.ram_bytes else ""
         table.add_row(i.id, i.state, i.model, i.soc, i.gpu, i.os_version, ram, i.hint)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for i in (i for i in infos if i.note):  # unreachable adb servers / usbmuxd: not devices
+        console.print(f"note: {i.hint or i.name + ': ' + i.state}", markup=False, highlight=False)
     return EXIT_OK
 
 
