@@ -243,9 +243,14 @@ def cmd_devices(args) -> int:
     for col in ("id", "state", "model", "SoC", "GPU", "OS", "RAM", "what to do"):
         table.add_column(col)
     for i in infos:
+        if i.note:
+            continue
         ram = f"{i.ram_bytes / 2**30:.1f} GiB" if i.ram_bytes else ""
         table.add_row(i.id, i.state, i.model, i.soc, i.gpu, i.os_version, ram, i.hint)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for i in (i for i in infos if i.note):  # unreachable adb servers / usbmuxd: not devices
+        console.print(f"note: {i.hint or i.name + ': ' + i.state}", markup=False, highlight=False)
     return EXIT_OK
 
 
@@ -333,8 +338,12 @@ def cmd_run(args) -> int:
         suite_doc = suite.model_dump(mode="json")
         suite_doc["devices"] = [i.id for i in infos]  # what --resume runs again
         store.create_run(run_id, suite.name, suite_doc, str(args.suite), args.run_group)
-        print(f"run {run_id}: {_count(len(plan.jobs), 'job')} on {', '.join(i.id for i in infos)} -> {store.url}",
+        print(f"run {run_id}: {_count(len(plan.jobs), 'job')} on {', '.join(i.id for i in infos)} -> "
+              f"{store.display_url}",
               file=sys.stderr)
+        if store.in_memory:
+            print(f"warning: --store {store.display_url} is an in-memory database: the results vanish when this "
+                  "command exits; pass a file (--store sqlite:///results/harness.db) to keep them", file=sys.stderr)
     from harness.export.commands import prepare_run_artifacts
 
     try:
@@ -409,7 +418,7 @@ def cmd_report(args) -> int:
 
     if getattr(args, "compare", None):
         return _report_compare(args)
-    store = _store(args)
+    store = _store(args, create=False)
     if args.list:
         for r in store.list_runs():
             print(f"{r['id']}  {r['suite_name']:<20} {r['status']:<12} {r['git_commit'] or ''}")
@@ -467,7 +476,7 @@ def _regression_report(args, store, baseline: str, candidate: str, rerun=None):
 def _report_compare(args) -> int:
     from harness.report import regression_render as rr
 
-    store = _store(args)
+    store = _store(args, create=False)
     report = _regression_report(args, store, args.compare, args.run)
     if args.format == "terminal" and args.output is None:
         rr.render_terminal(report)
@@ -489,7 +498,7 @@ def _report_compare(args) -> int:
 def cmd_tag(args) -> int:
     from harness.baseline import BaselineError, parse_match, record_rebaseline
 
-    store = _store(args)
+    store = _store(args, create=False)
     if args.match and not args.rebaseline:
         raise InputError("--match only applies with --rebaseline")
     try:
@@ -523,7 +532,7 @@ def cmd_compare(args) -> int:
     if not baseline:
         raise InputError("compare needs a baseline: --baseline RUN|TAG (e.g. --baseline nightly)")
     candidate = args.candidate or (refs[1] if len(refs) == 2 else "latest")
-    store = _store(args)
+    store = _store(args, create=False)
     ab_flags = [f"--{k.replace('_', '-')}" for k in _AB_PLAN_FLAGS if getattr(args, k) is not None]
     if not args.ab and (ab_flags or args.device):
         raise InputError(f"{', '.join(ab_flags + (['--device'] if args.device else []))} only apply to a same-session "
@@ -643,11 +652,13 @@ def _raise_interrupt(signum, frame):  # noqa: ANN001
     raise KeyboardInterrupt
 
 
-def _store(args):
+def _store(args, create: bool = True):
+    """The results store; create=False for commands that only read it (report, compare, tag): a SQLite
+    file that is not there is an input error, not a new empty database."""
     from harness.store import Store, StoreError
 
     try:
-        return Store(args.store)
+        return Store(args.store, create=create)
     except StoreError as exc:
         raise InputError(str(exc)) from None
 

@@ -75,19 +75,19 @@ class RuntimeOptions(_Strict):
     # int8: weight-only (int8 weights, per-output-channel scales; compute fp32 on CPU, fp16 on CUDA;
     # on litert/Core ML runtimes the artifact's weight dtype). harness.models.quantize.
     dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    threads: int = 0  # 0: the runtime's default
+    threads: int = Field(0, ge=0)  # 0: the runtime's default
     accelerator: Literal["auto", "cpu", "cuda", "gpu"] = "auto"
     compute_units: str | None = None  # Core ML: cpuAndGPU | all | cpuOnly | cpuAndNeuralEngine
     extra: dict[str, Any] = Field(default_factory=dict)  # runtime-specific knobs (benchmark_model flags)
 
 
 class MeasurePolicy(_Strict):
-    warmup_runs: int = 1
-    iterations: int = 5  # minimum timed iterations
-    min_seconds: float = 0.0  # keep iterating until this much timed work is done
-    max_seconds: float = 600.0  # stop after this much timed work, even below `iterations`
-    cooldown_seconds: float = 0.0  # pause before the job
-    timeout_seconds: float = 3600.0  # the whole job, agent included
+    warmup_runs: int = Field(1, ge=0)
+    iterations: int = Field(5, ge=1)  # minimum timed iterations
+    min_seconds: float = Field(0.0, ge=0)  # keep iterating until this much timed work is done
+    max_seconds: float = Field(600.0, gt=0)  # stop after this much timed work, even below `iterations`
+    cooldown_seconds: float = Field(0.0, ge=0)  # pause before the job
+    timeout_seconds: float = Field(3600.0, gt=0)  # the whole job, agent included
 
 
 class CheckPolicy(_Strict):

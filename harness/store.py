@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import platform
+import re
 import secrets
 import subprocess
 import time
@@ -166,21 +167,57 @@ class RunRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def safe_url(url: str) -> str:
+    """The URL as it may be printed, logged or stored: any password replaced by ***."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: mask anything that looks like user:password@
+        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """An error message with the URL's password (and the whole URL) masked."""
+    text = text.replace(url, safe_url(url))
+    try:
+        password = sa.engine.make_url(url).password
+    except Exception:  # noqa: BLE001
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
 class Store:
-    def __init__(self, url: str | None = None):
+    """url: a SQLAlchemy URL (kept as given in .url; .display_url masks the password for messages).
+    create=False: a read-only command's store; a SQLite file that is not there is an error, not a new
+    database. An in-memory SQLite URL (sqlite://) is one database shared by every thread of the process,
+    gone when it exits (.in_memory); its methods must not nest connections (one connection serves all)."""
+
+    def __init__(self, url: str | None = None, *, create: bool = True):
         self.url = url or os.environ.get("HARNESS_STORE") or DEFAULT_URL
+        self.display_url = safe_url(self.url)
         try:
             parsed = sa.engine.make_url(self.url)
         except sa.exc.ArgumentError as exc:
-            raise StoreError(f"--store {self.url!r} is not a database URL (examples: sqlite:///results/harness.db, "
-                             "postgresql+psycopg://user@host/db)") from exc
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            raise StoreError(f"--store {self.display_url!r} is not a database URL (examples: "
+                             "sqlite:///results/harness.db, postgresql+psycopg://user@host/db)") from None
+        sqlite = parsed.get_backend_name() == "sqlite"
+        self.in_memory = sqlite and parsed.database in (None, "", ":memory:")
+        if sqlite and not self.in_memory:
+            if not create and not Path(parsed.database).is_file():
+                raise StoreError(f"no results store at {parsed.database}; run `harness run SUITE` first "
+                                 "(or pass --store)")
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {}
+        if self.in_memory:
+            # One connection for the whole process, which holds the database (the default pool gives each
+            # thread its own, empty, database); a pool of one also hands it to one thread at a time, so
+            # the runner's device threads do not share a transaction.
+            kwargs = {"poolclass": sa.pool.QueuePool, "pool_size": 1, "max_overflow": 0, "pool_timeout": 3600,
+                      "connect_args": {"check_same_thread": False}}
         try:
-            self.engine = sa.create_engine(self.url, future=True)
+            self.engine = sa.create_engine(self.url, future=True, **kwargs)
         except Exception as exc:  # noqa: BLE001 - a missing driver, a bad dialect
-            raise StoreError(f"cannot open store {self.url!r}: {exc}") from exc
-        if parsed.get_backend_name() == "sqlite":
+            raise StoreError(f"cannot open store {self.display_url!r}: {_scrub(str(exc), self.url)}") from None
+        if sqlite:
             @sa.event.listens_for(self.engine, "connect")
             def _pragmas(dbapi_conn, _record):  # noqa: ANN001
                 cur = dbapi_conn.cursor()
@@ -197,7 +234,11 @@ class Store:
                 # it; the loser gets "already exists". Checking again then finds every table.
                 if "already exists" in str(exc.orig) and attempt < 2:
                     continue
-                raise StoreError(f"cannot open store {self.url!r}: {exc.orig}") from exc
+                raise StoreError(f"cannot open store {self.display_url!r}: {_scrub(str(exc.orig), self.url)}; "
+                                 "check the --store URL and that the database server is running") from None
+            except sa.exc.DBAPIError as exc:  # no server there, bad credentials, no such database
+                raise StoreError(f"cannot open store {self.display_url!r}: {_scrub(str(exc.orig), self.url)}; "
+                                 "check the --store URL and that the database server is running") from None
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
@@ -209,7 +250,8 @@ class Store:
                     conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN axes_json TEXT"))
             except sa.exc.OperationalError as exc:  # another process added it first
                 if "duplicate" not in str(exc.orig).lower():
-                    raise StoreError(f"cannot upgrade store {self.url!r}: {exc.orig}") from exc
+                    raise StoreError(f"cannot upgrade store {self.display_url!r}: "
+                                     f"{_scrub(str(exc.orig), self.url)}") from None
 
     # ---------------------------------------------------------------- writes
 
@@ -332,7 +374,7 @@ class Store:
                                    sa.and_(*(sa.not_(runs.c.run_group.startswith(p)) for p in prefixes))))
             row = conn.execute(q.limit(1)).first()
         if row is None:
-            raise StoreError(f"the store {self.url} has no runs yet; run `harness run SUITE` first")
+            raise StoreError(f"the store {self.display_url} has no runs yet; run `harness run SUITE` first")
         return row[0]
 
     def load_jobs(self, run_ids: list[str]) -> dict[str, list[JobRecord]]:
@@ -371,20 +413,20 @@ class Store:
             if ref == "latest":
                 row = conn.execute(sa.select(runs.c.id).order_by(runs.c.started_at.desc()).limit(1)).first()
                 if row is None:
-                    raise StoreError(f"the store {self.url} has no runs yet; run `harness run SUITE` first")
+                    raise StoreError(f"the store {self.display_url} has no runs yet; run `harness run SUITE` first")
                 return row[0]
             rows = conn.execute(sa.select(runs.c.id).where(runs.c.id.startswith(ref))).all()
         if len(rows) == 1:
             return rows[0][0]
         if not rows:
-            raise StoreError(f"no run {ref!r} in {self.url}; `harness report --list` shows the runs")
+            raise StoreError(f"no run {ref!r} in {self.display_url}; `harness report --list` shows the runs")
         raise StoreError(f"run id {ref!r} is ambiguous ({', '.join(r[0] for r in rows[:5])}); give more of it")
 
     def load_run(self, run_id: str) -> RunRecord:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
             if row is None:
-                raise StoreError(f"no run {run_id!r} in {self.url}")
+                raise StoreError(f"no run {run_id!r} in {self.display_url}")
             r = row._mapping
             rec = RunRecord(id=r["id"], suite_name=r["suite_name"], suite=json.loads(r["suite_json"]),
                             status=r["status"], started_at=r["started_at"], ended_at=r["ended_at"],
@@ -417,7 +459,7 @@ class Store:
             ids = [r[0] for r in conn.execute(sa.select(runs.c.id).where(runs.c.run_group == name)
                                               .order_by(runs.c.started_at))]
         if not ids:
-            raise StoreError(f"no runs in run group {name!r} in {self.url}; runs join a group with "
+            raise StoreError(f"no runs in run group {name!r} in {self.display_url}; runs join a group with "
                              "`harness run ... --run-group NAME`")
         parts = [self.load_run(i) for i in ids]
         first = parts[0]

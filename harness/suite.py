@@ -336,7 +336,13 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
         known = sorted(p.name for p in Path("suites").glob("*.yaml")) if Path("suites").is_dir() else []
         hint = f" (suites here: {', '.join(known)})" if known else ""
         raise SuiteError(f"suite file {str(path)!r} not found{hint}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{path}: not a text file (byte {exc.object[exc.start]:#04x} at offset {exc.start} is not "
+                         "UTF-8); a suite is a YAML text file such as suites/smoke.yaml") from None
+    except OSError as exc:
+        raise SuiteError(f"suite file {str(path)!r} cannot be read: {exc.strerror}") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -430,7 +436,10 @@ def _format_errors(path: Path, exc: ValidationError, lines: dict, applied: list)
             continue
         loc = tuple(p for p in err["loc"] if not _is_branch(p))
         dotted = ".".join(str(p) for p in loc) or "(top level)"
-        source = next((src for p, src in applied if tuple(loc[:len(p)]) == p), None)
+        # The --set that gave this value; an unknown field is blamed on the --set that introduced it
+        # (`--set foo.bar=1` fails at `foo`).
+        source = next((src for p, src in applied if tuple(loc[:len(p)]) == p
+                       or (err["type"] == "extra_forbidden" and loc and tuple(p[:len(loc)]) == loc)), None)
         if source:
             where = f"--set {source}"
         else:

@@ -133,8 +133,8 @@ def test_bad_input_exit_code_2(tmp_path):
     assert proc.returncode == 2 and "unknown device kind 'phone'" in proc.stderr
     proc = harness("run", "suites/smoke.yaml", "--weights", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "no such directory" in proc.stderr
-    proc = harness("report", "--store", f"sqlite:///{tmp_path}/empty.db")
-    assert proc.returncode == 2 and "no runs yet" in proc.stderr
+    proc = harness("report", "--store", f"sqlite:///{tmp_path}/empty.db")  # a read-only command creates no store
+    assert proc.returncode == 2 and "no results store at" in proc.stderr and not (tmp_path / "empty.db").exists()
     proc = harness("run", "suites/smoke.yaml", "--bogus")
     assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
 

@@ -784,8 +784,8 @@ class AndroidKind(DeviceKind):
             if problem is not None:
                 infos.append(DeviceInfo(
                     id=f"android@{server}", kind="android", state="no-server" if not explicit else "unreachable",
-                    name=f"adb server {server}",
-                    hint=(f"no adb server at {server} ({problem}): run `adb start-server` there "
+                    name=f"adb server {server}", note=True,
+                    hint=(f"adb server {server} not reachable ({problem}): start it with `adb start-server` "
                           "(farm host: `adb -a -P PORT nodaemon server`) or pass --adb HOST:PORT"),
                     extra={"adb_server": server}))
                 continue
@@ -794,7 +794,7 @@ class AndroidKind(DeviceKind):
                 items = client.list(extended=True)
             except (AdbError, OSError, EOFError) as exc:
                 infos.append(DeviceInfo(id=f"android@{server}", kind="android", state="unreachable",
-                                        name=f"adb server {server}", extra={"adb_server": server},
+                                        name=f"adb server {server}", extra={"adb_server": server}, note=True,
                                         hint=f"the adb server at {server} did not list its devices: {exc}"))
                 continue
             for item in items:

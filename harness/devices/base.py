@@ -44,6 +44,9 @@ class DeviceInfo:
     ram_bytes: int | None = None
     hint: str = ""  # what to do when the state is not ready
     extra: dict[str, Any] = field(default_factory=dict)
+    # A note from discovery, not a device: an adb server or usbmuxd that could not be reached (the hint
+    # says how to fix it). `harness devices` prints it under the table; no --device names it.
+    note: bool = False
 
     @property
     def ready(self) -> bool:
@@ -164,17 +167,20 @@ def resolve_devices(ids: list[str], ctx: DeviceContext) -> list[DeviceInfo]:
         kind_name, _, serial = dev_id.partition(":")
         kind = get_kind(kind_name)
         found = kind.discover(ctx)
+        notes = "".join(f"; {n.hint or n.state}" for n in found if n.note)
+        found = [d for d in found if not d.note]
         if not serial:
             ready = [d for d in found if d.ready]
             if not ready:
                 states = "; ".join(f"{d.id}: {d.state} ({d.hint})" for d in found) or "none attached"
-                raise UnknownDeviceError(f"no ready {kind_name} device ({states})")
+                raise UnknownDeviceError(f"no ready {kind_name} device ({states}){notes}")
             out.extend(d for d in ready if d.id not in {o.id for o in out})
             continue
         match = [d for d in found if d.id == dev_id]
         if not match:
             known = ", ".join(d.id for d in found) or "none"
-            raise UnknownDeviceError(f"device {dev_id!r} not found; attached {kind_name} devices: {known}. "
+            raise UnknownDeviceError(f"device {dev_id!r} not found: no such {kind_name} device is attached "
+                                     f"(attached {kind_name} devices: {known}){notes}. "
                                      "Run `harness devices` to list them")
         info = match[0]
         if not info.ready:

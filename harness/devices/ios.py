@@ -344,7 +344,8 @@ class IOSKind(DeviceKind):
         try:
             pmd = load_services()
         except ImportError:
-            return [DeviceInfo(id="ios", kind="ios", state="no-pymobiledevice3", name="iOS devices", hint=INSTALL_HINT)]
+            return [DeviceInfo(id="ios", kind="ios", state="no-pymobiledevice3", name="iOS devices", hint=INSTALL_HINT,
+                               note=True)]
         return asyncio.run(self._discover(ctx, pmd, settings))
 
     async def _discover(self, ctx: DeviceContext, pmd: Any, settings: IOSSettings) -> list[DeviceInfo]:
@@ -356,7 +357,7 @@ class IOSKind(DeviceKind):
                 devices = await asyncio.wait_for(pmd.list_devices(usbmux_address=addr), settings.probe_timeout_s)
             except (pmd.exc.MuxException, OSError, asyncio.TimeoutError, EOFError) as exc:
                 infos.append(DeviceInfo(
-                    id=f"ios@{label}", kind="ios", state="no-usbmuxd", name=f"usbmuxd {label}",
+                    id=f"ios@{label}", kind="ios", state="no-usbmuxd", name=f"usbmuxd {label}", note=True,
                     hint=(f"no usbmuxd at {label} ({type(exc).__name__}: {exc}): on Linux `apt install usbmuxd` "
                           "and plug a phone in (macOS has it built in); a farm host's: expose it as TCP there "
                           "(`socat TCP-LISTEN:27015,reuseaddr,fork UNIX-CONNECT:/var/run/usbmuxd`) and set "

@@ -556,11 +556,15 @@ def render_html(report: RegressionReport) -> str:
 # ------------------------------------------------------------------------------------ files
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write through a temp file in the same folder and rename, so readers never see half a file."""
+    """Write through a temp file in the same folder and rename, so readers never see half a file.
+    The file gets the mode a plain open() would give it (0666 less the umask; mkstemp's is 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
