@@ -213,7 +213,9 @@ def run_ab(store: Store, ctx: DeviceContext, setup: ABSetup, infos: Sequence[Dev
             pair = next(p for p in setup.pairs if p.key == key)
             ab = {**s.to_dict(), "session": session_id, "a_run": a_run, "b_run": b_run}
             for run_id, job, res, side in ((a_run, pair.a, ra, A), (b_run, pair.b, rb, B)):
-                _record(store, run_id, job, _pool(res, f"{job.spec.job_id}-{side}", {**ab, "side": side}), len(res))
+                values = s.samples_a if side == A else s.samples_b  # what the verdict used, in its unit
+                _record(store, run_id, job, _pool(res, f"{job.spec.job_id}-{side}", {**ab, "side": side,
+                                                                                        "values": values}), len(res))
         store.finish_run(a_run, status)
         store.finish_run(b_run, status)
 
@@ -292,13 +294,26 @@ def _session(device, pair: ABPair, plan: SequentialPlan, th, workdir: Path, runs
             raise
         results.append(result)
         index += 1
-        if result.status != "ok" or not result.samples_ms:
-            why = f"{result.error.kind}: {result.error.message}" if result.error else "no samples"
+        samples = block_samples(result, s)
+        if result.status != "ok" or not samples:
+            why = f"{result.error.kind}: {result.error.message}" if result.error else "no timed samples"
             s.stop(f"a block of side {side} failed ({why}); the last look's verdict stands")
             break
-        s.add(side, result.samples_ms, seconds=(result.ended_at or time.time()) - (result.started_at or started),
+        s.add(side, samples, seconds=(result.ended_at or time.time()) - (result.started_at or started),
               started_at=result.started_at,
               throttled=throttling_seen(result.device_state_before) or throttling_seen(result.device_state_after))
+
+
+def block_samples(result: JobResult, session: ABSession) -> list[float]:
+    """A block's samples: its timed runs; or, from a device that reports only a summary per launch
+    (Android's benchmark_model: count, avg, std, and a median in newer builds; `extra.latency_summary_ms`),
+    one value per block, its median (else mean), and the session's unit becomes the launch."""
+    summary = result.extra.get("latency_summary_ms")
+    if summary is None:
+        return list(result.samples_ms)
+    session.sample_unit = "launch"
+    value = summary.get("median") if summary.get("median") is not None else summary.get("avg")
+    return [float(value)] if value is not None and value > 0 else []
 
 
 def _safe(name: str) -> str:

@@ -271,6 +271,9 @@ class ABSession:
     verdict: Verdict | None = None
     stop_reason: str = ""
     throttled: bool = False
+    # What one sample is: "run" (a timed iteration), or "launch" (one value per block: the block's median or
+    # mean, where the device reports only a summary per launch, as benchmark_model does)
+    sample_unit: str = "run"
     _queue: list[str] = field(default_factory=list)
     _pairs: int = 0
 
@@ -343,7 +346,7 @@ class ABSession:
             "design": self.plan.design, "plan": self.plan.to_dict(), "looks": [asdict(x) for x in self.looks],
             "blocks": [asdict(b) for b in self.blocks], "samples_a": len(self.samples_a),
             "samples_b": len(self.samples_b), "seconds": self.seconds, "stop_reason": self.stop_reason,
-            "order": "".join(b.side for b in self.blocks),
+            "order": "".join(b.side for b in self.blocks), "sample_unit": self.sample_unit,
         }
 
 

@@ -759,7 +759,7 @@ def test_fault_matrix(tmp_path: Path, tiny_tflite: Path, standin: Path, monkeypa
 
 
 def test_ab_session_on_a_fake_phone(tmp_path: Path, tiny_tflite: Path, standin: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """`harness compare --ab` on a phone: the stored run's suite re-runs as both sides in ABBA blocks, each
     block an ordinary benchmark_model launch on the phone, stored as the session's two runs."""
     from harness.suite import load_suite
@@ -777,7 +777,7 @@ def test_ab_session_on_a_fake_phone(tmp_path: Path, tiny_tflite: Path, standin: 
     with FakeAdbServer([FakeDevice("ABPHONE", root=tmp_path / "phone")]) as srv:
         rc = main(["compare", "--ab", "20261206-000000-aaaaaa", "20261206-000000-aaaaaa", "--store", url,
                    "--adb", f"127.0.0.1:{srv.port}", "--benchmark-model", str(standin), "--farm", str(farm),
-                   "--block", "5", "--first-look", "10", "--batch", "10", "--max-samples", "10",
+                   "--block", "1", "--first-look", "6", "--batch", "2", "--max-samples", "6",
                    "--json", str(tmp_path / "ab.json")])
         launches = [r for s, r in srv.requests if s == "ABPHONE" and r.endswith("echo launched")]
     assert rc == 0
@@ -785,8 +785,10 @@ def test_ab_session_on_a_fake_phone(tmp_path: Path, tiny_tflite: Path, standin: 
     (cell,) = doc["cells"]
     assert cell["key"]["device"] == "android:ABPHONE" and cell["verdict"] != "REGRESSION"
     s = cell["sampling"]
-    assert s["order"] == "ABBA" and s["samples_a"] == s["samples_b"] == 10 and len(launches) == 4
+    # benchmark_model reports a summary per launch, not each run: one sample per block (launch)
+    assert s["sample_unit"] == "launch" and s["order"] == "ABBAABBAABBA" and s["samples_a"] == s["samples_b"] == 6
+    assert len(launches) == 12 and "one per launch" in capsys.readouterr().out
     for rid in (doc["baseline"]["run_id"], doc["candidate"]["id"]):
         (job,) = store.load_run(rid).jobs
-        assert job.device_id == "android:ABPHONE" and len(job.result.samples_ms) == 10
-        assert job.result.timing_method == "benchmark_model"
+        assert job.device_id == "android:ABPHONE" and job.result.timing_method == "benchmark_model"
+        assert job.result.extra["ab"]["sample_unit"] == "launch" and len(job.result.extra["ab"]["values"]) == 6

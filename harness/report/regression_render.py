@@ -210,7 +210,8 @@ def sampling_text(cell: CellResult) -> str:
     planned = len((s.get("plan") or {}).get("looks") or []) or None
     order = s.get("order") or ""
     order = order if len(order) <= 24 else order[:24] + "..."
-    return (f"{s.get('samples_a', 0)} + {s.get('samples_b', 0)} samples in {len(s.get('blocks') or [])} blocks "
+    unit = " (one per launch: the device reports a summary, not each run)" if s.get("sample_unit") == "launch" else ""
+    return (f"{s.get('samples_a', 0)} + {s.get('samples_b', 0)} samples{unit} in {len(s.get('blocks') or [])} blocks "
             f"({order}), {len(looks)} look(s), {s.get('seconds', 0.0):.1f} s; stopped: {s.get('stop_reason') or '?'}"
             + (f" [plan: {planned} looks]" if planned else ""))
 
