@@ -23,8 +23,10 @@ $(VENV)/.installed: pyproject.toml
 bench: setup
 	$(VENV)/bin/harness run $(SUITE) $(ARGS)
 
+# Test files run on up to 4 workers (pytest-xdist; a file's tests stay on one worker, which keeps its
+# module fixtures): the conversions the tests make are single-threaded, so 2 cores run two at once.
 test: setup
-	$(VENV)/bin/pytest -q $(ARGS)
+	$(VENV)/bin/pytest -q -n auto --maxprocesses 4 --dist loadfile $(ARGS)
 
 report: setup
 	$(VENV)/bin/harness report --format html $(ARGS)

@@ -10,7 +10,8 @@ Design (`ABSession`). The baseline (A) and the candidate (B) run in blocks of `b
 (one job of one side), in ABBA order (A B B A, A B B A, ...: a linear drift within the session
 cancels within each quartet) or in randomized pairs (AB or BA, seeded). The first look comes after
 `first_look` samples per side, each further look after `batch` more, up to `max_samples` per side
-or `max_seconds` of session time, whichever comes first.
+or `max_seconds` of session time, whichever comes first (time is checked at each look: the next
+batch is started only when its estimated time still fits).
 
 Verdict at a look (`compare_ab`), on the pooled samples of each side:
   shift       Hodges-Lehmann estimate of the log-latency shift, the median of all n_a x n_b pairwise

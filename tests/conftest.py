@@ -1,6 +1,7 @@
 """Session-wide fixtures shared across test modules."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,13 @@ def tiny_fp16_components(tmp_path_factory) -> Path:
     from harness.protocol import ModelRef
     from harness.variants import Flags
 
-    path = tmp_path_factory.mktemp("tiny-fp16-components")
+    # One folder for the whole session, also across pytest-xdist workers (their base temps share a parent);
+    # the cache's own conversion lock makes a second worker wait for the first and then find the files.
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "tiny-fp16-components"
+    path.mkdir(exist_ok=True)
     for component in COMPONENTS:
         ensure_artifact(ModelRef(name="tiny"), Flags(), "tflite", "fp16", cache_dir=path, component=component)
     return path
