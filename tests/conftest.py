@@ -39,3 +39,16 @@ def seed_cache(tiny_fp16_components):
         return dest
 
     return seed
+
+
+# The files with the longest conversions and runs first (stable within a file): pytest-xdist's loadfile
+# scheduling hands files to workers in collection order, so the long ones start early instead of
+# leaving one worker running alone at the end (measured: test_litert_gpu.py, collected late, ran its
+# 4-conversion setup alone for the last ~4 minutes).
+HEAVY_FIRST = ("test_litert_gpu.py", "test_cli.py", "test_litert_e2e.py", "test_export_components.py",
+               "test_android.py", "test_export.py", "test_sweep.py", "test_android_e2e.py", "test_litert_runtime.py")
+
+
+def pytest_collection_modifyitems(session, config, items):  # noqa: ARG001 - pytest's hook signature
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))
