@@ -31,7 +31,7 @@ from typing import Any
 
 from harness.abtest import A, B, ABSession, SequentialPlan, describe
 from harness.baseline import AB_GROUP_PREFIX, BaselineError, CellBaseline, CellKey, resolve_baseline, resolve_candidate
-from harness.compare import REGRESSION, Override, compare_memory, resolve_thresholds
+from harness.compare import REGRESSION, Override, Thresholds, compare_memory, resolve_thresholds
 from harness.devices.base import DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, open_device
 from harness.protocol import JobResult
 from harness.regression import (
@@ -39,6 +39,7 @@ from harness.regression import (
     throttling_seen,
 )
 from harness.store import Store, new_run_id
+from harness.runner import safe_name, store_job
 from harness.suite import PlannedJob, Suite, expand
 from harness.variants import LADDER_LABELS
 
@@ -141,14 +142,6 @@ def _pool(results: list[JobResult], job_id: str, ab: dict[str, Any]) -> JobResul
     })
 
 
-def _record(store: Store, run_id: str, job: PlannedJob, result: JobResult, attempts: int) -> None:
-    store.record_job(run_id, job_key=job.job_key, job_index=job.index, device_id=job.device,
-                     workload=job.spec.workload, model=job.spec.model.name, variant=job.variant,
-                     variant_index=job.variant_index, flags=job.flags.to_dict(),
-                     options=job.spec.options.model_dump(), options_hash=job.options_hash, result=result,
-                     attempts=attempts, axes=job.axes)
-
-
 def _memory_verdicts(a: list[JobResult], b: list[JobResult], th) -> dict:
     out = {}
     for metric in MEMORY_METRICS:
@@ -214,7 +207,7 @@ def run_ab(store: Store, ctx: DeviceContext, setup: ABSetup, infos: Sequence[Dev
             ab = {**s.to_dict(), "session": session_id, "a_run": a_run, "b_run": b_run}
             for run_id, job, res, side in ((a_run, pair.a, ra, A), (b_run, pair.b, rb, B)):
                 values = s.samples_a if side == A else s.samples_b  # what the verdict used, in its unit
-                _record(store, run_id, job, _pool(res, f"{job.spec.job_id}-{side}", {**ab, "side": side,
+                store_job(store, run_id, job, _pool(res, f"{job.spec.job_id}-{side}", {**ab, "side": side,
                                                                                         "values": values}), len(res))
         store.finish_run(a_run, status)
         store.finish_run(b_run, status)
@@ -255,19 +248,13 @@ def run_ab(store: Store, ctx: DeviceContext, setup: ABSetup, infos: Sequence[Dev
                   "description": f"run {setup.a_source}, re-run as side A of session {session_id} (run {a_run})"},
         candidate=RunMeta.of(store.load_run(b_run)), cells=cells,
         baseline_runs=[RunMeta.of(store.load_run(a_run))],
-        thresholds={"defaults": th_defaults(), "overrides": listed, "sources": sources},
+        thresholds={"defaults": Thresholds().to_dict(), "overrides": listed, "sources": sources},
         notes=list(setup.notes), design=describe(plan),
     )
     report.notes.insert(0, f"Same-session A/B: side A re-runs {setup.a_source}, side B re-runs {setup.b_source}; "
                            f"stored as runs {a_run} and {b_run} (group {group}). No history gate: both sides share "
                            "the session's drift.")
     return report
-
-
-def th_defaults() -> dict[str, Any]:
-    from harness.compare import Thresholds
-
-    return Thresholds().to_dict()
 
 
 def _session(device, pair: ABPair, plan: SequentialPlan, th, workdir: Path, runs: tuple[str, str],
@@ -285,7 +272,7 @@ def _session(device, pair: ABPair, plan: SequentialPlan, th, workdir: Path, runs
         spec = _block_spec(job, side, index, run_id, plan.block, first=not results)
         started = time.time()
         try:
-            result = device.run_job(spec, workdir / f"{_safe(pair.key.variant)}-{side}{index:03d}")
+            result = device.run_job(spec, workdir / f"{safe_name(pair.key.variant)}-{side}{index:03d}")
         except DeviceDisconnectedError as exc:
             result = JobResult.failure(spec.job_id, "device", str(exc), transient=True,
                                        started_at=started, ended_at=time.time())
@@ -315,8 +302,5 @@ def block_samples(result: JobResult, session: ABSession) -> list[float]:
     value = summary.get("median") if summary.get("median") is not None else summary.get("avg")
     return [float(value)] if value is not None and value > 0 else []
 
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
 
 

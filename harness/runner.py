@@ -77,7 +77,7 @@ def execute(plan: Plan, infos: list[DeviceInfo], store: Store, run_id: str, ctx:
     live: dict[str, Device] = {}
 
     def finish(job: PlannedJob, result: JobResult, attempts: int) -> None:
-        _store(store, run_id, job, result, attempts)
+        store_job(store, run_id, job, result, attempts)
         with lock:
             outcome.retried += attempts - 1
             if result.status == "ok":
@@ -147,7 +147,7 @@ def _run_with_retries(device, job: PlannedJob, workdir: Path, progress: Progress
         try:
             spec = job.spec.model_copy(update={"job_id": f"{job.spec.job_id}-a{attempts}" if attempts > 1
                                                else job.spec.job_id})
-            result = device.run_job(spec, workdir / f"{job.index:03d}-{_safe(job.variant)}", phase)
+            result = device.run_job(spec, workdir / f"{job.index:03d}-{safe_name(job.variant)}", phase)
         except DeviceDisconnectedError as exc:
             result = JobResult.failure(job.spec.job_id, "device", str(exc), transient=True,
                                        started_at=started, ended_at=time.time())
@@ -156,11 +156,13 @@ def _run_with_retries(device, job: PlannedJob, workdir: Path, progress: Progress
             return result, attempts
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A name as a folder name: letters, digits and -_. kept, the rest _, at most 60 characters."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
 
 
-def _store(store: Store, run_id: str, job: PlannedJob, result: JobResult, attempts: int) -> None:
+def store_job(store: Store, run_id: str, job: PlannedJob, result: JobResult, attempts: int) -> None:
+    """Record one planned job's result in the run (the runner's and the A/B session's one way in)."""
     store.record_job(run_id, job_key=job.job_key, job_index=job.index, device_id=job.device,
                      workload=job.spec.workload, model=job.spec.model.name, variant=job.variant,
                      variant_index=job.variant_index, flags=job.flags.to_dict(),
