@@ -104,15 +104,14 @@ def test_budget_and_time_stops():
     while not s.done:  # a shift right at min_effect in heavy noise: never shown
         side = s.next_side()
         s.add(side, 100 * (1.04 if side == B else 1.0) * rng.lognormal(0, 0.3, 5), seconds=1.0)
-    assert len(s.looks) <= 2 and s.stop_reason
-    if s.verdict.verdict == INCONCLUSIVE:
-        assert s.stop_reason.startswith("sample budget spent: 20 samples per side")
+    assert len(s.looks) == 2 and s.verdict.verdict == INCONCLUSIVE
+    assert s.stop_reason.startswith("sample budget spent: 20 samples per side")
     timed = ABSession(plan=SequentialPlan(max_seconds=5.0), thresholds=Thresholds(cv_max=0.5))
     while not timed.done:
         side = timed.next_side()
         timed.add(side, 100 * (1.04 if side == B else 1.0) * rng.lognormal(0, 0.3, 5), seconds=1.0)
-    if timed.verdict.verdict == INCONCLUSIVE:
-        assert timed.stop_reason.startswith("time budget spent")
+    assert timed.verdict.verdict == INCONCLUSIVE and len(timed.looks) == 1
+    assert timed.stop_reason.startswith("time budget spent")
 
 
 def test_abba_cancels_a_linear_drift_within_the_session():
