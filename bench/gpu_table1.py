@@ -79,6 +79,7 @@ def harness_rows(iterations: int, variants: list[str] | None) -> list[dict]:
         if check is not None:
             row["err"] = check.rel_error
         row["replaced"] = extra.get("replaced")
+        row["winograd_ran"] = extra.get("winograd_ran")
         row["op_times_ms"] = result.get("op_times_ms")
         row["graph_vs_eager_max_abs"] = extra.get("graph_vs_eager_max_abs")
         rows.append(row)
@@ -152,6 +153,12 @@ def render(rows: list[dict], gpu: str) -> str:
         ratio = r["ms"] / ro if ro and r.get("ms") else None
         lines.append(f"| {r['row']:40s} | {f(r.get('ms'), '8.2f')} | {f(r.get('eager_ms'), '8.2f')} | "
                      f"{f(r.get('tensor_mb'), '9.0f')} | {f(r.get('err'), '8.1e')} | {f(ratio, '12.2f')} |")
+    for r in rows:
+        if r.get("winograd_ran"):
+            ran = r["winograd_ran"]
+            lines.append(f"{r['row']}: {ran['winograd']} of {ran['winograd'] + ran['direct']} Winograd-eligible 3x3 convs "
+                         f"ran Winograd; {ran['direct']} ran cuDNN, faster on their shapes (measured once per shape; "
+                         f"HARNESS_WINOGRAD=always forces Winograd everywhere)")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from diffusers.models.attention_processor import Attention
 from harness.models.kernels.attention import KernelAttnProcessor
 from harness.models.kernels.gelu import GEGLU
 from harness.models.kernels.groupnorm import GroupNorm
-from harness.models.kernels.winograd import Conv3x3
+from harness.models.kernels.winograd import Conv3x3, winograd_usage
 from harness.models.patch import (
     COUNT_KEYS,
     apply_flags,
@@ -76,10 +76,13 @@ def test_ladder_step_matches_unpatched_model(reference, step):
     assert {k: v.data_ptr() for k, v in unet.state_dict().items()} == before
     assert state_dicts_equal(unet, ref_unet)
 
+    assert winograd_usage(unet) == {"winograd": 0, "direct": 0}  # nothing has run yet
     with torch.no_grad():
         out = unet(*inputs).sample
     assert out.shape == expected.shape
     assert _rel_err(out, expected) < 1e-4
+    # what each Winograd-flagged conv ran (on the CPU always Winograd; a GPU picks per shape)
+    assert winograd_usage(unet) == {"winograd": TINY_COVERAGE["conv3x3_winograd"] if winograd else 0, "direct": 0}
 
 
 @pytest.mark.parametrize("step", [name for name, _ in LADDER])
@@ -151,3 +154,24 @@ def test_checkpoint_loads_into_patched_model(reference):
 def test_apply_flags_rejects_non_flags():
     with pytest.raises(TypeError, match="Flags"):
         apply_flags(torch.nn.Linear(2, 2), {"softmax": "naive"})
+
+
+def test_keep_channels_last_hands_back_channels_last_with_same_values(reference):
+    """The CUDA path's layout fix: diffusers' transformer blocks return their output without an NCHW copy."""
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    from harness.models.patch import keep_channels_last
+
+    _, inputs, expected = reference
+    unet = build_unet("tiny", seed=SEED)
+    assert keep_channels_last(unet) == sum(isinstance(m, Transformer2DModel) for m in unet.modules()) > 0
+    unet = unet.to(memory_format=torch.channels_last)
+    outs = []
+    block = next(m for m in unet.modules() if isinstance(m, Transformer2DModel))
+    handle = block.register_forward_hook(lambda _m, _i, out: outs.append(out[0]))
+    with torch.no_grad():
+        out = unet(inputs[0].contiguous(memory_format=torch.channels_last), *inputs[1:]).sample
+    handle.remove()
+    assert outs and outs[0].is_contiguous(memory_format=torch.channels_last)
+    assert not outs[0].is_contiguous()  # stock diffusers copies it back to NCHW
+    assert _rel_err(out, expected) < 1e-4

@@ -84,7 +84,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
 
     from harness import memory
     from harness.models.loaders import ModelLoadError
-    from harness.models.patch import FLAG_SCOPE, apply_flags, flag_applies, flag_coverage
+    from harness.models.patch import FLAG_SCOPE, apply_flags, flag_applies, flag_coverage, keep_channels_last
     from harness.models.quantize import compute_dtype, is_weight_only, quantize_int8
     from harness.models.unet import WeightsError, build_unet, example_inputs
     from harness.variants import Flags
@@ -132,6 +132,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     unet = unet.to(device)
     if device == "cuda":
         unet = unet.to(memory_format=torch.channels_last)
+        result["extra"]["channels_last_blocks"] = keep_channels_last(unet)  # no NCHW copies inside the UNet
         torch.cuda.synchronize()
     result["init_ms"] = (time.perf_counter_ns() - t0) / 1e6
     result["extra"]["replaced"] = replaced
@@ -149,6 +150,11 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     emit("first_run", 0, 1)
     first_ms, out = timer(step)
     result["first_run_ms"] = first_ms
+    if flags.conv3x3 == "winograd":
+        from harness.models.kernels.winograd import winograd_usage
+
+        # On a GPU each Winograd-flagged conv runs whichever of Winograd and cuDNN is faster on its shape.
+        result["extra"]["winograd_ran"] = winograd_usage(unet)
     if reference is not None:
         ref = reference.to(out.device, torch.float32)
         max_abs = (out.float() - ref).abs().max().item()

@@ -52,6 +52,8 @@ tiles are gathered by strided slicing, so the module traces/exports to a static 
 """
 from __future__ import annotations
 
+import os
+import statistics
 from fractions import Fraction
 from functools import lru_cache
 from typing import Literal
@@ -272,6 +274,7 @@ class Conv3x3(nn.Conv2d):
         self.impl: Conv3x3Impl = impl
         self.tile = tile
         self._u_cache: tuple[tuple, torch.Tensor] | None = None
+        self.ran: str | None = None  # "winograd" or "direct": what the last forward ran (see gpu_conv_choice)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, impl: Conv3x3Impl = "direct", tile: int = 4) -> "Conv3x3":
@@ -317,9 +320,60 @@ class Conv3x3(nn.Conv2d):
             if self.tile == 4 and _triton_enabled(x) and not torch.compiler.is_compiling():
                 from harness.models.kernels.triton.winograd import winograd_conv2d_f4
 
-                return winograd_conv2d_f4(x, u, self.bias, self.padding[0])  # CUDA fp16/bf16 Triton path
+                winograd = lambda: winograd_conv2d_f4(x, u, self.bias, self.padding[0])  # noqa: E731
+                self.ran = gpu_conv_choice(self, x, winograd, lambda: super(Conv3x3, self).forward(x))
+                return winograd() if self.ran == "winograd" else super().forward(x)  # CUDA fp16/bf16 path
+        if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            self.ran = "winograd"
         return winograd_conv2d(x, bias=self.bias, padding=self.padding[0], m=self.tile, transformed_weight=u)
 
     def extra_repr(self) -> str:
         mode = f"winograd F({self.tile}x{self.tile},3x3)" if self.is_winograd else "direct"
         return f"{super().extra_repr()}, impl={mode}"
+
+
+# (input shape, channels-last?, weight shape, dtype, device) -> "winograd" | "direct", measured once per
+# process: on a GPU, Winograd runs only where it beats the direct convolution (cuDNN) on that shape.
+_GPU_CONV_CHOICE: dict[tuple, str] = {}
+
+
+def gpu_conv_choice(conv: nn.Conv2d, x: torch.Tensor, winograd, direct, reps: int = 10) -> str:
+    """Which implementation a Winograd-flagged conv runs on a CUDA tensor: the faster of Winograd and
+    the direct convolution for this shape, timed once (median of `reps` calls each, CUDA events) and
+    cached, the way cuDNN's benchmark mode picks its algorithms. HARNESS_WINOGRAD=always skips the
+    choice. Inside a CUDA-graph capture an unmeasured shape runs Winograd (nothing can be timed there)."""
+    if os.environ.get("HARNESS_WINOGRAD", "auto") == "always":
+        return "winograd"
+    key = (tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last), tuple(conv.weight.shape),
+           x.dtype, x.device)
+    choice = _GPU_CONV_CHOICE.get(key)
+    if choice is not None:
+        return choice
+    if torch.cuda.is_current_stream_capturing():
+        return "winograd"
+    times = {}
+    for name, fn in (("winograd", winograd), ("direct", direct)):
+        for _ in range(3):
+            fn()
+        samples = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        times[name] = statistics.median(samples)
+    choice = "winograd" if times["winograd"] < times["direct"] else "direct"
+    _GPU_CONV_CHOICE[key] = choice
+    return choice
+
+
+def winograd_usage(model: nn.Module) -> dict[str, int]:
+    """How many of the model's Winograd-flagged 3x3 convs ran Winograd and how many the direct
+    convolution in their last forward (GPU: the per-shape choice of `gpu_conv_choice`)."""
+    counts = {"winograd": 0, "direct": 0}
+    for module in model.modules():
+        if isinstance(module, Conv3x3) and module.is_winograd and module.ran in counts:
+            counts[module.ran] += 1
+    return counts

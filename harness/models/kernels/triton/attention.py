@@ -27,50 +27,117 @@ from harness.models.kernels.triton import next_pow2
 _LOG2E = 1.4426950408889634
 
 
+def _split_head_dim(d: int) -> tuple[int, int]:
+    """(D1, D2): the head dim as a power-of-two chunk plus a smaller power-of-two chunk (0 when d is a
+    power of two), each >= 16 (tl.dot's least K): 80 -> 64 + 16, 160 -> 128 + 32, so the kernel computes
+    on 80 of 128 and 160 of 256 padded columns. Any other head dim (SD's 40: 32 + 16 with 8 masked) is
+    padded to one chunk of 64 instead (D1 > d, masked): 32 + 16 computed wrong results with 64- and
+    128-key blocks on an H100 under Triton 3.6 (d=80 and d=160 agreed with SDPA), and with 32-key
+    blocks, the only correct ones, it ran 0.39 ms against 0.31 ms padded at 4096 x 4096 tokens."""
+    d1 = max(16, 1 << (int(d).bit_length() - 1))
+    rest = d - d1
+    d2 = 0 if rest <= 0 else max(16, next_pow2(rest))
+    if d1 > d or (d2 and (d1 + d2 != d or d1 < 64)):  # only the exact splits seen right: 64+16, 128+32
+        return next_pow2(max(16, d)), 0
+    return d1, d2
+
+
 _FLASH_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                  for bm, bn, w, s in ((128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 2),
-                                       (64, 32, 4, 2))]
+                  for bm, bn, w, s in ((128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 64, 8, 3),
+                                       (128, 128, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 32, 4, 4),
+                                       (128, 32, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3))]
 
 
-@triton.autotune(configs=_FLASH_CONFIGS, key=["TQ", "TK", "D"])
+def _prune_flash_configs(configs, named_args, **kwargs):
+    """Key blocks wider than the (padded) key count only add masked work (cross-attention: 77 keys)."""
+    cap = max(16, next_pow2({**named_args, **kwargs}["TK"]))
+    kept = [c for c in configs if c.kwargs["BLOCK_N"] <= cap]
+    return kept or configs[:1]
+
+
+@triton.autotune(configs=_FLASH_CONFIGS, key=["TQ", "TK", "D"],
+                 prune_configs_by={"early_config_prune": _prune_flash_configs})
+@triton.heuristics({"EVEN_N": lambda args: args["TK"] % args["BLOCK_N"] == 0})
 @triton.jit
-def _flash_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, H, TQ, TK, D, qk_scale,
-                      sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
-                      so_b, so_h, so_t,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _flash_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, H, TQ, TK, qk_scale,
+                      sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, so_b, so_h, so_t,
+                      D, D1: tl.constexpr, D2: tl.constexpr, PAD1: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr):
+    """One block of BLOCK_M query rows of one (batch, head) against all keys, online softmax (log2
+    domain, fp32 statistics and accumulators). The head dim (unit stride) is two chunks D1 + D2.
+    PAD1: D1 > D (one padded chunk, its columns masked); D itself stays a runtime value."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    dmask = offs_d < D
-    q = tl.load(q_ptr + b * sq_b + h * sq_h + (offs_m * sq_t)[:, None] + (offs_d * sq_d)[None, :],
-                mask=(offs_m < TQ)[:, None] & dmask[None, :], other=0.0)
+    mmask = offs_m < TQ
+    d1 = tl.arange(0, D1)
+    q_rows = q_ptr + b * sq_b + h * sq_h + (offs_m * sq_t)[:, None]
+    d1mask = d1 < D
+    if PAD1:
+        q1 = tl.load(q_rows + d1[None, :], mask=mmask[:, None] & d1mask[None, :], other=0.0)
+    else:
+        q1 = tl.load(q_rows + d1[None, :], mask=mmask[:, None], other=0.0)
     k_base = k_ptr + b * sk_b + h * sk_h
     v_base = v_ptr + b * sv_b + h * sv_h
+    acc1 = tl.zeros([BLOCK_M, D1], dtype=tl.float32)
+    if D2 > 0:
+        d2 = D1 + tl.arange(0, D2)
+        d2mask = d2 < D
+        q2 = tl.load(q_rows + d2[None, :], mask=mmask[:, None] & d2mask[None, :], other=0.0)
+        acc2 = tl.zeros([BLOCK_M, D2], dtype=tl.float32)
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(0, TK, BLOCK_N):
         cols = start_n + offs_n
-        nmask = cols < TK
-        k = tl.load(k_base + (cols * sk_t)[None, :] + (offs_d * sk_d)[:, None],
-                    mask=nmask[None, :] & dmask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
-        s = tl.dot(q, k) * qk_scale  # log2 domain
-        s = tl.where(nmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        k_cols = k_base + (cols * sk_t)[None, :]
+        v_rows = v_base + (cols * sv_t)[:, None]
+        if PAD1:
+            k1 = tl.load(k_cols + d1[:, None], mask=d1mask[:, None] & (cols < TK)[None, :], other=0.0)
+        elif EVEN_N:
+            k1 = tl.load(k_cols + d1[:, None])
+        else:
+            k1 = tl.load(k_cols + d1[:, None], mask=(cols < TK)[None, :], other=0.0)
+        s = tl.dot(q1, k1)
+        if D2 > 0:
+            if EVEN_N:
+                k2 = tl.load(k_cols + d2[:, None], mask=d2mask[:, None], other=0.0)
+            else:
+                k2 = tl.load(k_cols + d2[:, None], mask=d2mask[:, None] & (cols < TK)[None, :], other=0.0)
+            s = tl.dot(q2, k2, s)
+        if not EVEN_N:
+            s = tl.where((cols < TK)[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+        p = tl.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + (cols * sv_t)[:, None] + (offs_d * sv_d)[None, :],
-                    mask=nmask[:, None] & dmask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if PAD1:
+            v1 = tl.load(v_rows + d1[None, :], mask=d1mask[None, :] & (cols < TK)[:, None], other=0.0)
+        elif EVEN_N:
+            v1 = tl.load(v_rows + d1[None, :])
+        else:
+            v1 = tl.load(v_rows + d1[None, :], mask=(cols < TK)[:, None], other=0.0)
+        p = p.to(v1.dtype)
+        acc1 = tl.dot(p, v1, acc1 * alpha[:, None])
+        if D2 > 0:
+            if EVEN_N:
+                v2 = tl.load(v_rows + d2[None, :], mask=d2mask[None, :], other=0.0)
+            else:
+                v2 = tl.load(v_rows + d2[None, :], mask=d2mask[None, :] & (cols < TK)[:, None], other=0.0)
+            acc2 = tl.dot(p, v2, acc2 * alpha[:, None])
         m_i = m_new
-    acc = acc / l_i[:, None]
-    o = o_ptr + b * so_b + h * so_h + (offs_m * so_t)[:, None] + offs_d[None, :]
-    tl.store(o, acc.to(o_ptr.dtype.element_ty), mask=(offs_m < TQ)[:, None] & dmask[None, :])
+    inv_l = 1.0 / l_i
+    o_rows = o_ptr + b * so_b + h * so_h + (offs_m * so_t)[:, None]
+    if PAD1:
+        tl.store(o_rows + d1[None, :], (acc1 * inv_l[:, None]).to(o_ptr.dtype.element_ty),
+                 mask=mmask[:, None] & d1mask[None, :])
+    else:
+        tl.store(o_rows + d1[None, :], (acc1 * inv_l[:, None]).to(o_ptr.dtype.element_ty), mask=mmask[:, None])
+    if D2 > 0:
+        tl.store(o_rows + d2[None, :], (acc2 * inv_l[:, None]).to(o_ptr.dtype.element_ty),
+                 mask=mmask[:, None] & d2mask[None, :])
 
 
 @triton.jit
@@ -155,14 +222,16 @@ def _flash_config(block_d: int, t_k: int) -> tuple[int, int, int, int]:
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """softmax(Q K^T * scale) V by one flash kernel; returns [B, H, T_q, d] (a view, see module doc)."""
     _check(q, k, v)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # the kernel needs unit-stride d
     b, h, t_q, d = q.shape
     t_k = k.shape[-2]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     o = _out(q)
-    block_d = max(16, next_pow2(d))
+    d1, d2 = _split_head_dim(d)
     grid = lambda meta: (triton.cdiv(t_q, meta["BLOCK_M"]), b * h)  # noqa: E731 - autotuned block sizes
-    _flash_fwd_kernel[grid](q, k, v, o, h, t_q, t_k, d, scale * _LOG2E, *q.stride(), *k.stride(), *v.stride(),
-                            o.stride(0), o.stride(2), o.stride(1), BLOCK_D=block_d)
+    _flash_fwd_kernel[grid](q, k, v, o, h, t_q, t_k, scale * _LOG2E, q.stride(0), q.stride(1), q.stride(2),
+                            k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+                            o.stride(0), o.stride(2), o.stride(1), D=d, D1=d1, D2=d2, PAD1=d1 > d)
     return o.transpose(1, 2)
 
 
