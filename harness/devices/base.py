@@ -119,13 +119,14 @@ KINDS: dict[str, str] = {
     "host": "harness.devices.host:HostKind",
     "android": "harness.devices.android:AndroidKind",
     "ios": "harness.devices.ios:IOSKind",
+    "aihub": "harness.devices.aihub:AiHubKind",  # Qualcomm AI Hub's cloud phones (qai-hub client)
 }
 
 
 def get_kind(name: str) -> DeviceKind:
     if name not in KINDS:
         raise UnknownDeviceError(f"unknown device kind {name!r}; known kinds: {', '.join(KINDS)} "
-                                 "(ids look like host, android:SERIAL, ios:UDID)")
+                                 "(ids look like host, android:SERIAL, ios:UDID, aihub:DEVICE NAME)")
     module, cls = KINDS[name].split(":")
     return getattr(importlib.import_module(module), cls)()
 
