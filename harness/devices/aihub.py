@@ -216,7 +216,7 @@ class AiHubDevice(Device):
             if graph:
                 path = Path(graph).expanduser()
                 check_tflite(path, where)
-                return path, {"source": "graph"}
+                return path, {"source": "graph", "weight_bytes": _weight_bytes(path)}
         except _JobFailure as f:
             raise _Failure(f.kind, f.message) from None
         from harness.export import ensure_artifact
@@ -357,6 +357,15 @@ class AiHubDevice(Device):
 
     def cancel(self) -> None:
         self._cancel.set()
+
+
+def _weight_bytes(path: Path) -> int | None:
+    try:
+        from harness.export.inspect import load_graph
+
+        return int(load_graph(path).weight_bytes)
+    except Exception:  # noqa: BLE001 - a file the reader cannot take still runs on the Hub
+        return None
 
 
 def _public(entry: dict[str, Any]) -> dict[str, Any]:
