@@ -92,13 +92,24 @@ def _hub_error(exc: Exception, config: Any, what: str) -> AiHubError:
     return AiHubError(mask(f"AI Hub ({config.api_url}) {what}: {type(exc).__name__}: {msg}", config.api_token))
 
 
-def device_info(dev: Any) -> DeviceInfo:
+def endpoint_note(api_url: str) -> str | None:
+    """A note for rows from an endpoint that is not Qualcomm AI Hub's own (a stand-in, a proxy)."""
+    from qai_hub.public_rest_api import DEFAULT_HUB_API_URL
+
+    if api_url.rstrip("/") == DEFAULT_HUB_API_URL.rstrip("/"):
+        return None
+    return (f"endpoint {api_url} is not Qualcomm AI Hub's ({DEFAULT_HUB_API_URL}): these figures come from "
+            "whatever serves it (tests/fakes/aihub_server.py serves stand-in figures, not measurements)")
+
+
+def device_info(dev: Any, api_url: str = "") -> DeviceInfo:
     attrs = list(dev.attributes)
     chipset = next((a.split(":", 1)[1] for a in attrs if a.startswith("chipset:")), "")
     os_name = next((a.split(":", 1)[1] for a in attrs if a.startswith("os:")), "")
     return DeviceInfo(id=f"{KIND}:{dev.name}", kind=KIND, state="ready", name=dev.name, model=dev.name, soc=chipset,
                       os_version=f"{os_name} {dev.os}".strip(),
-                      extra={"os": dev.os, "attributes": attrs, "farm": "Qualcomm AI Hub"})
+                      extra={"os": dev.os, "attributes": attrs, "farm": "Qualcomm AI Hub", "endpoint": api_url,
+                             **({"endpoint_note": endpoint_note(api_url)} if api_url and endpoint_note(api_url) else {})})
 
 
 class AiHubKind(DeviceKind):
@@ -122,7 +133,7 @@ class AiHubKind(DeviceKind):
                                ("; " + CONFIGURE_HINT if "authenticate" in str(exc) else ""))]
         seen: dict[str, DeviceInfo] = {}
         for dev in devices:
-            seen.setdefault(dev.name, device_info(dev))  # one id per name: the Hub picks the OS
+            seen.setdefault(dev.name, device_info(dev, config.api_url))  # one id per name: the Hub picks the OS
         return list(seen.values())
 
     def open(self, info: DeviceInfo, ctx: DeviceContext) -> Device:
@@ -133,9 +144,11 @@ class AiHubKind(DeviceKind):
 
 
 class _Failure(Exception):
-    def __init__(self, kind: str, message: str, detail: str | None = None, transient: bool = False):
+    def __init__(self, kind: str, message: str, detail: str | None = None, transient: bool = False,
+                 hub_failed: bool = False):
         super().__init__(message)
         self.kind, self.message, self.detail, self.transient = kind, message, detail, transient
+        self.hub_failed = hub_failed  # the Hub job itself failed: a later run submits it anew
 
 
 class Ledger:
@@ -193,6 +206,8 @@ class AiHubDevice(Device):
         self._cancel = threading.Event()
         self._prepare_errors: dict[str, _Failure] = {}
         self._submitted_now: set[str] = set()
+        self._facts: dict[tuple, Any] = {}
+        self._live_models: dict[str, Any] = {}
 
     # ---- helpers
 
@@ -216,7 +231,7 @@ class AiHubDevice(Device):
             if graph:
                 path = Path(graph).expanduser()
                 check_tflite(path, where)
-                return path, {"source": "graph", "weight_bytes": _weight_bytes(path)}
+                return path, {"source": "graph"}  # weights/planned tensors: from the export's meta only, as on Android
         except _JobFailure as f:
             raise _Failure(f.kind, f.message) from None
         from harness.export import ensure_artifact
@@ -233,21 +248,36 @@ class AiHubDevice(Device):
                                 "weight_bytes": meta.get("weight_bytes"),
                                 "planned_tensor_bytes": meta.get("planned_tensor_bytes")}
 
+    def _file_fact(self, path: Path, what: str, fn) -> Any:
+        """fn(path), once per file (path, size, mtime) in this session (its sha256)."""
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, what)
+        if key not in self._facts:
+            self._facts[key] = fn(path)
+        return self._facts[key]
+
     def _model(self, path: Path) -> tuple[Any, str, bool]:
-        """(qai_hub Model, sha256, uploaded now) for a file: the recorded model id when the Hub still has it."""
+        """(qai_hub Model, sha256, uploaded now) for a file: the model id recorded for this endpoint and
+        sha256 when the Hub still has it (`get_model`), else a new upload. One upload per file per session."""
         from harness.export.cache import sha256_path
 
-        sha = sha256_path(path)
+        sha = self._file_fact(path, "sha256", sha256_path)
         key = f"{self.config.api_url}|{sha}"
+        if key in self._live_models:
+            return self._live_models[key], sha, False
         model_id = self.models.get(key)
+        model, uploaded = None, False
         if model_id:
             try:
-                return self.client.get_model(model_id), sha, False
+                model = self.client.get_model(model_id)
             except Exception:  # noqa: BLE001 - gone (or never there): upload again
-                pass
-        model = self._call(f"uploading {path.name}", self.client.upload_model, str(path), name=path.name)
-        self.models.put(key, model.model_id)
-        return model, sha, True
+                model = None
+        if model is None:
+            model = self._call(f"uploading {path.name}", self.client.upload_model, str(path), name=path.name)
+            self.models.put(key, model.model_id)
+            uploaded = True
+        self._live_models[key] = model
+        return model, sha, uploaded
 
     def _submit(self, spec: JobSpec) -> dict[str, Any]:
         """Upload (or reuse) the job's model and submit its profile job; the Hub job id is recorded at once."""
@@ -270,7 +300,7 @@ class AiHubDevice(Device):
         job = self._call("submitting the profile job", self.client.submit_inference_job, model,
                          qai_hub.Device(self.info.name), name=f"{spec.run_id} {spec.variant}", options=options,
                          profile=True, retry=False)
-        entry = {"hub_job_id": job.job_id, "model_id": model.model_id, "sha256": sha, "uploaded": uploaded,
+        entry = {"hub_job_id": job.job_id, "endpoint": self.config.api_url, "model_id": model.model_id, "sha256": sha, "uploaded": uploaded,
                  "options": options, "unit": unit, "artifact": {**art, "path": str(path)},
                  "submitted_at": time.time(), "state": "submitted"}
         self._ledger(spec).put(spec.job_id, entry)
@@ -317,7 +347,7 @@ class AiHubDevice(Device):
             self._ledger(spec).put(spec.job_id, {**entry, "state": "done"})
             return result
         except _Failure as f:
-            if entry.get("hub_job_id") and f.kind != "timeout":
+            if f.hub_failed:  # a timeout or an interrupt keeps the job: --resume waits for it again
                 self._ledger(spec).put(spec.job_id, {**entry, "state": "failed"})
             extra = {"aihub": _public(entry)} if entry else {}
             return JobResult.failure(spec.job_id, f.kind, f.message, detail=f.detail, transient=f.transient,
@@ -350,7 +380,7 @@ class AiHubDevice(Device):
             reason = status.message or "no reason given"
             kind, transient = failure_kind(reason)
             raise _Failure(kind, f"AI Hub job {job_id} on {self.info.name} failed: {reason} ({job.url})",
-                           transient=transient)
+                           transient=transient, hub_failed=True)
         if progress:
             progress("aihub download", 0, 1)
         return self._call(f"downloading the profile of job {job_id}", job.download_profile)
@@ -359,18 +389,13 @@ class AiHubDevice(Device):
         self._cancel.set()
 
 
-def _weight_bytes(path: Path) -> int | None:
-    try:
-        from harness.export.inspect import load_graph
-
-        return int(load_graph(path).weight_bytes)
-    except Exception:  # noqa: BLE001 - a file the reader cannot take still runs on the Hub
-        return None
-
-
 def _public(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: entry[k] for k in ("hub_job_id", "model_id", "sha256", "uploaded", "options", "unit", "resumed")
-            if k in entry}
+    out = {k: entry[k] for k in ("hub_job_id", "endpoint", "model_id", "sha256", "uploaded", "options", "unit", "resumed")
+           if k in entry}
+    note = endpoint_note(entry["endpoint"]) if entry.get("endpoint") else None
+    if note:
+        out["endpoint_note"] = note
+    return out
 
 
 def _range(value: Any) -> list[int] | None:

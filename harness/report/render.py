@@ -182,8 +182,9 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
                      "software on the host CPU (no GPU here): it shows that the graph runs wholly on the GPU engine "
                      "and agrees with the reference; its latency and memory are not a GPU's.")
     if "unit" in df and df["unit"].astype(str).str.contains("partial", regex=False).any():
-        notes.append("Unit 'partial': allow_cpu_fallback let the CPU run ops the GPU refused; such a row is a "
-                     "split GPU+CPU figure, not a GPU figure.")
+        notes.append("Unit 'partial': part of the graph ran on the CPU (ops the GPU or NPU refused: allow_cpu_fallback, "
+                     "a partial delegate, or AI Hub layers off the asked compute unit); such a row is a split figure, "
+                     "not the unit's alone.")
     unstable = [r for _, r in df.iterrows() if _unstable(r["cv"])] if "cv" in df else []
     if unstable:
         rows = "; ".join(f"{_where(r)} (CV {r['cv'] * 100:.1f}%)" for r in unstable)

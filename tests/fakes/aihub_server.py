@@ -100,6 +100,7 @@ class _Model:
     data: bytearray = field(default_factory=bytearray)
     parts: dict[int, bytes] = field(default_factory=dict)
     complete: bool = False
+    ops: list[str] = field(default_factory=list)  # the .tflite's operators, read once at upload
 
 
 @dataclass
@@ -143,10 +144,12 @@ def _op_types(data: bytes) -> list[str]:
     try:
         from ai_edge_litert import schema_py_generated as schema
 
-        model = schema.ModelT.InitFromPackedBuf(bytes(data), 0)
+        model = schema.Model.GetRootAs(bytes(data), 0)
         names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-        codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
-        return [names.get(codes[op.opcodeIndex], "CUSTOM") for op in model.subgraphs[0].operators]
+        codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+                 for i in range(model.OperatorCodesLength())]
+        graph = model.Subgraphs(0)
+        return [names.get(codes[graph.Operators(i).OpcodeIndex()], "CUSTOM") for i in range(graph.OperatorsLength())]
     except Exception:  # noqa: BLE001 - a file the stand-in cannot read still profiles, without layers
         return []
 
@@ -293,7 +296,7 @@ class FakeAiHub:
             mem.increase.lower, mem.increase.upper = 0, 4 * 2**20
             mem.peak.lower, mem.peak.upper = lo + 60 * 2**20, hi + 64 * 2**20
         unit_enum = {"npu": pb.COMPUTE_UNIT_NPU, "gpu": pb.COMPUTE_UNIT_GPU, "cpu": pb.COMPUTE_UNIT_CPU}[job.compute_unit]
-        ops = _op_types(job.model.data)
+        ops = job.model.ops
         for i, op in enumerate(ops):
             cu = pb.COMPUTE_UNIT_CPU if op in self.cpu_fallback_ops else unit_enum
             d.layer_details.append(pb.LayerDetail(
@@ -409,6 +412,7 @@ class FakeAiHub:
                             raise BadRequest(400, "multipart upload: the ETags do not match the uploaded parts")
                         model.data = bytearray(b"".join(model.parts[i] for i in sorted(model.parts)))
                         model.complete = True
+                        model.ops = _op_types(model.data)
                         hub.uploads += 1
                         return pb.CreateUpdateResponse(id=model.id)
                 if method == "POST" and path == ["jobs"]:
