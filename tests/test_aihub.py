@@ -127,6 +127,8 @@ def test_devices_listing_with_client_ini_and_without_credentials(tmp_path: Path,
     assert main(["devices", "--aihub", "--json"]) == 0
     notes = json.loads(capsys.readouterr().out)
     assert len(notes) == 1 and notes[0]["note"] and "qai-hub configure" in notes[0]["hint"]
+    assert main(["run", str(SMOKE), "--device", f"aihub:{S24}", "--store", f"sqlite:///{tmp_path}/x.db"]) == 2
+    assert "no AI Hub credentials" in capsys.readouterr().err  # the fix is named, nothing ran
 
     with FakeAiHub(token=TOKEN) as srv:
         # the client's own `qai-hub configure` writes client.ini, as a user does

@@ -60,12 +60,26 @@ def mask(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
 
-def client_config() -> Any | None:
-    """The qai_hub.ClientConfig of this user ($QAIHUB_API_TOKEN, else client.ini), or None without one."""
-    from qai_hub import ClientConfig
-    from qai_hub.api_utils import get_config_path, load_api_config_from_file
+INSTALL_HINT = "install the AI Hub client: pip install qai-hub==0.56.0 (the harness's `aihub` extra; `make setup`)"
 
+
+def _config_path() -> Path:
+    """Where the client reads its client.ini (qai_hub.api_utils.get_config_path, without importing it)."""
+    return Path(os.path.expanduser(os.environ.get("QAIHUB_CLIENT_INI", "~/.qai_hub/client.ini")))
+
+
+def client_config() -> Any | None:
+    """The qai_hub.ClientConfig of this user ($QAIHUB_API_TOKEN, else client.ini), or None without one.
+    AiHubError when credentials are there but the client is not installed or the file is broken."""
     token = os.environ.get("QAIHUB_API_TOKEN", "").strip()
+    if not token and not _config_path().is_file():
+        return None  # nothing configured: the client is not even imported
+    try:
+        from qai_hub import ClientConfig
+        from qai_hub.api_utils import get_config_path, load_api_config_from_file
+    except ImportError as exc:
+        raise AiHubError(f"AI Hub credentials are configured but the qai-hub client cannot be imported ({exc}); "
+                         f"{INSTALL_HINT}") from None
     if token:
         url = os.environ.get("QAIHUB_API_URL", "").strip()
         kw = {"api_url": url, "web_url": url} if url else {}
@@ -137,7 +151,10 @@ class AiHubKind(DeviceKind):
         return list(seen.values())
 
     def open(self, info: DeviceInfo, ctx: DeviceContext) -> Device:
-        config = client_config()
+        try:
+            config = client_config()
+        except AiHubError as exc:
+            raise UnknownDeviceError(f"{info.id}: {exc}") from None
         if config is None:
             raise UnknownDeviceError(f"{info.id}: no AI Hub credentials; {CONFIGURE_HINT}")
         return AiHubDevice(info, ctx, config)
