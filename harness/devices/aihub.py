@@ -120,8 +120,8 @@ def device_info(dev: Any, api_url: str = "") -> DeviceInfo:
     attrs = list(dev.attributes)
     chipset = next((a.split(":", 1)[1] for a in attrs if a.startswith("chipset:")), "")
     os_name = next((a.split(":", 1)[1] for a in attrs if a.startswith("os:")), "")
-    return DeviceInfo(id=f"{KIND}:{dev.name}", kind=KIND, state="ready", name=dev.name, model=dev.name, soc=chipset,
-                      os_version=f"{os_name} {dev.os}".strip(),
+    return DeviceInfo(id=f"{KIND}:{dev.name}", kind=KIND, state="ready", name=dev.name, model=f"{chipset} (AI Hub)",
+                      soc=chipset, os_version=f"{os_name} {dev.os}".strip(),
                       extra={"os": dev.os, "attributes": attrs, "farm": "Qualcomm AI Hub", "endpoint": api_url,
                              **({"endpoint_note": endpoint_note(api_url)} if api_url and endpoint_note(api_url) else {})})
 
@@ -317,8 +317,8 @@ class AiHubDevice(Device):
         job = self._call("submitting the profile job", self.client.submit_inference_job, model,
                          qai_hub.Device(self.info.name), name=f"{spec.run_id} {spec.variant}", options=options,
                          profile=True, retry=False)
-        entry = {"hub_job_id": job.job_id, "endpoint": self.config.api_url, "model_id": model.model_id, "sha256": sha, "uploaded": uploaded,
-                 "options": options, "unit": unit, "artifact": {**art, "path": str(path)},
+        entry = {"hub_job_id": job.job_id, "endpoint": self.config.api_url, "model_id": model.model_id,
+                 "sha256": sha, "uploaded": uploaded, "options": options, "unit": unit, "artifact": {**art, "path": str(path)},
                  "submitted_at": time.time(), "state": "submitted"}
         self._ledger(spec).put(spec.job_id, entry)
         self._submitted_now.add(spec.job_id)
