@@ -176,6 +176,11 @@ def test_job_failure_unavailable_device_and_bad_option(hub: FakeAiHub, tmp_path:
 
     # an unknown device name: exit 2 before any job, naming the Hub's devices
     assert _run(suite, tmp_path, block_tflite, device="aihub:Galaxy S99") == 2
+    # a device picked by chipset attribute: the run names the device it picked
+    assert _run(suite, tmp_path, block_tflite, device="aihub:chipset:qualcomm-snapdragon-8gen2") == 0
+    run = _jobs(tmp_path, Store(f"sqlite:///{tmp_path}/x.db").list_runs()[0]["id"])
+    assert run.jobs[0].device_id == "aihub:Samsung Galaxy S23 (Family)" and run.jobs[0].status == "ok"
+    assert _run(suite, tmp_path, block_tflite, device="aihub:chipset:qualcomm-snapdragon-999") == 2
 
 
 def test_timeout_then_resume_waits_for_the_same_hub_job(hub: FakeAiHub, tmp_path: Path, block_tflite: Path,

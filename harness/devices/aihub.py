@@ -150,6 +150,15 @@ class AiHubKind(DeviceKind):
             seen.setdefault(dev.name, device_info(dev, config.api_url))  # one id per name: the Hub picks the OS
         return list(seen.values())
 
+    def select(self, serial: str, found: list[DeviceInfo]) -> list[DeviceInfo]:
+        """`aihub:chipset:qualcomm-snapdragon-8gen3` (attributes, comma-separated, as `get_devices` takes them):
+        the first device by name that has them all; the run then names that device."""
+        wanted = [a.strip() for a in serial.split(",") if a.strip()]
+        if not wanted or not all(":" in a for a in wanted):
+            return []
+        hits = sorted((d for d in found if all(a in d.extra.get("attributes", []) for a in wanted)), key=lambda d: d.id)
+        return hits[:1]
+
     def open(self, info: DeviceInfo, ctx: DeviceContext) -> Device:
         try:
             config = client_config()

@@ -178,6 +178,8 @@ def resolve_devices(ids: list[str], ctx: DeviceContext) -> list[DeviceInfo]:
             out.extend(d for d in ready if d.id not in {o.id for o in out})
             continue
         match = [d for d in found if d.id == dev_id]
+        if not match and hasattr(kind, "select"):  # a kind that also picks a device by a property (AI Hub: chipset)
+            match = kind.select(serial, found)
         if not match:
             known = ", ".join(d.id for d in found) or "none"
             raise UnknownDeviceError(f"device {dev_id!r} not found: no such {kind_name} device is attached "
