@@ -168,6 +168,9 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
     model = run.suite.get("model", {})
     if not model.get("weights"):
         notes.append("Weights: random (no --weights given); latency and memory do not depend on weight values.")
+    for device, info in run.devices.items():  # a device farm reached at a stand-in endpoint (AI Hub) says so
+        if (info.get("extra") or {}).get("endpoint_note") and "device" in df and device in set(df["device"]):
+            notes.append(f"{device}: {info['extra']['endpoint_note']}.")
     if "na_change" in df:
         for _, r in df[df["na_change"] == True].iterrows():  # noqa: E712 - pandas mask
             notes.append(f"{_where(r)}: n/a — the flag(s) this row adds "
