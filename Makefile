@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,ios]'
+	$(PY) -m pip install --quiet -e '.[test,ios,aihub]'
 	# pymobiledevice3 without its own requirements (the `ios` extra holds them, less asgiwebdav:
 	# README 'iOS' says why); `pip check` then names asgiwebdav as missing, and only that.
 	$(PY) -m pip install --quiet --no-deps pymobiledevice3==11.45.0

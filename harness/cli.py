@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List attached devices (the host always) with their state and what to do "
                                    "when a device is not ready.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--aihub", action="store_true", help="list only Qualcomm AI Hub's devices (name, OS, chipset, "
+                   "attributes): `qai-hub configure` or $QAIHUB_API_TOKEN first; see README 'Real phones through "
+                   "Qualcomm AI Hub'")
     _add_device_ctx(p)
     p.set_defaults(func=cmd_devices)
 
@@ -223,7 +226,10 @@ def _ctx(args):
     return DeviceContext(cache_dir=getattr(args, "cache", None), adb_servers=list(getattr(args, "adb", None) or []),
                          benchmark_model=getattr(args, "benchmark_model", None), farm=_load_farm(farm_path),
                          ios_agent=getattr(args, "ios_agent", None),
-                         farm_path=farm_path.resolve() if farm_path else None)
+                         farm_path=farm_path.resolve() if farm_path else None,
+                         # AI Hub named: discovery says why it found nothing (no token) instead of staying silent
+                         extra={"aihub": bool(getattr(args, "aihub", False)) or any(
+                             str(d).startswith("aihub") for d in getattr(args, "device", None) or [])})
 
 
 def cmd_devices(args) -> int:
@@ -233,9 +239,13 @@ def cmd_devices(args) -> int:
     from harness.devices.base import DeviceError, discover_all
 
     try:
-        infos = discover_all(_ctx(args))
+        infos = discover_all(_ctx(args), kinds=["aihub"] if args.aihub else None)
     except DeviceError as exc:
         raise InputError(str(exc)) from None
+    if args.aihub and not args.json:
+        from harness.devices.aihub import print_devices
+
+        return print_devices(infos)
     if args.json:
         print(json.dumps([i.to_dict() for i in infos], indent=2))
         return EXIT_OK

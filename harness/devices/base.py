@@ -119,13 +119,14 @@ KINDS: dict[str, str] = {
     "host": "harness.devices.host:HostKind",
     "android": "harness.devices.android:AndroidKind",
     "ios": "harness.devices.ios:IOSKind",
+    "aihub": "harness.devices.aihub:AiHubKind",  # Qualcomm AI Hub's cloud phones (qai-hub client)
 }
 
 
 def get_kind(name: str) -> DeviceKind:
     if name not in KINDS:
         raise UnknownDeviceError(f"unknown device kind {name!r}; known kinds: {', '.join(KINDS)} "
-                                 "(ids look like host, android:SERIAL, ios:UDID)")
+                                 "(ids look like host, android:SERIAL, ios:UDID, aihub:DEVICE NAME)")
     module, cls = KINDS[name].split(":")
     return getattr(importlib.import_module(module), cls)()
 
@@ -177,6 +178,8 @@ def resolve_devices(ids: list[str], ctx: DeviceContext) -> list[DeviceInfo]:
             out.extend(d for d in ready if d.id not in {o.id for o in out})
             continue
         match = [d for d in found if d.id == dev_id]
+        if not match and hasattr(kind, "select"):  # a kind that also picks a device by a property (AI Hub: chipset)
+            match = kind.select(serial, found)
         if not match:
             known = ", ".join(d.id for d in found) or "none"
             raise UnknownDeviceError(f"device {dev_id!r} not found: no such {kind_name} device is attached "

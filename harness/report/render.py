@@ -168,6 +168,9 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
     model = run.suite.get("model", {})
     if not model.get("weights"):
         notes.append("Weights: random (no --weights given); latency and memory do not depend on weight values.")
+    for device, info in run.devices.items():  # a device farm reached at a stand-in endpoint (AI Hub) says so
+        if (info.get("extra") or {}).get("endpoint_note") and "device" in df and device in set(df["device"]):
+            notes.append(f"{device}: {info['extra']['endpoint_note']}.")
     if "na_change" in df:
         for _, r in df[df["na_change"] == True].iterrows():  # noqa: E712 - pandas mask
             notes.append(f"{_where(r)}: n/a — the flag(s) this row adds "
@@ -182,8 +185,9 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
                      "software on the host CPU (no GPU here): it shows that the graph runs wholly on the GPU engine "
                      "and agrees with the reference; its latency and memory are not a GPU's.")
     if "unit" in df and df["unit"].astype(str).str.contains("partial", regex=False).any():
-        notes.append("Unit 'partial': allow_cpu_fallback let the CPU run ops the GPU refused; such a row is a "
-                     "split GPU+CPU figure, not a GPU figure.")
+        notes.append("Unit 'partial': part of the graph ran on the CPU (ops the GPU or NPU refused: allow_cpu_fallback, "
+                     "a partial delegate, or AI Hub layers off the asked compute unit); such a row is a split figure, "
+                     "not the unit's alone.")
     unstable = [r for _, r in df.iterrows() if _unstable(r["cv"])] if "cv" in df else []
     if unstable:
         rows = "; ".join(f"{_where(r)} (CV {r['cv'] * 100:.1f}%)" for r in unstable)

@@ -82,15 +82,15 @@ class Runtime:
 
 RUNTIMES: dict[str, Runtime] = {
     "torch": Runtime(
-        "torch", None, ("host", "android", "ios"), "cpu|cuda",
+        "torch", None, ("host", "android", "ios", "aihub"), "cpu|cuda",
         "the diffusers model with the variant's kernels in PyTorch (CPU, or CUDA with accelerator=cuda)",
-        aliases={"android": "litert-gpu", "ios": "coreml"}),
+        aliases={"android": "litert-gpu", "ios": "coreml", "aihub": "litert-gpu"}),
     "litert-cpu": Runtime(
-        "litert-cpu", "tflite", ("host", "android"), "cpu",
+        "litert-cpu", "tflite", ("host", "android", "aihub"), "cpu",
         "the variant's .tflite through LiteRT on the CPU (XNNPACK): ai-edge-litert's Interpreter on the "
         "host, benchmark_model on a phone"),
     "litert-gpu": Runtime(
-        "litert-gpu", "tflite", ("host", "android"), "gpu",
+        "litert-gpu", "tflite", ("host", "android", "aihub"), "gpu",
         "the variant's .tflite on LiteRT's GPU engine (ML Drift): ai-edge-litert's CompiledModel with the "
         "GPU accelerator on the host (Vulkan: a GPU, or SwiftShader), benchmark_model's GPU delegate on a "
         "phone; never a silent CPU fallback", LiteRtGpuOptions),
@@ -98,8 +98,8 @@ RUNTIMES: dict[str, Runtime] = {
         "litert-nnapi", "tflite", ("android",), "npu",
         "the .tflite through Android's NNAPI (the vendor's NPU/DSP/GPU driver)"),
     "litert-delegate": Runtime(
-        "litert-delegate", "tflite", ("android",), "npu",
-        "the .tflite through a vendor delegate library (e.g. Qualcomm's QNN delegate)"),
+        "litert-delegate", "tflite", ("android", "aihub"), "npu",
+        "the .tflite through a vendor delegate library (e.g. Qualcomm's QNN delegate; on AI Hub: --compute_unit npu)"),
     "coreml": Runtime(
         "coreml", "coreml", ("ios",), "gpu|ane|cpu",
         "the variant's .mlpackage through Core ML on an iPhone (options.compute_units)"),
