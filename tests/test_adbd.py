@@ -1,0 +1,217 @@
+"""Android as a farm sees it: Google's adb server (Debian's `adb`) reaching test phones over TCP
+(tests/fakes/adbd.py speaks adbd's side of the transport protocol), every command under Android's shell
+(mksh) with toybox's tools, and benchmark_model's stand-in running the pushed .tflite on ai-edge-litert.
+
+Each test starts its own adb server on a free port (`adb -P PORT`, HOME in tmp_path for its keys) and kills
+it at teardown; the harness reaches it with `--adb 127.0.0.1:PORT`."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.devices.android import AGENT_SCRIPT
+from harness.store import Store
+from tests.fakes.adb_server import FakeDevice, toybox_applets
+from tests.fakes.adbd import FakeAdbd, FakePhones
+from tests.test_android import standin, tiny_tflite  # noqa: F401 - fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "suites" / "smoke.yaml"
+ADB = shutil.which("adb")
+
+pytestmark = pytest.mark.skipif(
+    not (ADB and os.access("/usr/bin/mksh", os.X_OK) and os.access("/usr/bin/toybox", os.X_OK)),
+    reason="needs Debian's adb, mksh and toybox (apt-get install -y adb mksh toybox; .ci/run installs them)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AdbServer:
+    """Google's adb server on a private port, driven through the plain `adb` client."""
+
+    def __init__(self, home: Path):
+        self.port = _free_port()
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "HOME": str(home), "ANDROID_ADB_SERVER_PORT": str(self.port)}
+
+    def __call__(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([ADB, "-P", str(self.port), *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        if check:
+            assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+        return proc
+
+    def states(self) -> dict[str, str]:
+        lines = self("devices").stdout.splitlines()[1:]
+        return dict(line.split("\t", 1) for line in lines if "\t" in line)
+
+    def wait_state(self, serial: str, want: str, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.states().get(serial) != want:
+            assert time.monotonic() < deadline, (serial, want, self.states())
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def adb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # adbutils runs `adb start-server` (default port) when a connect fails: never here.
+    monkeypatch.setenv("ADBUTILS_ADB_PATH", shutil.which("true") or "/bin/true")
+    monkeypatch.delenv("ANDROID_ADB_SERVER_HOST", raising=False)
+    monkeypatch.delenv("ANDROID_ADB_SERVER_PORT", raising=False)
+    server = AdbServer(tmp_path / "adbhome")
+    server("start-server")
+    try:
+        yield server
+    finally:
+        server("kill-server", check=False)
+
+
+def _farm(path: Path, **extra) -> Path:
+    data = {"android": {"meminfo_interval_s": 0.1, "poll_s": 0.5, "reconnect_timeout_s": 10}, **extra}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run_args(adb: AdbServer, standin: Path, store: str, farm: Path, *extra: str) -> list[str]:
+    return ["run", str(SMOKE), "--adb", f"127.0.0.1:{adb.port}", "--benchmark-model", str(standin),
+            "--farm", str(farm), "--store", store, *extra]
+
+
+def _graph(tflite: Path, *more: str) -> list[str]:
+    # run_delay: the tiny block runs in microseconds; 0.1 s between runs keeps benchmark_model alive for
+    # meminfo samples (interval 0.1 s), as a real model does by itself
+    return ["--set", f"options.extra.graph={tflite}", "--set", "options.extra.run_delay=0.1",
+            "--set", "runtime=litert-cpu", *more]
+
+
+# ------------------------------------------------------------------------------------ the wire, with adb itself
+
+def test_adb_connects_shells_pushes_and_pulls_through_the_real_server(adb: AdbServer, tmp_path: Path) -> None:
+    with FakePhones(2, root=tmp_path / "phones") as phones:
+        for serial in phones.serials:
+            assert "connected to" in adb("connect", serial).stdout
+        for serial in phones.serials:
+            adb.wait_state(serial, "device")
+        serial = phones.serials[0]
+        # Android's shell: mksh, toybox first on PATH, exit code and stderr apart (shell v2)
+        out = adb("-s", serial, "shell", 'echo $0; echo "$KSH_VERSION"; echo $PATH; readlink $(which ls); '
+                  'echo oops >&2; exit 3', check=False)
+        lines = out.stdout.splitlines()
+        assert out.returncode == 3 and out.stderr == "oops\n"
+        assert lines[0] == "mksh" and "MIRBSD KSH" in lines[1] and lines[2] == "/system/bin"
+        assert lines[3] == "/usr/bin/toybox"
+        # sync: push and pull the same bytes (a few WRTE payloads), through STAT/STA2, SEND, RECV
+        blob = tmp_path / "blob.bin"
+        blob.write_bytes(os.urandom(1_500_000) + b"end")
+        adb("-s", serial, "push", str(blob), "/data/local/tmp/in/dir/blob.bin")  # fixed_push_mkdir
+        adb("-s", serial, "pull", "/data/local/tmp/in/dir/blob.bin", str(tmp_path / "back.bin"))
+        assert hashlib.md5((tmp_path / "back.bin").read_bytes()).hexdigest() == hashlib.md5(blob.read_bytes()).hexdigest()
+        on_phone = adb("-s", serial, "shell", "md5sum /data/local/tmp/in/dir/blob.bin").stdout.split()[0]
+        assert on_phone == hashlib.md5(blob.read_bytes()).hexdigest()
+        assert phones.phones[0].device.bytes_pushed == blob.stat().st_size
+        listing = adb("-s", serial, "ls", "/data/local/tmp/in/dir").stdout
+        assert "blob.bin" in listing
+        missing = adb("-s", serial, "pull", "/data/local/tmp/nope", str(tmp_path / "x"), check=False)
+        assert missing.returncode != 0 and "No such file" in missing.stdout + missing.stderr
+        # the stand-ins for Android-only tools
+        assert adb("-s", serial, "shell", "getprop ro.product.model").stdout == "SM-S918B\n"
+        assert "package:com.android.shell" in adb("-s", serial, "shell", "pm list packages").stdout
+        assert phones.phones[1].device.bytes_pushed == 0
+
+
+def test_android_userland_has_no_bash_and_no_gnu_tools(adb: AdbServer, tmp_path: Path) -> None:
+    """What the harness may rely on: POSIX sh as mksh runs it and toybox's options. A bash-ism or a GNU-only
+    option fails here as on a phone."""
+    with FakeAdbd(FakeDevice("U", userland="android", root=tmp_path / "u")) as phone:
+        adb("connect", phone.serial)
+        adb.wait_state(phone.serial, "device")
+
+        def sh(cmd: str) -> subprocess.CompletedProcess:
+            return adb("-s", phone.serial, "shell", cmd, check=False)
+
+        assert sh("command -v bash").returncode != 0
+        assert sh("echo $BASH_VERSION").stdout == "\n"
+        assert "not GNU" in sh("sed --version").stdout  # toybox's sed
+        assert sh("ls --time-style=full-iso /system").returncode != 0  # a GNU-only option
+        assert "applets" not in sh("ls /system/bin").stdout and "cat" in sh("ls /system/bin").stdout.split()
+        assert set(toybox_applets()) <= set(sh("ls /system/bin").stdout.split())
+
+
+# ------------------------------------------------------------------------------------ the harness, through it
+
+def test_smoke_suite_through_the_real_adb_server_on_a_network_phone(adb: AdbServer, tmp_path: Path,
+                                                                   tiny_tflite: Path, standin: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--device android:127.0.0.1:PORT`: the harness `adb connect`s it, runs run_job.sh under mksh with
+    toybox, the stand-in times the pushed .tflite on ai-edge-litert; a second run pushes nothing. The
+    device id with colons goes through the CLI, the store, the folders and the report."""
+    monkeypatch.chdir(tmp_path)
+    store_url = f"sqlite:///{tmp_path}/x.db"
+    farm = _farm(tmp_path / "farm.yaml")
+    with FakeAdbd(FakeDevice("N1", userland="android", root=tmp_path / "n1")) as phone:
+        dev_id = f"android:{phone.serial}"
+        args = _run_args(adb, standin, store_url, farm, "--device", dev_id, *_graph(tiny_tflite),
+                         "--report", str(tmp_path / "r.html"))
+        assert main(args) == 0
+        first = phone.device.bytes_pushed
+        assert first == standin.stat().st_size + AGENT_SCRIPT.stat().st_size + tiny_tflite.stat().st_size
+        assert adb.states() == {phone.serial: "device"}  # connected by the harness itself
+        assert main(args[:-2] + ["--no-report"]) == 0
+        second = phone.device.bytes_pushed - first
+        assert second == 0
+        print(f"\nthrough the real adb server, bytes pushed: first run {first}, second run {second}")
+    store = Store(store_url)
+    runs = store.list_runs()
+    assert len(runs) == 2
+    run = store.load_run(sorted(runs, key=lambda r: r["started_at"])[0]["id"])
+    assert len(run.jobs) == 5 and all(j.status == "ok" for j in run.jobs)
+    assert {j.device_id for j in run.jobs} == {dev_id}
+    for job in run.jobs:
+        res = job.result
+        assert res.timing_method == "benchmark_model"
+        summary = res.extra["latency_summary_ms"]
+        assert summary["n"] == 5 and 0 < summary["min"] <= summary["median"] <= summary["max"]
+        assert res.memory.peak_rss_bytes > 10 * 2**20  # the stand-in's own process, ai-edge-litert loaded
+    assert len(list(Path(f"results/runs/{run.id}").glob("*/device/stdout.txt"))) == 5
+    assert dev_id in (tmp_path / "r.html").read_text()
+
+
+def test_not_ready_phones_fail_their_jobs_with_the_reason(adb: AdbServer, tmp_path: Path, tiny_tflite: Path,
+                                                         standin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--device android` with one ready phone, one that rejects authorization, one that never answers CNXN and
+    a farm `connect:` target nobody listens on: the ready phone's jobs run; every other phone's jobs fail
+    naming its state and what to do (none is skipped silently)."""
+    monkeypatch.chdir(tmp_path)
+    dead = f"127.0.0.1:{_free_port()}"
+    devices = [FakeDevice("OK", userland="android", root=tmp_path / "ok"),
+               FakeDevice("AUTH", userland="android", state="unauthorized", root=tmp_path / "auth"),
+               FakeDevice("MUTE", userland="android", state="offline", root=tmp_path / "mute")]
+    with FakePhones(0, devices=devices) as phones:
+        ok, auth, mute = phones.serials
+        farm = _farm(tmp_path / "farm.yaml", connect=[ok, auth, mute, dead])
+        store_url = f"sqlite:///{tmp_path}/n.db"
+        assert main(_run_args(adb, standin, store_url, farm, "--device", "android", "--no-report",
+                              *_graph(tiny_tflite, "--set", "variants=[baseline]"))) == 1
+        assert adb.states() == {ok: "device", auth: "unauthorized", mute: "offline"}
+    store = Store(store_url)
+    run = store.load_run(store.resolve_run())
+    by_dev = {j.device_id: j for j in run.jobs}
+    assert set(by_dev) == {f"android:{s}" for s in (ok, auth, mute, dead)}
+    assert by_dev[f"android:{ok}"].status == "ok"
+    for serial, words in ((auth, "unauthorized"), (mute, "offline"), (dead, "unreachable")):
+        res = by_dev[f"android:{serial}"].result
+        assert res.status != "ok" and words in res.error.message, (serial, res.error)
+    assert "adb connect" in by_dev[f"android:{dead}"].result.error.message
