@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -215,3 +216,91 @@ def test_not_ready_phones_fail_their_jobs_with_the_reason(adb: AdbServer, tmp_pa
         res = by_dev[f"android:{serial}"].result
         assert res.status != "ok" and words in res.error.message, (serial, res.error)
     assert "adb connect" in by_dev[f"android:{dead}"].result.error.message
+
+
+# ------------------------------------------------------------------------------------ faults, through it
+
+def test_fault_matrix_through_the_real_adb_server(adb: AdbServer, tmp_path: Path, tiny_tflite: Path,
+                                                  standin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fault on FAULTY while GOOD runs beside it (2 jobs each, through Google's adb server): 0 results
+    lost in every row; a transient fault is retried and completes, a lasting one fails with its reason."""
+    from tests.test_android import DropPushes, _has_pid, _watch
+
+    monkeypatch.chdir(tmp_path)
+    holder: dict = {}
+
+    def when_running(action):
+        return [(lambda: _has_pid(holder["phone"].device, "000"), action)]
+
+    def drop_run_once() -> None:
+        dev = holder["phone"].device
+        dev.drop_shell_after_seconds = 0.3
+        start = holder["phone"].connections
+        _watch(lambda: holder["phone"].connections > start,
+               lambda: setattr(dev, "drop_shell_after_seconds", None), threading.Event())
+
+    def kill_server() -> None:
+        adb("kill-server")
+        time.sleep(1.0)
+        adb("start-server")
+
+    def lock_out(state: str):
+        def act() -> None:
+            holder["phone"].device.state = state
+            holder["phone"].drop()  # it reconnects into the new state
+        return act
+
+    scenarios = [
+        ("dropped mid-push (once)", lambda root: DropPushes("FAULTY", root=root, drops=1, userland="android"), [], ()),
+        ("dropped mid-run (once)", None, when_running(drop_run_once), ("--set", "options.extra.run_delay=0.15")),
+        ("adb kill-server + start-server mid-run", None, when_running(kill_server),
+         ("--set", "options.extra.run_delay=0.15")),
+        ("authorization rejected mid-run", None, when_running(lock_out("unauthorized")),
+         ("--set", "options.extra.run_delay=0.15")),
+        ("never answers CNXN after a drop", None, when_running(lock_out("offline")),
+         ("--set", "options.extra.run_delay=0.15")),
+        ("full disk", lambda root: FakeDevice("FAULTY", root=root, userland="android", disk_quota_bytes=20_000), [],
+         ()),
+    ]
+    rows = []
+    for i, (name, factory, watch, extra) in enumerate(scenarios):
+        tmp = tmp_path / f"s{i}"
+        faulty = (factory or (lambda root: FakeDevice("FAULTY", root=root, userland="android")))(tmp / "faulty")
+        good = FakeDevice("GOOD", root=tmp / "good", userland="android")
+        store_url = f"sqlite:///{tmp}/f.db"
+        stop = threading.Event()
+        with FakePhones(0, devices=[faulty, good]) as phones:
+            holder["phone"] = phones.phones[0]
+            fserial, gserial = phones.serials
+            watchers = [_watch(c, a, stop) for c, a in watch]
+            rc = main(_run_args(adb, standin, store_url, _farm(tmp / "farm.yaml"), "--device", f"android:{fserial}",
+                                "--device", f"android:{gserial}", "--retries", "1", "--no-report",
+                                *_graph(tiny_tflite, "--set", "variants=[baseline, +opt_softmax]",
+                                        "--set", "iterations=3", *extra)))
+            stop.set()
+            for w in watchers:
+                w.join(timeout=5)
+        run = Store(store_url).load_run(Store(store_url).resolve_run())
+        f_jobs = [j for j in run.jobs if j.device_id == f"android:{fserial}"]
+        rows.append({"fault": name, "rc": rc, "lost": 4 - len(run.jobs),
+                     "good_ok": sum(j.status == "ok" for j in run.jobs if j.device_id == f"android:{gserial}"),
+                     "completed": sum(j.status == "ok" for j in f_jobs),
+                     "retried": sum(j.attempts - 1 for j in f_jobs),
+                     "failed": sum(j.status == "failed" for j in f_jobs),
+                     "errors": [j.result.error.message for j in f_jobs if j.result.error]})
+        adb("disconnect", check=False)  # the next row's phones get new ports
+    table = ["| fault (FAULTY) | completed | retried | failed | lost | reason |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        table.append(f"| {r['fault']} | {r['completed']} | {r['retried']} | {r['failed']} | {r['lost']} | "
+                     f"{(r['errors'] or ['-'])[0][:100]} |")
+    print("\n" + "\n".join(table))
+    by = {r["fault"]: r for r in rows}
+    for r in rows:
+        assert r["lost"] == 0 and r["good_ok"] == 2, r
+        assert r["rc"] == (0 if r["failed"] == 0 else 1), r
+    for name in ("dropped mid-push (once)", "dropped mid-run (once)", "adb kill-server + start-server mid-run"):
+        assert by[name]["completed"] == 2 and by[name]["retried"] >= 1, by[name]
+    assert by["authorization rejected mid-run"]["failed"] >= 1
+    assert "Allow USB debugging" in by["authorization rejected mid-run"]["errors"][-1]
+    assert by["never answers CNXN after a drop"]["failed"] >= 1
+    assert by["full disk"]["failed"] == 2 and "full" in by["full disk"]["errors"][0]
