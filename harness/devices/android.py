@@ -1012,7 +1012,8 @@ class AndroidDevice(Device):
                 next_connect = time.monotonic() + 1.0
                 adb_connect(self._client, self.serial, timeout_s=5.0)
                 continue
-            if state == "unauthorized":
+            if state == "unauthorized" or state.startswith("device unauthorized"):
+                # Google's adb server answers get-state of an unauthorized phone with FAIL "device unauthorized."
                 raise DeviceUnavailableError(f"{self.id} came back unauthorized: {UNAUTHORIZED_HINT}")
             if time.monotonic() >= deadline:
                 raise DeviceDisconnectedError(
