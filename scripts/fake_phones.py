@@ -46,7 +46,8 @@ def _engine_python() -> None:
     except ImportError:
         pass
     venv_python = REPO / ".venv" / "bin" / "python"
-    if venv_python.exists() and Path(sys.executable).resolve() != venv_python.resolve() \
+    # (a venv's python links to the base interpreter: tell them apart by sys.prefix)
+    if venv_python.exists() and Path(sys.prefix).resolve() != (REPO / ".venv").resolve() \
             and not os.environ.get("FAKE_PHONES_REEXEC"):
         os.environ["FAKE_PHONES_REEXEC"] = "1"
         os.execv(str(venv_python), [str(venv_python), *sys.argv])

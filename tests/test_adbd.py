@@ -308,3 +308,55 @@ def test_fault_matrix_through_the_real_adb_server(adb: AdbServer, tmp_path: Path
     assert "Allow USB debugging" in by["authorization rejected mid-run"]["errors"][0]
     assert by["never answers CNXN after a drop"]["failed"] >= 1
     assert by["full disk"]["failed"] == 2 and "full" in by["full disk"]["errors"][0]
+
+
+# ------------------------------------------------------------------------------------ scripts/fake_phones.py
+
+def test_fake_phones_script_prints_phones_adb_connects(adb: AdbServer, tmp_path: Path) -> None:
+    import signal
+    import sys
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "fake_phones.py"), "--adbd", "2", "--dir",
+                             str(tmp_path / "fp")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        serials = [proc.stdout.readline().strip() for _ in range(2)]
+        assert all(s.startswith("127.0.0.1:") for s in serials) and len(set(serials)) == 2, serials
+        for serial in serials:
+            adb("connect", serial)
+            adb.wait_state(serial, "device")
+        assert adb("-s", serials[1], "shell", "echo $0").stdout == "mksh\n"
+        assert (tmp_path / "fp" / "benchmark_model").read_text().splitlines()[0] == f"#!{sys.executable}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_fake_phones_script_started_by_a_python_without_the_engine(tmp_path: Path) -> None:
+    """Issue 20 item 4: `python scripts/fake_phones.py` by a Python without ai-edge-litert wrote a stand-in whose
+    #! named that Python, and every job failed. Now it runs again under the project's .venv (the stand-in then
+    names the venv's Python), or, with no .venv, stops at once naming the fix."""
+    import signal
+
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if not system or subprocess.run([system, "-c", "import ai_edge_litert"], capture_output=True).returncode == 0:
+        pytest.skip("needs a system python3 without ai_edge_litert")
+    venv = REPO / ".venv" / "bin" / "python"
+    proc = subprocess.Popen([system, str(REPO / "scripts" / "fake_phones.py"), "--adbd", "1", "--dir",
+                             str(tmp_path / "fp")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    try:
+        first = proc.stdout.readline()
+        if venv.exists():
+            assert first.startswith("127.0.0.1:"), proc.stderr.read()
+            shebang = (tmp_path / "fp" / "benchmark_model").read_text().splitlines()[0][2:]
+            assert subprocess.run([shebang, "-c", "import ai_edge_litert"]).returncode == 0
+        else:
+            assert first == "" and proc.wait(timeout=30) == 2
+            err = proc.stderr.read()
+            assert "no ai_edge_litert" in err and ".venv/bin/python scripts/fake_phones.py" in err
+            assert not (tmp_path / "fp" / "benchmark_model").exists()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
