@@ -161,15 +161,19 @@ def test_smoke_suite_through_the_real_adb_server_on_a_network_phone(adb: AdbServ
     device id with colons goes through the CLI, the store, the folders and the report."""
     monkeypatch.chdir(tmp_path)
     store_url = f"sqlite:///{tmp_path}/x.db"
-    farm = _farm(tmp_path / "farm.yaml")
     with FakeAdbd(FakeDevice("N1", userland="android", root=tmp_path / "n1")) as phone:
         dev_id = f"android:{phone.serial}"
-        args = _run_args(adb, standin, store_url, farm, "--device", dev_id, *_graph(tiny_tflite),
+        # the HOST:PORT serial as a farm.yaml devices: key and an alias target
+        farm = _farm(tmp_path / "farm.yaml", devices={phone.serial: {"device_dir": "/data/local/tmp/net dir"}},
+                     aliases={"net1": dev_id})
+        args = _run_args(adb, standin, store_url, farm, "--device", "net1", *_graph(tiny_tflite),
                          "--report", str(tmp_path / "r.html"))
         assert main(args) == 0
         first = phone.device.bytes_pushed
         assert first == standin.stat().st_size + AGENT_SCRIPT.stat().st_size + tiny_tflite.stat().st_size
+        assert phone.device.host_path("/data/local/tmp/net dir/run_job.sh").is_file()
         assert adb.states() == {phone.serial: "device"}  # connected by the harness itself
+        args[args.index("net1")] = dev_id
         assert main(args[:-2] + ["--no-report"]) == 0
         second = phone.device.bytes_pushed - first
         assert second == 0
