@@ -49,6 +49,27 @@ HEAVY_FIRST = ("test_litert_gpu.py", "test_cli.py", "test_litert_e2e.py", "test_
                "test_android.py", "test_export.py", "test_sweep.py", "test_android_e2e.py", "test_litert_runtime.py")
 
 
+@pytest.fixture
+def adb(tmp_path, monkeypatch):
+    """Google's adb server (Debian's `adb`) on a private port for one test, driven by the plain `adb` client
+    (tests/fakes/adbd.py: AdbServer); killed at teardown. Skips where adb, mksh or toybox is missing."""
+    from tests.fakes.adbd import AdbServer, userland_missing
+
+    missing = userland_missing()
+    if missing:
+        pytest.skip(missing)
+    # adbutils runs `adb start-server` (default port) when a connect fails: never here.
+    monkeypatch.setenv("ADBUTILS_ADB_PATH", shutil.which("true") or "/bin/true")
+    monkeypatch.delenv("ANDROID_ADB_SERVER_HOST", raising=False)
+    monkeypatch.delenv("ANDROID_ADB_SERVER_PORT", raising=False)
+    server = AdbServer(tmp_path / "adbhome")
+    server("start-server")
+    try:
+        yield server
+    finally:
+        server("kill-server", check=False)
+
+
 def pytest_collection_modifyitems(session, config, items):  # noqa: ARG001 - pytest's hook signature
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,62 +21,14 @@ from harness.cli import main
 from harness.devices.android import AGENT_SCRIPT
 from harness.store import Store
 from tests.fakes.adb_server import FakeDevice, toybox_applets
-from tests.fakes.adbd import FakeAdbd, FakePhones
+from tests.fakes.adbd import AdbServer, FakeAdbd, FakePhones, free_port
 from tests.test_android import standin, tiny_tflite  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "suites" / "smoke.yaml"
-ADB = shutil.which("adb")
 
-pytestmark = pytest.mark.skipif(
-    not (ADB and os.access("/usr/bin/mksh", os.X_OK) and os.access("/usr/bin/toybox", os.X_OK)),
-    reason="needs Debian's adb, mksh and toybox (apt-get install -y adb mksh toybox; .ci/run installs them)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class AdbServer:
-    """Google's adb server on a private port, driven through the plain `adb` client."""
-
-    def __init__(self, home: Path):
-        self.port = _free_port()
-        home.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "HOME": str(home), "ANDROID_ADB_SERVER_PORT": str(self.port)}
-
-    def __call__(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([ADB, "-P", str(self.port), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
-        if check:
-            assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
-        return proc
-
-    def states(self) -> dict[str, str]:
-        lines = self("devices").stdout.splitlines()[1:]
-        return dict(line.split("\t", 1) for line in lines if "\t" in line)
-
-    def wait_state(self, serial: str, want: str, timeout_s: float = 20) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.states().get(serial) != want:
-            assert time.monotonic() < deadline, (serial, want, self.states())
-            time.sleep(0.2)
-
-
-@pytest.fixture
-def adb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    # adbutils runs `adb start-server` (default port) when a connect fails: never here.
-    monkeypatch.setenv("ADBUTILS_ADB_PATH", shutil.which("true") or "/bin/true")
-    monkeypatch.delenv("ANDROID_ADB_SERVER_HOST", raising=False)
-    monkeypatch.delenv("ANDROID_ADB_SERVER_PORT", raising=False)
-    server = AdbServer(tmp_path / "adbhome")
-    server("start-server")
-    try:
-        yield server
-    finally:
-        server("kill-server", check=False)
+# `adb` (the fixture in conftest.py): Google's adb server on a private port, killed at teardown; it skips
+# the test where Debian's adb, mksh or toybox is missing.
 
 
 def _farm(path: Path, **extra) -> Path:
@@ -200,7 +151,7 @@ def test_not_ready_phones_fail_their_jobs_with_the_reason(adb: AdbServer, tmp_pa
     a farm `connect:` target nobody listens on: the ready phone's jobs run; every other phone's jobs fail
     naming its state and what to do (none is skipped silently)."""
     monkeypatch.chdir(tmp_path)
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     devices = [FakeDevice("OK", userland="android", root=tmp_path / "ok"),
                FakeDevice("AUTH", userland="android", state="unauthorized", root=tmp_path / "auth"),
                FakeDevice("MUTE", userland="android", state="offline", root=tmp_path / "mute")]

@@ -39,6 +39,8 @@ import queue
 import shutil
 import socket
 import struct
+import subprocess
+import time
 import threading
 from pathlib import Path
 from typing import Iterable
@@ -46,7 +48,7 @@ from typing import Iterable
 from tests.fakes.adb_server import (DeviceServices, FakeDevice, _Dropped, _drop, _recv_exact,
                                     _send)
 
-__all__ = ["FakeAdbd", "FakePhones", "FEATURES"]
+__all__ = ["FakeAdbd", "FakePhones", "FEATURES", "AdbServer", "free_port", "userland_missing"]
 
 A_SYNC = 0x434E5953
 A_CNXN = 0x4E584E43
@@ -171,6 +173,7 @@ class _Transport:
         self.next_id += 1
         stream = _Stream(local_id, remote_id)
         self.streams[local_id] = stream
+        self.phone.requests.append((self.phone.device.serial, service))  # as the fake server logs them
         self.phone._register(stream.service_end, self)
         for target, name in ((self._run_service, "svc"), (self._to_server, "out"),
                              (self._from_server, "in")):
@@ -375,3 +378,52 @@ class FakePhones:
     @property
     def serials(self) -> list[str]:
         return [p.serial for p in self.phones]
+
+
+# ------------------------------------------------------------------------------------ Google's adb server, for tests
+
+ADB_PATH = shutil.which("adb") or "/usr/bin/adb"
+
+
+def userland_missing() -> str | None:
+    """Why the real-server tests cannot run here (None when Debian's adb, mksh and toybox are installed)."""
+    from tests.fakes.adb_server import MKSH, TOYBOX
+
+    missing = [p for p in (ADB_PATH, MKSH, TOYBOX) if not os.access(p, os.X_OK)]
+    if missing:
+        return (f"needs Debian's adb, mksh and toybox ({', '.join(missing)} missing): "
+                "apt-get install -y adb mksh toybox (.ci/run installs them)")
+    return None
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a private adb server, or a phone that is not there)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AdbServer:
+    """Google's adb server on a private port, driven through the plain `adb` client."""
+
+    def __init__(self, home: Path):
+        self.port = free_port()
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "HOME": str(home), "ANDROID_ADB_SERVER_PORT": str(self.port)}
+
+    def __call__(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([ADB_PATH, "-P", str(self.port), *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        if check:
+            assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+        return proc
+
+    def states(self) -> dict[str, str]:
+        lines = self("devices").stdout.splitlines()[1:]
+        return dict(line.split("\t", 1) for line in lines if "\t" in line)
+
+    def wait_state(self, serial: str, want: str, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.states().get(serial) != want:
+            assert time.monotonic() < deadline, (serial, want, self.states())
+            time.sleep(0.2)
