@@ -33,6 +33,15 @@ command prints, so ``pwd`` prints ``/data/local/tmp``. The sandbox holds the sys
 has: ``sys/class/thermal/thermal_zoneN/{type,temp}`` (millidegrees),
 ``sys/class/power_supply/battery/temp`` (tenths of a degree) and ``proc/meminfo``.
 
+With ``FakeDevice(userland="android")`` (the default of the phones in tests/fakes/adbd.py) a command
+runs under Debian's ``mksh`` (Android's shell; ``$0`` is ``mksh``) with PATH holding only
+``root/system/bin``: a link to Debian's ``toybox`` (Android's command set) for each applet it lists,
+``sh`` -> mksh, and the stand-ins (getprop, dumpsys, pm, and taskset, which ignores the CPU mask: this
+host's cores are not a phone's), so that a bash-ism or a GNU-only option fails as it does on a phone.
+Sync also answers the v2 requests (``STA2``/``LST2`` stat, ``LIS2`` list with ``DNT2`` entries) that
+Google's adb client sends to a device whose features list ``stat_v2``/``ls_v2``. The device services
+live in :class:`DeviceServices`, shared with the TCP phone.
+
 Limits of the path rewriting: a path assembled at run time (``d=/da; cat ${d}ta/x``), a path in
 a file the command reads, or any other absolute path (``/``, ``/proc/self``, ``/dev/null`` is
 fine) is not mapped and reaches the host as is. Commands run as the test's user, with host
