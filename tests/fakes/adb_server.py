@@ -21,11 +21,11 @@ Fake devices and their sandbox
 ------------------------------
 Each :class:`FakeDevice` has a sandbox root directory on this machine; the device path
 ``/data/local/tmp/x`` is ``root/data/local/tmp/x``. Sync requests map every absolute path into
-the sandbox. Shell commands run for real under ``/bin/sh`` with the working directory at the
+the sandbox. Shell commands run for real under Android's userland (below; ``userland="host"``:
+under ``/bin/sh`` with the host's tools after the stand-ins) with the working directory at the
 mapped ``/data/local/tmp`` and ``PATH`` starting with ``root/system/bin``, which holds stand-ins
-for ``getprop``, ``dumpsys`` (``SurfaceFlinger``, ``meminfo <pid|name>``, ``battery``) and
-``taskset``; everything else (``cat``, ``md5sum``, ``ls``, ``chmod``...) is the host's. The
-command text is rewritten before it runs: absolute paths that begin with ``/data``,
+for ``getprop``, ``dumpsys`` (``SurfaceFlinger``, ``meminfo <pid|name>``, ``battery``), ``pm``
+and ``taskset``. The command text is rewritten before it runs: absolute paths that begin with ``/data``,
 ``/sdcard``, ``/storage``, ``/sys/class/thermal``, ``/sys/class/power_supply``, ``/system/bin``
 or ``/proc/meminfo`` (at the start of a word, after a quote, ``=``, ``:``, a redirection or a
 shell operator) get the sandbox root in front; the root is removed again from everything the
@@ -33,7 +33,7 @@ command prints, so ``pwd`` prints ``/data/local/tmp``. The sandbox holds the sys
 has: ``sys/class/thermal/thermal_zoneN/{type,temp}`` (millidegrees),
 ``sys/class/power_supply/battery/temp`` (tenths of a degree) and ``proc/meminfo``.
 
-With ``FakeDevice(userland="android")`` (the default of the phones in tests/fakes/adbd.py) a command
+With ``FakeDevice(userland="android")`` (the default) a command
 runs under Debian's ``mksh`` (Android's shell; ``$0`` is ``mksh``) with PATH holding only
 ``root/system/bin``: a link to Debian's ``toybox`` (Android's command set) for each applet it lists,
 ``sh`` -> mksh, and the stand-ins (getprop, dumpsys, pm, and taskset, which ignores the CPU mask: this
@@ -44,8 +44,8 @@ live in :class:`DeviceServices`, shared with the TCP phone.
 
 Limits of the path rewriting: a path assembled at run time (``d=/da; cat ${d}ta/x``), a path in
 a file the command reads, or any other absolute path (``/``, ``/proc/self``, ``/dev/null`` is
-fine) is not mapped and reaches the host as is. Commands run as the test's user, with host
-tools (GNU, not toybox), and nothing stops them from touching the host outside the sandbox: run
+fine) is not mapped and reaches the host as is. Commands run as the test's user, and nothing
+stops them from touching the host outside the sandbox: run
 only trusted commands.
 
 Fault injection (per device, changeable at any time):
@@ -143,7 +143,7 @@ class FakeDevice:
     state: str = "device"  # "device" | "offline" | "unauthorized"
     # "host": commands run under /bin/sh with this machine's tools on PATH after the stand-ins;
     # "android": under mksh (Android's shell) with only toybox's applets and the stand-ins on PATH
-    userland: str = "host"
+    userland: str = "android"
     props: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PROPS))
     root: Path | None = None  # None: the server makes a temporary one (removed on stop)
     gles: str | None = DEFAULT_GLES  # None: SurfaceFlinger dump without a GLES line

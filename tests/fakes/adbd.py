@@ -15,7 +15,7 @@ device farm reaches its network phones; the phone's serial is then ``127.0.0.1:P
   packets), ``sync:`` with STAT/LIST/SEND/RECV and the v2 forms the server asks for once the banner
   lists ``stat_v2`` and ``ls_v2`` (STA2, LST2, LIS2/DNT2). Every command runs in the phone's sandbox
   (the device path ``/data/local/tmp`` is ``root/data/local/tmp``) under mksh with toybox's applets and
-  the getprop/dumpsys/pm stand-ins on PATH (``FakeDevice(userland="android")``, the default here).
+  the getprop/dumpsys/pm stand-ins on PATH (``FakeDevice(userland="android")``, the default).
 - features in the banner: ``shell_v2`` (exit codes and split stderr), ``stat_v2``, ``ls_v2`` (the
   server's push/pull ask STA2/LST2/LIS2), ``fixed_push_mkdir`` (a SEND creates missing parent
   directories) and ``fixed_push_symlink_timestamp``. Not listed, not served: ``cmd``/``abb`` (the
