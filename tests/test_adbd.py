@@ -315,3 +315,17 @@ def test_fake_phones_script_started_by_a_python_without_the_engine(tmp_path: Pat
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
+
+
+def test_connect_targets_from_farm_and_device_ids_and_bad_input() -> None:
+    """No adb server needed: what the harness `adb connect`s, and a clear error for a malformed `connect:`."""
+    from harness.devices.android import AndroidConfigError, connect_targets
+    from harness.devices.base import DeviceContext
+
+    ctx = DeviceContext(farm={"connect": ["10.0.0.5:5555", "[fe80::1]:5555", "10.0.0.5:5555"]},
+                        extra={"device_ids": ["android:10.0.0.6:5555", "android:R5CW30ABCDE", "host", "ios:X:1"]})
+    assert connect_targets(ctx) == ["10.0.0.5:5555", "[fe80::1]:5555", "10.0.0.6:5555"]
+    with pytest.raises(AndroidConfigError, match=r"must be a list of HOST:PORT"):
+        connect_targets(DeviceContext(farm={"connect": "10.0.0.5:5555"}))
+    with pytest.raises(AndroidConfigError, match=r"farm connect: phone 'pixel' is not HOST:PORT"):
+        connect_targets(DeviceContext(farm={"connect": ["pixel"]}))
