@@ -46,7 +46,8 @@ def seed_cache(tiny_fp16_components):
 # leaving one worker running alone at the end (measured: test_litert_gpu.py, collected late, ran its
 # 4-conversion setup alone for the last ~4 minutes).
 HEAVY_FIRST = ("test_litert_gpu.py", "test_cli.py", "test_litert_e2e.py", "test_export_components.py",
-               "test_android.py", "test_export.py", "test_sweep.py", "test_android_e2e.py", "test_litert_runtime.py")
+               "test_android.py", "test_adbd.py", "test_export.py", "test_sweep.py", "test_android_e2e.py",
+               "test_litert_runtime.py")
 
 
 @pytest.fixture
