@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.devices.base import (
-    Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, open_device,
+    Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceUnavailableError, open_device,
 )
 from harness.protocol import JobResult
 from harness.store import Store
@@ -91,6 +91,8 @@ def execute(plan: Plan, infos: list[DeviceInfo], store: Store, run_id: str, ctx:
         info = info_by_id[device_id]
         store.record_device(run_id, info.to_dict())
         try:
+            if not info.ready:
+                raise DeviceUnavailableError(f"not ready ({info.state}): {info.hint or 'see `harness devices`'}")
             device = open_device(info, ctx)
             with lock:
                 live[device_id] = device

@@ -46,7 +46,29 @@ def seed_cache(tiny_fp16_components):
 # leaving one worker running alone at the end (measured: test_litert_gpu.py, collected late, ran its
 # 4-conversion setup alone for the last ~4 minutes).
 HEAVY_FIRST = ("test_litert_gpu.py", "test_cli.py", "test_litert_e2e.py", "test_export_components.py",
-               "test_android.py", "test_export.py", "test_sweep.py", "test_android_e2e.py", "test_litert_runtime.py")
+               "test_android.py", "test_adbd.py", "test_export.py", "test_sweep.py", "test_android_e2e.py",
+               "test_litert_runtime.py")
+
+
+@pytest.fixture
+def adb(tmp_path, monkeypatch):
+    """Google's adb server (Debian's `adb`) on a private port for one test, driven by the plain `adb` client
+    (tests/fakes/adbd.py: AdbServer); killed at teardown. Skips where adb, mksh or toybox is missing."""
+    from tests.fakes.adbd import AdbServer, userland_missing
+
+    missing = userland_missing()
+    if missing:
+        pytest.skip(missing)
+    # adbutils runs `adb start-server` (default port) when a connect fails: never here.
+    monkeypatch.setenv("ADBUTILS_ADB_PATH", shutil.which("true") or "/bin/true")
+    monkeypatch.delenv("ANDROID_ADB_SERVER_HOST", raising=False)
+    monkeypatch.delenv("ANDROID_ADB_SERVER_PORT", raising=False)
+    server = AdbServer(tmp_path / "adbhome")
+    server("start-server")
+    try:
+        yield server
+    finally:
+        server("kill-server", check=False)
 
 
 def pytest_collection_modifyitems(session, config, items):  # noqa: ARG001 - pytest's hook signature

@@ -1,5 +1,5 @@
 """Android devices end to end against the fake adb server: the real CLI, adbutils, run_job.sh under
-/bin/sh, the benchmark_model stand-in, the parser, the store and the report.
+mksh with toybox's tools (Android's userland), the benchmark_model stand-in, the parser, the store and the report.
 
 `pytest tests/test_android.py -s` also prints the bytes pushed per run and the fault table
 (jobs completed / retried / failed / lost per injected fault).

@@ -1,5 +1,6 @@
 """End-to-end generation (workload `e2e`) on Android, composed from on-device component runs: the real
-CLI against the fake adb server, run_job.sh under /bin/sh and the benchmark_model stand-in, with three
+CLI through Google's adb server to a test phone over TCP (tests/fakes/adbd.py: run_job.sh under mksh with
+toybox), or against the fake adb server for its faults, and the benchmark_model stand-in, with three
 tiny .tflite blocks given as the text encoder, the UNet and the VAE decoder; and the host scheduler
 measurement the composition uses."""
 from __future__ import annotations
@@ -23,6 +24,7 @@ from harness.store import Store
 from harness.workloads.common import InputError
 from harness.workloads.e2e import measure_scheduler_ms
 from tests.fakes.adb_server import FakeAdbServer, FakeDevice
+from tests.fakes.adbd import FakeAdbd
 from tests.fakes.benchmark_model_standin import FAULT_FILE_NAME
 from tests.fakes.tiny_block import BLOCK_SRC
 from tests.test_android import _farm, _harmless_adb, standin  # noqa: F401 - fixtures
@@ -65,7 +67,7 @@ def _run(port: int, standin_path: Path, tmp: Path, serial: str, *extra: str) -> 
             "--set", "warmup_runs=1", "--set", "options.extra.run_delay=0.1", *extra]
 
 
-def _launches(srv: FakeAdbServer, serial: str, start: int = 0) -> list[str]:
+def _launches(srv: FakeAdbServer | FakeAdbd, serial: str, start: int = 0) -> list[str]:
     return [r for s, r in srv.requests[start:] if s == serial and r.endswith("echo launched")]
 
 
@@ -117,17 +119,19 @@ def test_measure_scheduler_ms_runs_the_real_scheduler_steps_times(monkeypatch: p
 
 def test_e2e_on_a_fake_phone_composes_three_component_runs(tmp_path: Path, three_graphs: dict[str, Path],
                                                             standin: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture) -> None:
+                                                            capsys: pytest.CaptureFixture, adb) -> None:
+    """Through Google's adb server (the `adb` fixture) to a network phone running Android's userland."""
     monkeypatch.chdir(tmp_path)
-    fake = FakeDevice("E2E1", root=tmp_path / "phone")
-    with FakeAdbServer([fake]) as srv:
-        assert main(_run(srv.port, standin, tmp_path, "E2E1", *_graph_sets(three_graphs))) == 0
+    fake = FakeDevice("E2E1", root=tmp_path / "phone", userland="android")
+    with FakeAdbd(fake) as phone:
+        serial = phone.serial  # 127.0.0.1:PORT, `adb connect`ed by the harness
+        assert main(_run(adb.port, standin, tmp_path, serial, *_graph_sets(three_graphs))) == 0
         terminal = capsys.readouterr().err  # the table: stderr (stdout: the run id)
-        first = _launches(srv, "E2E1")
-        mark = len(srv.requests)
-        assert main(_run(srv.port, standin, tmp_path, "E2E1", *_graph_sets(three_graphs),
+        first = _launches(phone, "E2E1")
+        mark = len(phone.requests)
+        assert main(_run(adb.port, standin, tmp_path, serial, *_graph_sets(three_graphs),
                          "--set", "workload_args.steps=5", "--no-report")) == 0
-        second = _launches(srv, "E2E1", mark)
+        second = _launches(phone, "E2E1", mark)
 
     # three benchmark_model runs per job, one per component, in order, each graph path quoted
     for launches in (first, second):

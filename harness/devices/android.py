@@ -6,6 +6,12 @@ $ANDROID_ADB_SERVER_PORT, else 127.0.0.1:5037). A server is checked with a plain
 before adbutils talks to it, because adbutils answers a failed connect by starting a local adb
 server (`adb start-server`).
 
+Network phones (a device farm's, as DeviceFarmer/STF exposes them, serials `HOST:PORT`): the
+`connect:` list of farm.yaml and every `--device android:HOST:PORT` are `adb connect`ed through the
+first reachable adb server before its devices are listed, and again when such a phone dropped and the
+harness waits for it to come back; a target that cannot be connected is listed `unreachable` with
+adb's answer.
+
 A job on a phone:
 1. push (each file only when its md5 on the device differs): `benchmark_model` (the user's build:
    no pip package ships it), `device_agents/android/run_job.sh`, and the variant's .tflite (from
@@ -186,6 +192,45 @@ def adb_servers(ctx: DeviceContext) -> list[tuple[str, int, bool]]:
         port = int(os.environ.get("ANDROID_ADB_SERVER_PORT") or DEFAULT_ADB_PORT)
         out.append((host, port, False))
     return out
+
+
+def connect_targets(ctx: DeviceContext) -> list[str]:
+    """`HOST:PORT` of every network phone to `adb connect`: farm.yaml's `connect:` and the
+    `android:HOST:PORT` device ids named for this run."""
+    given = _farm(ctx).get("connect") or []
+    if isinstance(given, str) or not isinstance(given, list):
+        raise AndroidConfigError("farm connect: must be a list of HOST:PORT (e.g. connect: [10.0.0.5:5555])")
+    out: list[str] = []
+    for text in given:
+        try:
+            out.append(_label(*parse_adb_server(str(text))))
+        except ValueError as exc:
+            raise AndroidConfigError(f"farm connect: {exc}".replace("adb server", "phone")) from None
+    for dev_id in (getattr(ctx, "extra", None) or {}).get("device_ids") or []:
+        kind, _, serial = str(dev_id).partition(":")
+        if kind == "android" and is_network_serial(serial):
+            out.append(serial)
+    return list(dict.fromkeys(out))
+
+
+def is_network_serial(serial: str) -> bool:
+    """True for a serial adb gives a phone reached over TCP (`HOST:PORT`)."""
+    try:
+        parse_adb_server(serial)
+        return True
+    except ValueError:
+        return False
+
+
+def adb_connect(client, target: str, timeout_s: float = 10.0) -> str | None:
+    """`adb connect TARGET` through `client`'s server: None when connected, else adb's answer."""
+    from adbutils.errors import AdbError
+
+    try:
+        answer = client.connect(target, timeout=timeout_s).strip()
+    except (AdbError, OSError, EOFError) as exc:
+        return str(exc).strip() or type(exc).__name__
+    return None if answer.startswith(("connected to", "already connected to")) else answer
 
 
 def _farm(ctx: DeviceContext) -> dict[str, Any]:
@@ -778,6 +823,8 @@ class AndroidKind(DeviceKind):
         settings_for(ctx)  # validate the farm's android section early (exit 2 with the fix)
         infos: list[DeviceInfo] = []
         seen: set[str] = set()
+        targets = connect_targets(ctx)
+        connected = False
         for host, port, explicit in adb_servers(ctx):
             server = _label(host, port)
             problem = _reachable(host, port)
@@ -790,6 +837,13 @@ class AndroidKind(DeviceKind):
                     extra={"adb_server": server}))
                 continue
             client = adbutils.AdbClient(host=host, port=port, socket_timeout=settings_for(ctx).socket_timeout_s)
+            failed_connects: dict[str, str] = {}
+            if not connected:
+                connected = True  # network phones are connected through the first reachable server
+                for target in targets:
+                    problem = adb_connect(client, target)
+                    if problem is not None:
+                        failed_connects[target] = problem
             try:
                 items = client.list(extended=True)
             except (AdbError, OSError, EOFError) as exc:
@@ -802,6 +856,15 @@ class AndroidKind(DeviceKind):
                     continue  # the same phone through two servers: the first one is used
                 seen.add(item.serial)
                 infos.append(self._describe(client, server, item))
+            for target, problem in failed_connects.items():
+                if target not in seen:
+                    seen.add(target)
+                    infos.append(DeviceInfo(
+                        id=f"android:{target}", kind="android", state="unreachable", name=target,
+                        extra={"adb_server": server},
+                        hint=(f"`adb connect {target}` through {server} failed ({problem}): check that the "
+                              "phone is on the network with ADB over TCP on (adb tcpip 5555, or the farm's "
+                              "port) and that this host can reach it")))
         return infos
 
     def _describe(self, client, server: str, item) -> DeviceInfo:
@@ -936,6 +999,7 @@ class AndroidDevice(Device):
 
         deadline = time.monotonic() + timeout_s
         state = "unknown"
+        next_connect = 0.0
         while True:
             try:
                 state = self._dev.get_state()
@@ -943,7 +1007,13 @@ class AndroidDevice(Device):
                 state = str(exc).strip() or type(exc).__name__
             if state == "device":
                 return
-            if state == "unauthorized":
+            if is_network_serial(self.serial) and time.monotonic() >= next_connect:
+                # a network phone the server dropped (or forgot after `adb kill-server`): connect again
+                next_connect = time.monotonic() + 1.0
+                adb_connect(self._client, self.serial, timeout_s=5.0)
+                continue
+            if state == "unauthorized" or state.startswith("device unauthorized"):
+                # Google's adb server answers get-state of an unauthorized phone with FAIL "device unauthorized."
                 raise DeviceUnavailableError(f"{self.id} came back unauthorized: {UNAUTHORIZED_HINT}")
             if time.monotonic() >= deadline:
                 raise DeviceDisconnectedError(

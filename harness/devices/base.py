@@ -164,18 +164,20 @@ def expand_device_ids(ids: list[str], farm: dict[str, Any] | None) -> list[str]:
 def resolve_devices(ids: list[str], ctx: DeviceContext) -> list[DeviceInfo]:
     """Device ids from a suite or the command line -> the devices they name, checked to exist."""
     out: list[DeviceInfo] = []
-    for dev_id in expand_device_ids(ids, getattr(ctx, "farm", None)):
+    expanded = expand_device_ids(ids, getattr(ctx, "farm", None))
+    ctx.extra["device_ids"] = expanded  # kinds may act on the ids named (android: `adb connect HOST:PORT`)
+    for dev_id in expanded:
         kind_name, _, serial = dev_id.partition(":")
         kind = get_kind(kind_name)
         found = kind.discover(ctx)
         notes = "".join(f"; {n.hint or n.state}" for n in found if n.note)
         found = [d for d in found if not d.note]
         if not serial:
-            ready = [d for d in found if d.ready]
-            if not ready:
-                states = "; ".join(f"{d.id}: {d.state} ({d.hint})" for d in found) or "none attached"
-                raise UnknownDeviceError(f"no ready {kind_name} device ({states}){notes}")
-            out.extend(d for d in ready if d.id not in {o.id for o in out})
+            # every device of the kind, ready or not: the runner fails a not-ready device's jobs with
+            # its state and what to do, so that a phone that is offline is never skipped silently
+            if not found:
+                raise UnknownDeviceError(f"no {kind_name} device attached{notes}")
+            out.extend(d for d in found if d.id not in {o.id for o in out})
             continue
         match = [d for d in found if d.id == dev_id]
         if not match and hasattr(kind, "select"):  # a kind that also picks a device by a property (AI Hub: chipset)

@@ -21,11 +21,11 @@ Fake devices and their sandbox
 ------------------------------
 Each :class:`FakeDevice` has a sandbox root directory on this machine; the device path
 ``/data/local/tmp/x`` is ``root/data/local/tmp/x``. Sync requests map every absolute path into
-the sandbox. Shell commands run for real under ``/bin/sh`` with the working directory at the
+the sandbox. Shell commands run for real under Android's userland (below; ``userland="host"``:
+under ``/bin/sh`` with the host's tools after the stand-ins) with the working directory at the
 mapped ``/data/local/tmp`` and ``PATH`` starting with ``root/system/bin``, which holds stand-ins
-for ``getprop``, ``dumpsys`` (``SurfaceFlinger``, ``meminfo <pid|name>``, ``battery``) and
-``taskset``; everything else (``cat``, ``md5sum``, ``ls``, ``chmod``...) is the host's. The
-command text is rewritten before it runs: absolute paths that begin with ``/data``,
+for ``getprop``, ``dumpsys`` (``SurfaceFlinger``, ``meminfo <pid|name>``, ``battery``), ``pm``
+and ``taskset``. The command text is rewritten before it runs: absolute paths that begin with ``/data``,
 ``/sdcard``, ``/storage``, ``/sys/class/thermal``, ``/sys/class/power_supply``, ``/system/bin``
 or ``/proc/meminfo`` (at the start of a word, after a quote, ``=``, ``:``, a redirection or a
 shell operator) get the sandbox root in front; the root is removed again from everything the
@@ -33,10 +33,19 @@ command prints, so ``pwd`` prints ``/data/local/tmp``. The sandbox holds the sys
 has: ``sys/class/thermal/thermal_zoneN/{type,temp}`` (millidegrees),
 ``sys/class/power_supply/battery/temp`` (tenths of a degree) and ``proc/meminfo``.
 
+With ``FakeDevice(userland="android")`` (the default) a command
+runs under Debian's ``mksh`` (Android's shell; ``$0`` is ``mksh``) with PATH holding only
+``root/system/bin``: a link to Debian's ``toybox`` (Android's command set) for each applet it lists,
+``sh`` -> mksh, and the stand-ins (getprop, dumpsys, pm, and taskset, which ignores the CPU mask: this
+host's cores are not a phone's), so that a bash-ism or a GNU-only option fails as it does on a phone.
+Sync also answers the v2 requests (``STA2``/``LST2`` stat, ``LIS2`` list with ``DNT2`` entries) that
+Google's adb client sends to a device whose features list ``stat_v2``/``ls_v2``. The device services
+live in :class:`DeviceServices`, shared with the TCP phone.
+
 Limits of the path rewriting: a path assembled at run time (``d=/da; cat ${d}ta/x``), a path in
 a file the command reads, or any other absolute path (``/``, ``/proc/self``, ``/dev/null`` is
-fine) is not mapped and reaches the host as is. Commands run as the test's user, with host
-tools (GNU, not toybox), and nothing stops them from touching the host outside the sandbox: run
+fine) is not mapped and reaches the host as is. Commands run as the test's user, and nothing
+stops them from touching the host outside the sandbox: run
 only trusted commands.
 
 Fault injection (per device, changeable at any time):
@@ -80,6 +89,9 @@ from typing import Iterable
 
 __all__ = ["FakeDevice", "FakeAdbServer", "ADB_SERVER_VERSION"]
 
+MKSH = "/usr/bin/mksh"  # Debian's mksh: Android's /system/bin/sh
+TOYBOX = "/usr/bin/toybox"  # Debian's toybox: Android's command set
+USERLANDS = ("host", "android")
 ADB_SERVER_VERSION = 41  # 1.0.41: adbutils uses host:tport:serial: from 41 on
 _SYNC_DATA_MAX = 64 * 1024
 _FEATURES = "shell_v2,cmd,fixed_push_mkdir,fixed_push_symlink_timestamp"
@@ -129,6 +141,9 @@ class FakeDevice:
 
     serial: str
     state: str = "device"  # "device" | "offline" | "unauthorized"
+    # "host": commands run under /bin/sh with this machine's tools on PATH after the stand-ins;
+    # "android": under mksh (Android's shell) with only toybox's applets and the stand-ins on PATH
+    userland: str = "android"
     props: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PROPS))
     root: Path | None = None  # None: the server makes a temporary one (removed on stop)
     gles: str | None = DEFAULT_GLES  # None: SurfaceFlinger dump without a GLES line
@@ -153,6 +168,8 @@ class FakeDevice:
     transport_id: int = 0
 
     def __post_init__(self) -> None:
+        if self.userland not in USERLANDS:
+            raise ValueError(f"unknown userland {self.userland!r}; known: {', '.join(USERLANDS)}")
         self._lock = threading.Lock()
         self._synced = ""
         self._owns_root = self.root is None
@@ -184,6 +201,8 @@ class FakeDevice:
         for d in ("data/local/tmp", "sdcard", "system/bin", "proc", ".fake_adb"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         _write_standins(self.root / "system/bin")
+        if self.userland == "android":
+            _link_toybox(self.root / "system/bin")
         self.sync_files()
 
     def sync_files(self) -> None:
@@ -243,11 +262,17 @@ class FakeDevice:
         root = str(self.root)
         return _REWRITE_RE.sub(lambda m: root + m.group(0), cmd)
 
+    def shell_program(self) -> tuple[str, str]:
+        """(argv[0], executable) of the shell that runs every command: Android's mksh, or /bin/sh."""
+        return ("mksh", MKSH) if self.userland == "android" else ("/bin/sh", "/bin/sh")
+
     def shell_env(self) -> dict[str, str]:
         assert self.root is not None
         tmp = str(self.root / "data/local/tmp")
+        bindir = str(self.root / "system/bin")
         return {
-            "PATH": f"{self.root / 'system/bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "PATH": bindir if self.userland == "android"
+            else f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": tmp,
             "TMPDIR": tmp,
             "FAKE_ADB_STATE": str(self.root / ".fake_adb"),
@@ -279,16 +304,35 @@ def _proc_meminfo(total_kb: int) -> str:
     return "".join(f"{name + ':':<16}{value:>8} kB\n" for name, value in rows)
 
 
-_GETPROP_SH = r"""#!/bin/sh
-# fake getprop: all properties, or one (empty line when unset, like Android's getprop)
-props="$FAKE_ADB_STATE/props.txt"
-if [ $# -eq 0 ]; then cat "$props"; exit 0; fi
-awk -v key="$1" -v dflt="$2" '
-  index($0, "[" key "]: [") == 1 {
-    v = substr($0, length(key) + 6); sub(/\]$/, "", v); print v; found = 1; exit
-  }
-  END { if (!found) print dflt }' "$props"
-"""
+_GETPROP_PY = r'''
+# fake getprop: all properties, or one (its default, else an empty line, when unset, like Android's)
+import os, sys
+
+text = open(os.path.join(os.environ["FAKE_ADB_STATE"], "props.txt")).read()
+if len(sys.argv) < 2:
+    sys.stdout.write(text)
+    sys.exit(0)
+prefix = "[%s]: [" % sys.argv[1]
+for line in text.splitlines():
+    if line.startswith(prefix) and line.endswith("]"):
+        print(line[len(prefix):-1])
+        break
+else:
+    print(sys.argv[2] if len(sys.argv) > 2 else "")
+'''
+
+_PM_PY = r'''
+# fake pm: `pm list packages` lists a few system packages; anything else is not known here
+import sys
+
+PACKAGES = ["android", "com.android.shell", "com.android.systemui"]
+if sys.argv[1:3] == ["list", "packages"]:
+    for name in PACKAGES:
+        print("package:" + name)
+    sys.exit(0)
+sys.stderr.write("pm (stand-in): only `pm list packages` is implemented\n")
+sys.exit(1)
+'''
 
 _TASKSET_SH = r"""#!/bin/sh
 # fake taskset: accepts toybox's "taskset [-ap] MASK [PID | CMD [ARG...]]", ignores the mask
@@ -455,7 +499,8 @@ sys.exit(main(sys.argv[1:]))
 
 def _write_standins(bindir: Path) -> None:
     scripts = {
-        "getprop": _GETPROP_SH,
+        "getprop": f"#!{sys.executable}\n" + _GETPROP_PY,
+        "pm": f"#!{sys.executable}\n" + _PM_PY,
         "taskset": _TASKSET_SH,
         "dumpsys": f"#!{sys.executable}\n" + _DUMPSYS_PY,
     }
@@ -463,6 +508,27 @@ def _write_standins(bindir: Path) -> None:
         path = bindir / name
         path.write_text(text)
         path.chmod(0o755)
+
+
+def toybox_applets(toybox: str = TOYBOX) -> list[str]:
+    """The applets this toybox binary provides (`toybox` with no arguments lists them)."""
+    out = subprocess.run([toybox], capture_output=True, text=True, check=True).stdout
+    return [name for name in out.split() if name != "toybox"]
+
+
+def _link_toybox(bindir: Path) -> None:
+    """Android's /system/bin: a link to toybox for each applet, `sh` = mksh; the stand-ins stay."""
+    if not (os.access(MKSH, os.X_OK) and os.access(TOYBOX, os.X_OK)):
+        raise RuntimeError(f"the Android userland needs {MKSH} and {TOYBOX}: "
+                           "apt-get install -y mksh toybox (Debian's packages of Android's shell and tools)")
+    standins = {p.name for p in bindir.iterdir()}
+    for name in toybox_applets():
+        if name not in standins:
+            link = bindir / name
+            if not link.is_symlink():
+                link.symlink_to(TOYBOX)
+    if not (bindir / "sh").is_symlink():
+        (bindir / "sh").symlink_to(MKSH)
 
 
 # --------------------------------------------------------------------------- wire helpers
@@ -530,6 +596,14 @@ def _drop(conn: socket.socket) -> None:
         pass
 
 
+_STAT_V2_SIZE = 8 + 8 + 4 * 4 + 8 * 4  # dev ino mode nlink uid gid size atime mtime ctime
+
+
+def _stat_v2(st: os.stat_result) -> bytes:
+    return struct.pack("<QQIIIIQqqq", st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid,
+                       st.st_gid, st.st_size, int(st.st_atime), int(st.st_mtime), int(st.st_ctime))
+
+
 class _Unrooter:
     """Removes the sandbox root from streamed output, across chunk boundaries."""
 
@@ -555,7 +629,313 @@ class _Unrooter:
 # --------------------------------------------------------------------------- the server
 
 
-class FakeAdbServer:
+class DeviceServices:
+    """adbd's device services over one byte stream per service (``shell[,v2][,raw]:``, ``sync:``).
+
+    Shared by the fake adb server (a smart socket after ``host:transport``) and the fake phone that
+    speaks adbd's transport protocol (tests/fakes/adbd.py: one stream per OPEN). A service first
+    writes ``OKAY`` or ``FAIL`` + 4 hex digits + message, as the adb server does to its client; the
+    phone turns that into the transport's OKAY or CLSE."""
+
+    def _init_services(self) -> None:
+        self._lock = threading.RLock()
+        self._pgids: set[int] = set()  # every shell's process group, killed on stop()
+        self.requests: list[tuple[str | None, str]] = []  # (serial or None, request)
+
+    def _vanish(self, conn: socket.socket) -> None:
+        """A fault: the device vanishes while `conn` serves it (here: that connection closes)."""
+        _drop(conn)
+
+    def _kill_shells(self) -> None:
+        with self._lock:
+            pgids = list(self._pgids)
+            self._pgids.clear()
+        for pgid in pgids:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _device_service(self, conn: socket.socket, dev: FakeDevice, service: str) -> None:
+        if service == "sync:":
+            _okay(conn)
+            self._sync(conn, dev)
+            return
+        m = re.match(r"^shell((?:,[^,:]*)*):(.*)$", service, re.DOTALL)  # v2, raw, pty, TERM=..
+        if m:
+            options = [o for o in m.group(1).split(",") if o]
+            command = m.group(2)
+            if not command:
+                _fail(conn, "interactive shells are not supported by the fake adb server")
+                return
+            if "pty" in options:
+                _fail(conn, "pty shells are not supported by the fake adb server")
+                return
+            _okay(conn)
+            self._shell(conn, dev, command, v2="v2" in options)
+            return
+        _fail(conn, f"unknown device service '{service}' (not implemented by the fake adb server)")
+
+    def _shell(self, conn: socket.socket, dev: FakeDevice, command: str, v2: bool) -> None:
+        dev.sync_files()
+        assert dev.root is not None
+        cwd = dev.root / "data/local/tmp"
+        argv0, shell = dev.shell_program()
+        proc = subprocess.Popen(
+            [argv0, "-c", dev.rewrite_command(command)], executable=shell,
+            cwd=cwd, env=dev.shell_env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE if v2 else subprocess.STDOUT,
+            start_new_session=True,
+        )
+        with self._lock:
+            self._pgids.add(proc.pid)
+        root = str(dev.root)
+        streams = {proc.stdout.fileno(): (1, _Unrooter(root))}  # type: ignore[union-attr]
+        if v2:
+            streams[proc.stderr.fileno()] = (2, _Unrooter(root))  # type: ignore[union-attr]
+        sel = selectors.DefaultSelector()
+        for fd in streams:
+            sel.register(fd, selectors.EVENT_READ)
+        started = time.monotonic()
+        sent = 0
+        dropped = False
+
+        def emit(stream_id: int, data: bytes) -> None:
+            nonlocal sent, dropped
+            if not data:
+                return
+            limit = dev.drop_shell_after_bytes
+            if limit is not None and sent + len(data) >= limit:
+                data = data[: max(0, limit - sent)]
+                dropped = True
+            if data:
+                _send(conn, struct.pack("<BI", stream_id, len(data)) + data if v2 else data)
+                sent += len(data)
+
+        try:
+            open_fds = set(streams)
+            while open_fds and not dropped:
+                if self._client_gone(conn):
+                    raise _Dropped("the client closed the shell connection")
+                timeout = None
+                if dev.drop_shell_after_seconds is not None:
+                    timeout = max(0.0, started + dev.drop_shell_after_seconds - time.monotonic())
+                    if timeout == 0.0:
+                        dropped = True
+                        break
+                for key, _ in sel.select(timeout=timeout if timeout is not None else 0.2):
+                    fd = key.fd
+                    data = os.read(fd, 65536)
+                    stream_id, unrooter = streams[fd]
+                    if not data:
+                        emit(stream_id, unrooter.flush())
+                        sel.unregister(fd)
+                        open_fds.discard(fd)
+                    else:
+                        emit(stream_id, unrooter.feed(data))
+                    if dropped:
+                        break
+            if dropped:
+                self._abandon(proc)
+                self._vanish(conn)
+                return
+            code = proc.wait()  # its process group stays listed: `cmd &` may still run in it
+            if code < 0:
+                code = 128 - code
+            if v2:
+                _send(conn, struct.pack("<BI", 3, 1) + bytes([code & 0xFF]))
+        except _Dropped:
+            self._abandon(proc)
+            raise
+        finally:
+            sel.close()
+
+    @staticmethod
+    def _client_gone(conn: socket.socket) -> bool:
+        """True when the client (or restart()/stop()) closed the connection. Bytes the client
+        sends during a shell (shell v2 stdin packets) are discarded."""
+        if conn.fileno() == -1:
+            return True
+        try:
+            data = conn.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        return not data
+
+    def _abandon(self, proc: subprocess.Popen[bytes]) -> None:
+        """The connection is gone: close our ends of the command's pipes and reap it later."""
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+        threading.Thread(target=proc.wait, daemon=True, name="fakeadb-reap").start()
+
+    # ---- sync
+
+    def _sync(self, conn: socket.socket, dev: FakeDevice) -> None:
+        while True:
+            try:
+                head = _recv_exact(conn, 8)
+            except _Dropped:
+                return
+            cmd, size = head[:4], struct.unpack("<I", head[4:])[0]
+            if cmd == b"QUIT":
+                return
+            arg = _recv_exact(conn, size).decode("utf-8", errors="replace")
+            self.requests.append((dev.serial, f"sync:{cmd.decode(errors='replace')} {arg}"))
+            if cmd == b"STAT":
+                self._sync_stat(conn, dev, arg)
+            elif cmd in (b"STA2", b"LST2"):  # features stat_v2: stat() / lstat()
+                self._sync_stat_v2(conn, dev, arg, cmd, follow=cmd == b"STA2")
+            elif cmd == b"LIST":
+                self._sync_list(conn, dev, arg)
+            elif cmd == b"LIS2":  # feature ls_v2
+                self._sync_list(conn, dev, arg, v2=True)
+            elif cmd == b"RECV":
+                self._sync_recv(conn, dev, arg)
+            elif cmd == b"SEND":
+                if not self._sync_send(conn, dev, arg):
+                    return
+            else:
+                msg = f"unknown sync command {cmd!r}".encode()
+                _send(conn, b"FAIL" + struct.pack("<I", len(msg)) + msg)
+                return
+
+    def _sync_stat(self, conn: socket.socket, dev: FakeDevice, path: str) -> None:
+        try:
+            st = os.lstat(dev.host_path(path))
+            payload = struct.pack("<III", st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime))
+        except OSError:
+            payload = struct.pack("<III", 0, 0, 0)  # adbd answers a missing path with zeros
+        _send(conn, b"STAT" + payload)
+
+    def _sync_stat_v2(self, conn: socket.socket, dev: FakeDevice, path: str, cmd: bytes,
+                      follow: bool) -> None:
+        """SYNC.TXT's sync_stat_v2: id, error (errno), dev, ino, mode, nlink, uid, gid, size, atime,
+        mtime, ctime."""
+        try:
+            host = dev.host_path(path)
+            st = os.stat(host) if follow else os.lstat(host)
+            _send(conn, cmd + struct.pack("<I", 0) + _stat_v2(st))
+        except OSError as e:
+            _send(conn, cmd + struct.pack("<I", e.errno or 2) + bytes(_STAT_V2_SIZE))
+
+    def _sync_list(self, conn: socket.socket, dev: FakeDevice, path: str, v2: bool = False) -> None:
+        host = dev.host_path(path)
+        out = bytearray()
+        try:
+            names = [".", ".."] + sorted(os.listdir(host))
+        except OSError:
+            names = []
+        for name in names:
+            try:
+                st = os.lstat(host / name)
+            except OSError:
+                continue
+            raw = name.encode()
+            if v2:
+                out += b"DNT2" + struct.pack("<I", 0) + _stat_v2(st) + struct.pack("<I", len(raw)) + raw
+            else:
+                out += b"DENT" + struct.pack("<IIII", st.st_mode, st.st_size & 0xFFFFFFFF,
+                                             int(st.st_mtime), len(raw)) + raw
+        out += b"DONE" + bytes(4 + _STAT_V2_SIZE + 4 if v2 else 16)
+        _send(conn, bytes(out))
+
+    def _sync_recv(self, conn: socket.socket, dev: FakeDevice, path: str) -> None:
+        host = dev.host_path(path)
+        try:
+            if host.is_dir():
+                raise IsADirectoryError(21, "Is a directory")
+            f = open(host, "rb")
+        except OSError as e:
+            msg = f"open failed: {e.strerror or e}".encode()
+            _send(conn, b"FAIL" + struct.pack("<I", len(msg)) + msg)
+            return
+        with f:
+            while chunk := f.read(_SYNC_DATA_MAX):
+                _send(conn, b"DATA" + struct.pack("<I", len(chunk)) + chunk)
+        _send(conn, b"DONE" + bytes(4))
+
+    def _sync_send(self, conn: socket.socket, dev: FakeDevice, spec: str) -> bool:
+        """Receive one file. Returns False when the connection must close (after a FAIL)."""
+        path, _, mode_text = spec.rpartition(",")
+        if not path:
+            path, mode_text = spec, "33188"
+        mode = int(mode_text) & 0o7777 or 0o644
+        dest = dev.host_path(path)
+        usage = dev.disk_usage_bytes() - (dest.stat().st_size if dest.is_file() else 0)
+        error: str | None = None
+        received = 0
+        fault = False
+        f = None
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists() and not dest.is_file():
+                raise IsADirectoryError(21, "Is a directory")
+            f = open(dest, "wb")
+        except OSError as e:
+            error = f"couldn't create file: {e.strerror or e}"
+        try:
+            while True:
+                head = _recv_exact(conn, 8)
+                kind, size = head[:4], struct.unpack("<I", head[4:])[0]
+                if kind == b"DONE":
+                    mtime = size
+                    break
+                if kind != b"DATA":
+                    error = error or f"invalid data message {kind!r}"
+                    break
+                data = _recv_exact(conn, size)
+                received += len(data)
+                dev._count(received=len(data))
+                limit = dev.drop_push_after_bytes
+                if limit is not None and received >= limit:
+                    fault = True
+                    raise _Dropped("fault: drop mid-push")
+                if error is None and f is not None:
+                    quota = dev.disk_quota_bytes
+                    if quota is not None and usage + received > quota:
+                        error = "write failed: No space left on device"
+                        msg = error.encode()
+                        # adbd reports at once, then keeps reading until the client's DONE
+                        _send(conn, b"FAIL" + struct.pack("<I", len(msg)) + msg)
+                        f.close()
+                        f = None
+                        dest.unlink(missing_ok=True)
+                    else:
+                        f.write(data)
+        except _Dropped:
+            if f is not None:
+                f.close()
+            dest.unlink(missing_ok=True)
+            if fault:
+                self._vanish(conn)
+            else:
+                _drop(conn)
+            raise
+        if error is not None:
+            if f is not None:
+                f.close()
+                dest.unlink(missing_ok=True)
+            if "No space left" not in error:
+                msg = error.encode()
+                _send(conn, b"FAIL" + struct.pack("<I", len(msg)) + msg)
+            return False
+        assert f is not None
+        f.close()
+        os.chmod(dest, mode)
+        os.utime(dest, (mtime, mtime))
+        dev._count(pushed=received, completed=1)
+        _send(conn, b"OKAY" + bytes(4))
+        return True
+
+
+class FakeAdbServer(DeviceServices):
     """A threaded fake adb server on 127.0.0.1. Use as a context manager, or start()/stop()."""
 
     def __init__(self, devices: Iterable[FakeDevice] = (), host: str = "127.0.0.1",
@@ -566,15 +946,13 @@ class FakeAdbServer:
         self._port: int | None = None
         self._devices: dict[str, FakeDevice] = {}
         self._next_transport_id = 1
-        self._lock = threading.RLock()
+        self._init_services()
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
-        self._pgids: set[int] = set()  # every shell's process group, killed on stop()
         self._owned_roots: list[Path] = []
         self._stopping = threading.Event()
-        self.requests: list[tuple[str | None, str]] = []  # (serial or None, request)
         for dev in devices:
             self.add_device(dev)
 
@@ -596,14 +974,7 @@ class FakeAdbServer:
         self._stopping.set()
         self._close_listener()
         self._close_connections()
-        with self._lock:
-            pgids = list(self._pgids)
-            self._pgids.clear()
-        for pgid in pgids:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        self._kill_shells()
         for t in list(self._threads):
             t.join(timeout=5)
         with self._lock:
@@ -887,259 +1258,3 @@ class FakeAdbServer:
             _string_block(conn, _FEATURES)
         else:
             _fail(conn, f"unsupported host-serial command '{cmd}' in the fake adb server")
-
-    # ---- device services
-
-    def _device_service(self, conn: socket.socket, dev: FakeDevice, service: str) -> None:
-        if service == "sync:":
-            _okay(conn)
-            self._sync(conn, dev)
-            return
-        m = re.match(r"^shell((?:,[a-z0-9]+)*):(.*)$", service, re.DOTALL)
-        if m:
-            options = [o for o in m.group(1).split(",") if o]
-            command = m.group(2)
-            if not command:
-                _fail(conn, "interactive shells are not supported by the fake adb server")
-                return
-            if "pty" in options:
-                _fail(conn, "pty shells are not supported by the fake adb server")
-                return
-            _okay(conn)
-            self._shell(conn, dev, command, v2="v2" in options)
-            return
-        _fail(conn, f"unknown device service '{service}' (not implemented by the fake adb server)")
-
-    def _shell(self, conn: socket.socket, dev: FakeDevice, command: str, v2: bool) -> None:
-        dev.sync_files()
-        assert dev.root is not None
-        cwd = dev.root / "data/local/tmp"
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", dev.rewrite_command(command)],
-            cwd=cwd, env=dev.shell_env(), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE if v2 else subprocess.STDOUT,
-            start_new_session=True,
-        )
-        with self._lock:
-            self._pgids.add(proc.pid)
-        root = str(dev.root)
-        streams = {proc.stdout.fileno(): (1, _Unrooter(root))}  # type: ignore[union-attr]
-        if v2:
-            streams[proc.stderr.fileno()] = (2, _Unrooter(root))  # type: ignore[union-attr]
-        sel = selectors.DefaultSelector()
-        for fd in streams:
-            sel.register(fd, selectors.EVENT_READ)
-        started = time.monotonic()
-        sent = 0
-        dropped = False
-
-        def emit(stream_id: int, data: bytes) -> None:
-            nonlocal sent, dropped
-            if not data:
-                return
-            limit = dev.drop_shell_after_bytes
-            if limit is not None and sent + len(data) >= limit:
-                data = data[: max(0, limit - sent)]
-                dropped = True
-            if data:
-                _send(conn, struct.pack("<BI", stream_id, len(data)) + data if v2 else data)
-                sent += len(data)
-
-        try:
-            open_fds = set(streams)
-            while open_fds and not dropped:
-                if self._client_gone(conn):
-                    raise _Dropped("the client closed the shell connection")
-                timeout = None
-                if dev.drop_shell_after_seconds is not None:
-                    timeout = max(0.0, started + dev.drop_shell_after_seconds - time.monotonic())
-                    if timeout == 0.0:
-                        dropped = True
-                        break
-                for key, _ in sel.select(timeout=timeout if timeout is not None else 0.2):
-                    fd = key.fd
-                    data = os.read(fd, 65536)
-                    stream_id, unrooter = streams[fd]
-                    if not data:
-                        emit(stream_id, unrooter.flush())
-                        sel.unregister(fd)
-                        open_fds.discard(fd)
-                    else:
-                        emit(stream_id, unrooter.feed(data))
-                    if dropped:
-                        break
-            if dropped:
-                self._abandon(proc)
-                _drop(conn)
-                return
-            code = proc.wait()  # its process group stays listed: `cmd &` may still run in it
-            if code < 0:
-                code = 128 - code
-            if v2:
-                _send(conn, struct.pack("<BI", 3, 1) + bytes([code & 0xFF]))
-        except _Dropped:
-            self._abandon(proc)
-            raise
-        finally:
-            sel.close()
-
-    @staticmethod
-    def _client_gone(conn: socket.socket) -> bool:
-        """True when the client (or restart()/stop()) closed the connection. Bytes the client
-        sends during a shell (shell v2 stdin packets) are discarded."""
-        if conn.fileno() == -1:
-            return True
-        try:
-            data = conn.recv(65536, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
-        return not data
-
-    def _abandon(self, proc: subprocess.Popen[bytes]) -> None:
-        """The connection is gone: close our ends of the command's pipes and reap it later."""
-        for f in (proc.stdout, proc.stderr):
-            if f is not None:
-                try:
-                    f.close()
-                except OSError:
-                    pass
-
-        threading.Thread(target=proc.wait, daemon=True, name="fakeadb-reap").start()
-
-    # ---- sync
-
-    def _sync(self, conn: socket.socket, dev: FakeDevice) -> None:
-        while True:
-            try:
-                head = _recv_exact(conn, 8)
-            except _Dropped:
-                return
-            cmd, size = head[:4], struct.unpack("<I", head[4:])[0]
-            if cmd == b"QUIT":
-                return
-            arg = _recv_exact(conn, size).decode("utf-8", errors="replace")
-            self.requests.append((dev.serial, f"sync:{cmd.decode(errors='replace')} {arg}"))
-            if cmd == b"STAT":
-                self._sync_stat(conn, dev, arg)
-            elif cmd == b"LIST":
-                self._sync_list(conn, dev, arg)
-            elif cmd == b"RECV":
-                self._sync_recv(conn, dev, arg)
-            elif cmd == b"SEND":
-                if not self._sync_send(conn, dev, arg):
-                    return
-            else:
-                msg = f"unknown sync command {cmd!r}".encode()
-                _send(conn, b"FAIL" + struct.pack("<I", len(msg)) + msg)
-                return
-
-    def _sync_stat(self, conn: socket.socket, dev: FakeDevice, path: str) -> None:
-        try:
-            st = os.lstat(dev.host_path(path))
-            payload = struct.pack("<III", st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime))
-        except OSError:
-            payload = struct.pack("<III", 0, 0, 0)  # adbd answers a missing path with zeros
-        _send(conn, b"STAT" + payload)
-
-    def _sync_list(self, conn: socket.socket, dev: FakeDevice, path: str) -> None:
-        host = dev.host_path(path)
-        out = bytearray()
-        try:
-            names = [".", ".."] + sorted(os.listdir(host))
-        except OSError:
-            names = []
-        for name in names:
-            try:
-                st = os.lstat(host / name)
-            except OSError:
-                continue
-            raw = name.encode()
-            out += b"DENT" + struct.pack("<IIII", st.st_mode, st.st_size & 0xFFFFFFFF,
-                                         int(st.st_mtime), len(raw)) + raw
-        out += b"DONE" + bytes(16)
-        _send(conn, bytes(out))
-
-    def _sync_recv(self, conn: socket.socket, dev: FakeDevice, path: str) -> None:
-        host = dev.host_path(path)
-        try:
-            if host.is_dir():
-                raise IsADirectoryError(21, "Is a directory")
-            f = open(host, "rb")
-        except OSError as e:
-            msg = f"open failed: {e.strerror or e}".encode()
-            _send(conn, b"FAIL" + struct.pack("<I", len(msg)) + msg)
-            return
-        with f:
-            while chunk := f.read(_SYNC_DATA_MAX):
-                _send(conn, b"DATA" + struct.pack("<I", len(chunk)) + chunk)
-        _send(conn, b"DONE" + bytes(4))
-
-    def _sync_send(self, conn: socket.socket, dev: FakeDevice, spec: str) -> bool:
-        """Receive one file. Returns False when the connection must close (after a FAIL)."""
-        path, _, mode_text = spec.rpartition(",")
-        if not path:
-            path, mode_text = spec, "33188"
-        mode = int(mode_text) & 0o7777 or 0o644
-        dest = dev.host_path(path)
-        usage = dev.disk_usage_bytes() - (dest.stat().st_size if dest.is_file() else 0)
-        error: str | None = None
-        received = 0
-        f = None
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists() and not dest.is_file():
-                raise IsADirectoryError(21, "Is a directory")
-            f = open(dest, "wb")
-        except OSError as e:
-            error = f"couldn't create file: {e.strerror or e}"
-        try:
-            while True:
-                head = _recv_exact(conn, 8)
-                kind, size = head[:4], struct.unpack("<I", head[4:])[0]
-                if kind == b"DONE":
-                    mtime = size
-                    break
-                if kind != b"DATA":
-                    error = error or f"invalid data message {kind!r}"
-                    break
-                data = _recv_exact(conn, size)
-                received += len(data)
-                dev._count(received=len(data))
-                limit = dev.drop_push_after_bytes
-                if limit is not None and received >= limit:
-                    raise _Dropped("fault: drop mid-push")
-                if error is None and f is not None:
-                    quota = dev.disk_quota_bytes
-                    if quota is not None and usage + received > quota:
-                        error = "write failed: No space left on device"
-                        msg = error.encode()
-                        # adbd reports at once, then keeps reading until the client's DONE
-                        _send(conn, b"FAIL" + struct.pack("<I", len(msg)) + msg)
-                        f.close()
-                        f = None
-                        dest.unlink(missing_ok=True)
-                    else:
-                        f.write(data)
-        except _Dropped:
-            if f is not None:
-                f.close()
-            dest.unlink(missing_ok=True)
-            _drop(conn)
-            raise
-        if error is not None:
-            if f is not None:
-                f.close()
-                dest.unlink(missing_ok=True)
-            if "No space left" not in error:
-                msg = error.encode()
-                _send(conn, b"FAIL" + struct.pack("<I", len(msg)) + msg)
-            return False
-        assert f is not None
-        f.close()
-        os.chmod(dest, mode)
-        os.utime(dest, (mtime, mtime))
-        dev._count(pushed=received, completed=1)
-        _send(conn, b"OKAY" + bytes(4))
-        return True
