@@ -3,7 +3,8 @@ through the harness's host runtime (the `unet_iteration` workload of suites/tabl
 process), side by side in the same process with diffusers' own UNet2DConditionModel: eager (PyTorch
 SDPA), torch.compile (default) and torch.compile(mode="reduce-overhead") (CUDA graphs).
 
-    python bench/gpu_table1.py [--json OUT.json] [--skip-compile] [--iterations 30]
+    python bench/gpu_table1.py [--json OUT.json] [--skip-compile] [--compile-modes reduce-overhead]
+                               [--variants +flash_attention,+winograd] [--iterations 30]
 
 Columns: ms is what the GPU executes per iteration: the harness rows replay a CUDA graph of the
 iteration (median of >= 30 replays, CUDA events), diffusers' eager and compile rows are timed per call
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--skip-compile", action="store_true", help="leave out the two torch.compile rows")
+    ap.add_argument("--compile-modes", default="default,reduce-overhead",
+                    help="torch.compile modes to time diffusers' UNet under (comma-separated)")
     ap.add_argument("--skip-harness", action="store_true")
     ap.add_argument("--variants", help="comma-separated ladder variants (default: all)")
     args = ap.parse_args(argv)
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     if not args.skip_harness:
         rows += harness_rows(args.iterations, args.variants.split(",") if args.variants else None)
-    drows, _ = diffusers_rows(args.iterations, args.skip_compile)
+    drows, _ = diffusers_rows(args.iterations, args.skip_compile, tuple(m for m in args.compile_modes.split(",") if m))
     rows += drows
     if args.json:
         args.json.write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1, default=str))
