@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from harness.devices.base import Device, DeviceContext, DeviceInfo, DeviceKind, ProgressFn
-from harness.protocol import JobResult, JobSpec, ProtocolError, parse_result, write_json_atomic
+from harness.protocol import JobResult, JobSpec, ProtocolError, error_tail, parse_result, write_json_atomic
 
 AGENT = Path(__file__).resolve().parents[2] / "device_agents" / "host" / "agent.py"
 
@@ -117,10 +117,13 @@ class HostDevice(Device):
             return JobResult.failure(spec.job_id, "crash", f"the host agent ended ({how}) without a result",
                                      detail=tail, started_at=started, ended_at=time.time())
         try:
-            return parse_result(result_path.read_text())
+            result = parse_result(result_path.read_text())
         except ProtocolError as exc:
             return JobResult.failure(spec.job_id, "parse", str(exc), detail=tail,
                                      started_at=started, ended_at=time.time())
+        if result.error is not None and not result.error.detail and tail:  # the agent's own stderr says why
+            result.error = result.error.model_copy(update={"detail": error_tail(tail)})
+        return result
 
     def cancel(self) -> None:
         proc = self._proc
