@@ -35,9 +35,8 @@ def _add_format(p: argparse.ArgumentParser, choices: tuple[str, ...] = OUTPUT_FO
     """The one --format option of every command whose output has a machine form: `table` (for people) or
     `json` (for scripts), plus a command's own forms (report: md, csv, html). `json_alias` keeps --json, which
     the command had before --format, as an alias of --format json."""
-    flags = ["--format", "-f"] if kw.pop("short", True) else ["--format"]
     metavar = kw.pop("metavar", "|".join(choices))
-    p.add_argument(*flags, dest="format", default="table", choices=choices, metavar=metavar,
+    p.add_argument("--format", "-f", dest="format", default="table", choices=choices, metavar=metavar,
                    help="output form: table (for people) or json (for scripts)" + help_extra + " (default: table)",
                    **kw)
     if json_alias:
@@ -286,10 +285,11 @@ def devices_table(infos, console):
     devices = [i for i in infos if not i.note]
     hints = [i for i in devices if i.hint]
     heads = ["id", "state"] + (["note"] if hints else []) + ["model", "SoC", "GPU", "OS", "RAM"]
+    number = {id(i): n for n, i in enumerate(hints, 1)}
     rows = []
     for i in devices:
         ram = f"{i.ram_bytes / 2**30:.1f} GiB" if i.ram_bytes else ""
-        note = [str(hints.index(i) + 1) if i in hints else ""] if hints else []
+        note = [str(number.get(id(i), ""))] if hints else []
         rows.append([i.id, i.state, *note, i.model, i.soc, i.gpu, i.os_version, ram])
     table, dropped = fit_table(console, "Devices", heads, rows, _DEVICE_DROP_ORDER,
                                left=("state", "model", "SoC", "GPU", "OS", "RAM"))

@@ -26,7 +26,7 @@ class ProtocolError(ValueError):
 # Credentials in text that is printed, logged or stored: the password of a URL's user:password@, and
 # the value of password=/token=/secret=/api_key= (and : forms). harness.store.safe_url uses the same.
 _URL_PASSWORD = re.compile(r"(//[^/\s:@]*:)[^/\s@]*@")
-_SECRET_VALUE = re.compile(r"(?i)\b((?:pass(?:word|wd)?|token|secret|api[_-]?key|access[_-]?key)\s*[=:]\s*)"
+_SECRET_VALUE = re.compile(r"(?i)\b((?:pass(?:word|wd)|token|secret|api[_-]?key|access[_-]?key)\s*[=:]\s*)"
                            r"(?!\*\*\*)[^\s,;'\"&]+")
 
 
@@ -50,9 +50,11 @@ def error_tail(text: str | None, max_lines: int = DETAIL_MAX_LINES, max_chars: i
     was_cut = text.startswith(_CUT_MARK + "\n")
     if was_cut:
         text = text[len(_CUT_MARK) + 1:]
-    lines = mask_credentials(text).rstrip().splitlines()
+    lines = mask_credentials(text).rstrip("\n").splitlines()
     while lines and not lines[0].strip():
         lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
     if not lines:
         return None
     cut = was_cut or len(lines) > max_lines

@@ -88,7 +88,13 @@ class HostDevice(Device):
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
             start_new_session=True,  # Ctrl-C reaches the controller, which stops the agent itself
         )
-        err_thread = threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True)
+        def pump_stderr() -> None:  # the whole of it to the job's folder, its tail for a failure's detail
+            with (workdir / "stderr.txt").open("w") as fh:
+                for line in proc.stderr:
+                    stderr_tail.append(line)
+                    fh.write(line)
+
+        err_thread = threading.Thread(target=pump_stderr, daemon=True)
         err_thread.start()
         timer = threading.Timer(spec.measure.timeout_seconds, self.cancel)
         timer.start()

@@ -311,7 +311,8 @@ def render(run: RunRecord, fmt: str, output: Path | None = None, console=None,
     error_details=False a failed row's note leaves out its stderr tail, which the caller prints itself).
     Returns the text."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown report format {fmt!r}; known formats: {', '.join(FORMATS)}")
+        raise ValueError(f"unknown report format {fmt!r}; known formats: "
+                         f"{', '.join(f for f in FORMATS if f != 'terminal')} (terminal: the old name of table)")
     df = table1(run)
     if fmt in ("table", "terminal"):
         render_terminal(run, df, console, error_details=error_details)
