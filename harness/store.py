@@ -10,7 +10,6 @@ import getpass
 import json
 import os
 import platform
-import re
 import secrets
 import subprocess
 import time

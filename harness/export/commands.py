@@ -3,6 +3,7 @@ harness/cli.py parses the arguments and calls these."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,7 @@ def export_suite(suite: Any, formats: list[str], dtype: str | None, cache_dir: P
     else:
         code = _export_one(suite, formats, artifact_dtype(dtype, suite.options.dtype), cache_dir, components,
                            records)
-    import sys
-
-    sys.stderr.flush()
+    sys.stderr.flush()  # the table first, then what scripts read
     if output == "json":
         print(json.dumps(records, indent=2, default=str))
     else:
