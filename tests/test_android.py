@@ -406,9 +406,13 @@ def test_a_failed_job_shows_the_tail_of_the_devices_stderr(tmp_path: Path, capsy
     monkeypatch.chdir(tmp_path)
     cause = "ModuleNotFoundError: No module named 'ai_edge_litert'"
     with FakeAdbServer([FakeDevice("PHONE1", root=tmp_path / "p1")]) as srv:
-        assert main(_run_args(srv.port, agent, store_url, _farm(tmp_path / "farm.yaml"),
-                              "--set", f"options.extra.graph={graph}", "--set", "runtime=litert-cpu",
-                              "--set", "variants=[baseline]", "--report", str(tmp_path / "r.html"))) == 1
+        args = _run_args(srv.port, agent, store_url, _farm(tmp_path / "farm.yaml"), "--set",
+                         f"options.extra.graph={graph}", "--set", "runtime=litert-cpu", "--set", "variants=[baseline]")
+        assert main([*args, "--no-report", "--format", "json"]) == 1  # for scripts: the failures with their cause
+        failure, = json.loads(capsys.readouterr().out)["failures"]
+        assert (failure["device"], failure["kind"]) == ("android:PHONE1", "crash") and failure["detail"].endswith(
+            "ModuleNotFoundError: No module named 'ai_edge_litert'")
+        assert main([*args, "--report", str(tmp_path / "r.html")]) == 1
     out, err = capsys.readouterr()
     summary = err[err.index("FAILED android:PHONE1 baseline: crash: benchmark_model failed with exit code 1"):]
     assert cause in summary and "from ai_edge_litert.interpreter import Interpreter" in summary
