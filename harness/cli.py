@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from pathlib import Path
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+ARTIFACT_FORMAT_ARGS = ("tflite", "coreml", "all")  # `harness export --artifact-format`
 
 
 class InputError(Exception):
@@ -24,6 +25,23 @@ class InputError(Exception):
 def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="URL", help="SQLAlchemy URL of the results store "
                    "(default: $HARNESS_STORE or sqlite:///results/harness.db)")
+
+
+OUTPUT_FORMATS = ("table", "json")
+
+
+def _add_format(p: argparse.ArgumentParser, choices: tuple[str, ...] = OUTPUT_FORMATS, json_alias: bool = False,
+                help_extra: str = "", **kw) -> None:
+    """The one --format option of every command whose output has a machine form: `table` (for people) or
+    `json` (for scripts), plus a command's own forms (report: md, csv, html). `json_alias` keeps --json, which
+    the command had before --format, as an alias of --format json."""
+    metavar = kw.pop("metavar", "|".join(choices))
+    p.add_argument("--format", "-f", dest="format", default="table", choices=choices, metavar=metavar,
+                   help="output form: table (for people) or json (for scripts)" + help_extra + " (default: table)",
+                   **kw)
+    if json_alias:
+        p.add_argument("--json", dest="format", action="store_const", const="json",
+                       help="the same as --format json (kept for scripts written before --format)")
 
 
 def _add_device_ctx(p: argparse.ArgumentParser) -> None:
@@ -79,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("devices", help="list the devices the harness can run on",
                        description="List attached devices (the host always) with their state and what to do "
                                    "when a device is not ready.")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_format(p, json_alias=True)
     p.add_argument("--aihub", action="store_true", help="list only Qualcomm AI Hub's devices (name, OS, chipset, "
                    "attributes): `qai-hub configure` or $QAIHUB_API_TOKEN first; see README 'Real phones through "
                    "Qualcomm AI Hub'")
@@ -104,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", metavar="TEXT", help="e2e workload: the prompt (same as --set workload_args.prompt=TEXT)")
     p.add_argument("--report", metavar="PATH", type=Path, help="HTML report path (default reports/RUN_ID.html)")
     p.add_argument("--no-report", action="store_true", help="do not print or write the report")
-    p.add_argument("--json", action="store_true", help="print one JSON object (run_id, status, counts) on stdout "
-                   "instead of the bare run id")
+    _add_format(p, json_alias=True, help_extra="; table: the progress and the tables on stderr, the bare run id "
+                "on stdout; json: one JSON object (run_id, status, counts, failures) on stdout")
     p.add_argument("--retries", type=int, default=1, metavar="N", help="retries of a transient failure (default 1)")
     p.add_argument("--run-group", metavar="NAME", help="group runs (e.g. CI shards) under one name")
     _add_store(p)
@@ -115,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="render a stored run as a table, Markdown, CSV or HTML",
                        description="Render the Table-1 view of a stored run.")
     p.add_argument("--run", default="latest", metavar="RUN", help="run id (or a unique prefix), or 'latest'")
-    p.add_argument("--format", "-f", default="terminal", choices=["terminal", "md", "csv", "html"])
+    _add_format(p, choices=("table", "json", "md", "csv", "html", "terminal"), metavar="table|json|md|csv|html",
+                help_extra="; md, csv, html: the report as a file format (terminal: the old name of table)")
     p.add_argument("-o", "--output", type=Path, metavar="PATH", help="write to PATH (default: stdout; html: "
                    "reports/RUN_ID.html)")
     p.add_argument("--run-group", metavar="NAME", help="merge every run of this group (e.g. the CI shards of "
@@ -192,8 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "PyTorch reference, into the content-addressed cache. Rows that are the same "
                                    "artifact under the flag-to-format mapping share one (README 'Artifacts').")
     p.add_argument("suite", type=Path, help="suite YAML file, e.g. suites/table1.yaml")
-    p.add_argument("--format", "-f", default=None, metavar="FMT",
+    p.add_argument("--artifact-format", "-a", default=None, metavar="FMT",
                    help="tflite | coreml | all (default: the suite runtime's format, tflite unless coreml)")
+    _add_format(p, choices=OUTPUT_FORMATS + ARTIFACT_FORMAT_ARGS, metavar="table|json",
+                help_extra="; table: the table on stderr and each artifact's path, whole, one per line on stdout; "
+                           "json: one JSON list of the artifacts on stdout. tflite|coreml|all here: the old "
+                           "spelling of --artifact-format")
     p.add_argument("--dtype", default=None, choices=["fp16", "fp32", "int8"],
                    help="weight dtype of the artifacts (default: the suite's dtype if fp16/fp32, else fp16; "
                         "int8: weight-only, per channel)")
@@ -210,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "from the artifact's own graph (greedy-by-size), and for a .tflite whether it "
                                    "compiles wholly on LiteRT's GPU accelerator (a GPU through Vulkan, or "
                                    "SwiftShader), naming every op it refuses.")
-    p.add_argument("artifact", type=Path, help="a .tflite file or .mlpackage directory (`harness export` prints them)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("artifact", type=Path, help="a .tflite file or .mlpackage directory (`harness export` prints "
+                   "their paths on stdout)")
+    _add_format(p, json_alias=True)
     p.add_argument("--no-gpu", action="store_true", help="skip compiling a .tflite on the GPU accelerator")
     p.set_defaults(func=cmd_inspect)
     return parser
@@ -234,7 +258,6 @@ def _ctx(args):
 
 def cmd_devices(args) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from harness.devices.base import DeviceError, discover_all
 
@@ -242,26 +265,49 @@ def cmd_devices(args) -> int:
         infos = discover_all(_ctx(args), kinds=["aihub"] if args.aihub else None)
     except DeviceError as exc:
         raise InputError(str(exc)) from None
-    if args.aihub and not args.json:
+    if args.aihub and args.format != "json":
         from harness.devices.aihub import print_devices
 
         return print_devices(infos)
-    if args.json:
+    if args.format == "json":
         print(json.dumps([i.to_dict() for i in infos], indent=2))
         return EXIT_OK
-    table = Table(title="Devices")
-    for col in ("id", "state", "model", "SoC", "GPU", "OS", "RAM", "what to do"):
-        table.add_column(col)
-    for i in infos:
-        if i.note:
-            continue
-        ram = f"{i.ram_bytes / 2**30:.1f} GiB" if i.ram_bytes else ""
-        table.add_row(i.id, i.state, i.model, i.soc, i.gpu, i.os_version, ram, i.hint)
-    console = Console()
+    console = Console()  # a terminal's width; piped: 80 columns (or $COLUMNS)
+    table, notes = devices_table(infos, console)
     console.print(table)
-    for i in (i for i in infos if i.note):  # unreachable adb servers / usbmuxd: not devices
-        console.print(f"note: {i.hint or i.name + ': ' + i.state}", markup=False, highlight=False)
+    for line in notes:
+        console.print(line, markup=False, highlight=False)
     return EXIT_OK
+
+
+_DEVICE_DROP_ORDER = ("RAM", "OS", "SoC", "GPU", "model")  # from a devices table too wide for the console
+
+
+def devices_table(infos, console):
+    """`harness devices` as a table that fits the console without cutting a device id or a state (the id is
+    what --device takes): the id never wraps, nor the state (one word); the other columns wrap between words,
+    and where that is not enough the least needed go (_DEVICE_DROP_ORDER; named under the table). What to do
+    about a device that is not ready is a numbered note under the table (the row's `note` column gives its
+    number), and an unreachable adb server or usbmuxd (not a device) a `note:` line.
+    Returns (table, the lines to print under it)."""
+    from harness.report.fit import fit_table
+
+    devices = [i for i in infos if not i.note]
+    hints = [i for i in devices if i.hint]
+    heads = ["id", "state"] + (["note"] if hints else []) + ["model", "SoC", "GPU", "OS", "RAM"]
+    number = {id(i): n for n, i in enumerate(hints, 1)}
+    rows = []
+    for i in devices:
+        ram = f"{i.ram_bytes / 2**30:.1f} GiB" if i.ram_bytes else ""
+        note = [str(number.get(id(i), ""))] if hints else []
+        rows.append([i.id, i.state, *note, i.model, i.soc, i.gpu, i.os_version, ram])
+    table, dropped = fit_table(console, "Devices", heads, rows, _DEVICE_DROP_ORDER,
+                               left=("state", "model", "SoC", "GPU", "OS", "RAM"))
+    lines = [f"not shown at this width: {', '.join(dropped)} (a wider terminal, or --format json, shows them)"] \
+        if dropped else []
+    lines += [f"{n}. {i.id} ({i.state}): {i.hint}" for n, i in enumerate(hints, 1)]
+    lines += [f"note: {i.hint or i.name + ': ' + i.state}" for i in infos if i.note]
+    return table, lines
 
 
 def _check_runtimes_on_devices(plan, infos) -> None:
@@ -378,17 +424,20 @@ def cmd_run(args) -> int:
         from harness.report.render import render, terminal_console  # pandas/matplotlib: only when reporting
 
         run = store.load_run(run_id)
-        render(run, "terminal", console=terminal_console(stderr=True))
+        # a failed row's stderr tail: once, in the FAILED lines below
+        render(run, "table", console=terminal_console(stderr=True), error_details=False)
         report = args.report or Path("reports") / f"{run_id}.html"
         render(run, "html", report)
         print(f"report: {report}", file=sys.stderr)
     for job, result in outcome.failures:
-        print(f"FAILED {_job_label(job)}: {result.error.kind}: {result.error.message}", file=sys.stderr)
-    if args.json:
+        print(_failure_text(job, result), file=sys.stderr)
+    if args.format == "json":
         print(json.dumps({"run_id": run_id, "status": outcome.status,
                           "counts": {"jobs": len(plan.jobs), "ok": outcome.ok, "failed": outcome.failed,
                                      "skipped": len(skip_keys & {j.job_key for j in plan.jobs}),
-                                     "retried": outcome.retried}}))
+                                     "retried": outcome.retried},
+                          "failures": [{"device": job.device, "variant": job.variant, "axes": job.axes,
+                                        **result.error.model_dump()} for job, result in outcome.failures]}))
     else:
         print(run_id)
     return EXIT_JOB_FAILED if outcome.failed else EXIT_OK
@@ -406,19 +455,26 @@ def cmd_export(args) -> int:
         overrides.append(f"model.weights={Path(args.weights).expanduser().resolve()}")
     if args.prompt is not None:
         overrides.append(f"workload_args.prompt={json.dumps(args.prompt)}")  # JSON is YAML: quotes kept
+    artifact_format, output = args.artifact_format, args.format
+    if output in ARTIFACT_FORMAT_ARGS:  # the old spelling: `export --format tflite`
+        if artifact_format is not None:
+            raise InputError(f"--format {output} is the old spelling of --artifact-format {output}; give only "
+                             f"--artifact-format {artifact_format} (and --format table|json for the output)")
+        artifact_format, output = output, "table"
     try:
         suite = load_suite(args.suite, overrides)
-        formats = formats_from_arg(args.format, suite.options.runtime)
+        formats = formats_from_arg(artifact_format, suite.options.runtime)
     except (SuiteError, UnknownFormatError) as exc:
         raise InputError(str(exc)) from None
-    return export_suite(suite, formats, args.dtype, args.cache)  # per sweep combination: its dtype unless --dtype
+    # per sweep combination: its dtype unless --dtype
+    return export_suite(suite, formats, args.dtype, args.cache, output=output)
 
 
 def cmd_inspect(args) -> int:
     from harness.export.commands import inspect_command
 
     try:
-        return inspect_command(args.artifact, args.json, gpu=not args.no_gpu)
+        return inspect_command(args.artifact, args.format == "json", gpu=not args.no_gpu)
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc)) from None
 
@@ -430,8 +486,13 @@ def cmd_report(args) -> int:
         return _report_compare(args)
     store = _store(args, create=False)
     if args.list:
-        for r in store.list_runs():
-            print(f"{r['id']}  {r['suite_name']:<20} {r['status']:<12} {r['git_commit'] or ''}")
+        runs = store.list_runs()
+        if args.format == "json":
+            keys = ("id", "suite_name", "status", "started_at", "ended_at", "git_commit", "run_group")
+            print(json.dumps([{k: r.get(k) for k in keys} for r in runs], indent=2, default=str))
+        else:
+            for r in runs:
+                print(f"{r['id']}  {r['suite_name']:<20} {r['status']:<12} {r['git_commit'] or ''}")
         return EXIT_OK
     if args.run_group:
         run = store.load_run_group(args.run_group)
@@ -488,14 +549,14 @@ def _report_compare(args) -> int:
 
     store = _store(args, create=False)
     report = _regression_report(args, store, args.compare, args.run)
-    if args.format == "terminal" and args.output is None:
+    if args.format in ("table", "terminal") and args.output is None:
         rr.render_terminal(report)
         return EXIT_OK
     output = args.output
     if args.format == "html" and output is None:
         output = Path("reports") / f"compare-{report.candidate.id}.html"
-    renderer = {"terminal": rr.render_markdown, "md": rr.render_markdown, "csv": rr.render_csv,
-                "html": rr.render_html}[args.format]
+    renderer = {"table": rr.render_markdown, "terminal": rr.render_markdown, "md": rr.render_markdown,
+                "csv": rr.render_csv, "json": rr.render_json, "html": rr.render_html}[args.format]
     text = renderer(report)
     if output is None:
         sys.stdout.write(text)
@@ -676,6 +737,16 @@ def _store(args, create: bool = True):
 def _count(n: int, noun: str) -> str:
     """'1 job', '3 jobs'."""
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _failure_text(job, result) -> str:
+    """`FAILED device variant: kind: message`, then the tail of the device's stderr (JobError.detail: bounded,
+    credentials masked), indented, so the cause is on the terminal, not only in the job's folder."""
+    err = result.error
+    text = f"FAILED {_job_label(job)}: {err.kind}: {err.message}"
+    if err.detail:
+        text += "\n  the device's last output (stderr):\n" + "\n".join(f"    | {line}" for line in err.detail.splitlines())
+    return text
 
 
 def _job_label(job) -> str:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -20,6 +21,51 @@ SUPPORTED_VERSIONS = (1,)
 
 class ProtocolError(ValueError):
     """A JobSpec or JobResult document that does not parse."""
+
+
+# Credentials in text that is printed, logged or stored: the password of a URL's user:password@, and
+# the value of password=/token=/secret=/api_key= (and : forms). harness.store.safe_url uses the same.
+_URL_PASSWORD = re.compile(r"(//[^/\s:@]*:)[^/\s@]*@")
+_SECRET_VALUE = re.compile(r"(?i)\b((?:pass(?:word|wd)|token|secret|api[_-]?key|access[_-]?key)\s*[=:]\s*)"
+                           r"(?!\*\*\*)[^\s,;'\"&]+")
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with every credential it shows replaced by ***."""
+    return _SECRET_VALUE.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
+# A failure's detail (the tail of the device's stderr): what is stored, printed and reported.
+DETAIL_MAX_LINES = 20
+DETAIL_MAX_CHARS = 2048
+_CUT_MARK = "[... earlier lines cut]"
+
+
+def error_tail(text: str | None, max_lines: int = DETAIL_MAX_LINES, max_chars: int = DETAIL_MAX_CHARS) -> str | None:
+    """The last `max_lines` lines of `text`, at most `max_chars` characters, credentials masked (None when
+    nothing is left). A cut tail starts with a mark line; applying it again changes nothing."""
+    if text is None:
+        return None
+    text = text.replace("\r\n", "\n")
+    was_cut = text.startswith(_CUT_MARK + "\n")
+    if was_cut:
+        text = text[len(_CUT_MARK) + 1:]
+    lines = mask_credentials(text).rstrip("\n").splitlines()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        return None
+    cut = was_cut or len(lines) > max_lines
+    lines = lines[-max_lines:]
+    body = "\n".join(lines)
+    budget = max_chars - len(_CUT_MARK) - 1
+    if len(body) > max_chars or (cut and len(body) > budget):
+        body, cut = body[-budget:], True
+        if "\n" in body:
+            body = body.split("\n", 1)[1]  # no half line at the top
+    return f"{_CUT_MARK}\n{body}" if cut else body
 
 
 class _Strict(BaseModel):
@@ -135,8 +181,18 @@ class ReferenceCheck(_Strict):
 class JobError(_Strict):
     kind: str  # input | reference_mismatch | crash | timeout | device | parse | interrupted
     message: str
-    detail: str | None = None  # e.g. the tail of stderr
+    detail: str | None = None  # the tail of the device's stderr (error_tail: bounded, credentials masked)
     transient: bool = False  # worth a retry
+
+    @field_validator("message")
+    @classmethod
+    def _masked(cls, value: str) -> str:
+        return mask_credentials(value)
+
+    @field_validator("detail")
+    @classmethod
+    def _bounded(cls, value: str | None) -> str | None:
+        return error_tail(value)
 
 
 class JobResult(_Strict):

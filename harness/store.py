@@ -10,7 +10,6 @@ import getpass
 import json
 import os
 import platform
-import re
 import secrets
 import subprocess
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from harness.protocol import JobResult
+from harness.protocol import JobResult, mask_credentials
 
 DEFAULT_URL = "sqlite:///results/harness.db"
 
@@ -172,7 +171,7 @@ def safe_url(url: str) -> str:
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not a URL: mask anything that looks like user:password@
-        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+        return mask_credentials(url)
 
 
 def _scrub(text: str, url: str) -> str:

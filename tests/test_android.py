@@ -377,6 +377,61 @@ def test_smoke_suite_on_two_fake_phones_then_nothing_to_push(tmp_path: Path, tin
                     "data/local/tmp/harness/run_job.sh"]
 
 
+# A benchmark_model that is a Python script started by a Python without ai_edge_litert (issue 20: the README's
+# fake phones once got the system Python's shebang): it logs, then dies of the import with exit status 1.
+MISSING_MODULE_AGENT = """#!/bin/sh
+i=0
+while [ $i -lt 40 ]; do echo "INFO: startup line $i" >&2; i=$((i+1)); done
+echo "INFO: results go to postgresql://bench:SECRET123@db.example/results" >&2
+cat >&2 <<'EOF'
+Traceback (most recent call last):
+  File "/data/local/tmp/harness/bin/benchmark_model", line 52, in <module>
+    from ai_edge_litert.interpreter import Interpreter
+ModuleNotFoundError: No module named 'ai_edge_litert'
+EOF
+exit 1
+"""
+
+
+def test_a_failed_job_shows_the_tail_of_the_devices_stderr(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: the cause of a failure (the last lines of the device's stderr, bounded, credentials masked) is
+    in the stored error, the terminal run summary, and the Markdown and HTML reports' failure listing."""
+    agent = tmp_path / "benchmark_model"
+    agent.write_text(MISSING_MODULE_AGENT)
+    agent.chmod(0o755)
+    graph = tmp_path / "m.tflite"  # never run: the agent dies first
+    graph.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(24))
+    store_url = f"sqlite:///{tmp_path}/x.db"
+    monkeypatch.chdir(tmp_path)
+    cause = "ModuleNotFoundError: No module named 'ai_edge_litert'"
+    with FakeAdbServer([FakeDevice("PHONE1", root=tmp_path / "p1")]) as srv:
+        args = _run_args(srv.port, agent, store_url, _farm(tmp_path / "farm.yaml"), "--set",
+                         f"options.extra.graph={graph}", "--set", "runtime=litert-cpu", "--set", "variants=[baseline]")
+        assert main([*args, "--no-report", "--format", "json"]) == 1  # for scripts: the failures with their cause
+        failure, = json.loads(capsys.readouterr().out)["failures"]
+        assert (failure["device"], failure["kind"]) == ("android:PHONE1", "crash") and failure["detail"].endswith(
+            "ModuleNotFoundError: No module named 'ai_edge_litert'")
+        assert main([*args, "--report", str(tmp_path / "r.html")]) == 1
+    out, err = capsys.readouterr()
+    summary = err[err.index("FAILED android:PHONE1 baseline: crash: benchmark_model failed with exit code 1"):]
+    assert cause in summary and "from ai_edge_litert.interpreter import Interpreter" in summary
+    assert "SECRET123" not in err and "postgresql://bench:***@db.example" in summary
+    assert err.count(cause) == 1  # the run's table notes leave the tail to the FAILED lines
+    store = Store(store_url)
+    detail = store.load_run(out.strip()).jobs[0].result.error.detail
+    assert detail.endswith(cause) and "SECRET123" not in detail
+    assert len(detail.splitlines()) <= 21 and len(detail) <= 2048 and "startup line 0" not in detail  # bounded
+    assert main(["report", "--format", "md", "--store", store_url]) == 0
+    md = capsys.readouterr().out
+    assert f"  {cause}" in md and "  ```text" in md  # a code block inside the failure's list item
+    html = (tmp_path / "r.html").read_text()
+    pre = html[html.index('<pre class="stderr">'):]
+    assert "ModuleNotFoundError: No module named &#39;ai_edge_litert&#39;" in pre[:pre.index("</pre>")]
+    assert main(["report", "--format", "table", "--store", store_url]) == 0
+    assert cause in capsys.readouterr().out  # `harness report` shows it too
+
+
 @pytest.mark.slow
 def test_smoke_suite_with_exported_artifacts(tmp_path: Path, standin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same run with the variants exported by harness.export (4 tiny-UNet conversions: minutes; with

@@ -88,6 +88,17 @@ def test_report_formats_from_the_store(smoke_run, tmp_path):
     assert all(float(r["latency_ms"]) > 0 and float(r["weight_mb"]) > 0 for r in table)
     listing = harness("report", "--store", url, "--list")
     assert "smoke" in listing.stdout and "completed" in listing.stdout
+    # --format json: the same rows as the CSV, one JSON object (issue 20: one --format across commands)
+    js = harness("report", "--store", url, "--format", "json")
+    assert js.returncode == 0, js.stderr
+    doc = json.loads(js.stdout)
+    assert doc["status"] == "completed" and [r["variant"] for r in doc["rows"]] == [r["variant"] for r in table]
+    assert all(r["latency_ms"] > 0 and r["error_detail"] is None for r in doc["rows"])
+    runs = json.loads(harness("report", "--store", url, "--list", "--format", "json").stdout)
+    assert runs[0]["id"] == doc["run_id"] and runs[0]["suite_name"] == "smoke"
+    table_out = harness("report", "--store", url, "--format", "table")
+    assert table_out.returncode == 0 and "+ FlashAttention" in table_out.stdout
+    assert harness("report", "--store", url, "--format", "terminal").stdout == table_out.stdout  # the old name
 
 
 def test_readme_ci_recipe_captures_only_the_run_id(tmp_path):
@@ -107,7 +118,10 @@ def test_readme_ci_recipe_captures_only_the_run_id(tmp_path):
     js = harness("run", "--resume", run_id, "--store", url, "--no-report", "--json")
     assert js.returncode == 0, js.stderr[-3000:]
     assert json.loads(js.stdout) == {"run_id": run_id, "status": "completed",
-                                     "counts": {"jobs": 1, "ok": 0, "failed": 0, "skipped": 1, "retried": 0}}
+                                     "counts": {"jobs": 1, "ok": 0, "failed": 0, "skipped": 1, "retried": 0},
+                                     "failures": []}
+    js2 = harness("run", "--resume", run_id, "--store", url, "--no-report", "--format", "json")  # --json's new name
+    assert js2.returncode == 0 and json.loads(js2.stdout)["run_id"] == run_id
 
 
 def test_reference_mismatch_fails_that_job_only(tmp_path):
@@ -140,9 +154,13 @@ def test_bad_input_exit_code_2(tmp_path):
 
 
 def test_help_for_every_command():
-    for cmd in ([], ["run"], ["report"], ["devices"]):
+    for cmd in ([], ["run"], ["report"], ["devices"], ["export"], ["inspect"]):
         proc = harness(*cmd, "--help")
         assert proc.returncode == 0 and "usage: harness" in proc.stdout
+        if cmd:  # one --format option wherever output has a machine form; --json, where it was, as its alias
+            assert "--format table|json" in " ".join(proc.stdout.split()), cmd
+            assert ("the same as --format json" in " ".join(proc.stdout.split())) == (cmd[0] in ("run", "devices",
+                                                                                               "inspect")), cmd
 
 
 def test_devices_lists_the_host():

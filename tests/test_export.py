@@ -301,6 +301,37 @@ def test_second_export_builds_nothing_and_says_so(tflite_pair, shared_cache, nan
     assert "+flash_attention, +winograd (n/a: conv3x3)" in err
 
 
+def test_export_prints_whole_paths_on_stdout_and_its_table_fits_80_columns(tflite_pair, shared_cache, nano, tmp_path,
+                                                                           capsys, monkeypatch):
+    """Issue 20: the table (stderr) fits 80 columns and has no paths; stdout has each artifact's path whole, one
+    per line, or with --format json a JSON list; --format tflite, the old spelling, still picks the artifact format."""
+    import json
+
+    from harness.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: t\nmodel: nano\nvariants: [baseline, +flash_attention, +winograd]\n")
+    want = [str(tflite_pair[name][0].path) for name in ("baseline", "+flash_attention")]
+    assert all(len(p) > 60 for p in want)  # longer than any column of an 80-column table
+    assert main(["export", str(suite), "--dtype", "fp16", "--cache", str(shared_cache)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == want and all(Path(p).is_file() for p in out.splitlines())
+    table = err[err.index("Artifacts: nano, fp16 weights"):]
+    assert max(len(line) for line in table.splitlines()) <= 80, err  # the messages above it wrap in the terminal
+    assert "cached" in table and "+flash_attention" in table and str(shared_cache) not in err
+    assert main(["export", str(suite), "--dtype", "fp16", "--cache", str(shared_cache), "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in records] == want and [r["rows"] for r in records] == [
+        ["baseline"], ["+flash_attention", "+winograd"]]
+    assert {r["status"] for r in records} == {"cached"} and all(r["size_bytes"] > 0 for r in records)
+    assert main(["export", str(suite), "--dtype", "fp16", "--cache", str(shared_cache), "--format", "tflite"]) == 0  # old spelling
+    assert capsys.readouterr().out.splitlines() == want
+    assert main(["export", str(suite), "--dtype", "fp16", "--cache", str(shared_cache), "--format", "tflite",
+                 "--artifact-format", "tflite"]) == 2
+    assert "old spelling of --artifact-format" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ .mlpackage
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,12 @@ def test_inspect_report_and_cli(block_tflite, capsys):
     assert main(["inspect", str(block_tflite), "--json"]) == 0
     import json
 
-    assert json.loads(capsys.readouterr().out)["composites"]["odml.group_norm"] == 1
+    as_json = capsys.readouterr().out
+    assert json.loads(as_json)["composites"]["odml.group_norm"] == 1
+    assert main(["inspect", str(block_tflite), "--format", "json"]) == 0  # --json is its alias
+    again, first = json.loads(capsys.readouterr().out), json.loads(as_json)
+    assert {k: again[k] for k in ("format", "composites", "planned_tensor_bytes")} == {
+        k: first[k] for k in ("format", "composites", "planned_tensor_bytes")}
 
 
 def test_inspect_bad_input_says_what_to_give(tmp_path, capsys):

@@ -189,6 +189,23 @@ def test_devices_lists_every_state_with_its_fix(tmp_path: Path, monkeypatch: pyt
     for udid, (state, words) in expect.items():
         assert rows[f"ios:{udid}"]["state"] == state and words in rows[f"ios:{udid}"]["hint"], rows[f"ios:{udid}"]
     assert rows["ios@127.0.0.1:9"]["state"] == "no-usbmuxd" and "USBMUXD_SOCKET_ADDRESS" in rows["ios@127.0.0.1:9"]["hint"]
+    # --format json is the same document as --json; the table fits 80 columns (issue 20): every id and state whole
+    # on its row's line, and what to do as a numbered note under the table, each hint whole
+    assert main(["devices", "--format", "json", "--farm", str(farm)]) == 0
+    assert {r["id"]: r for r in json.loads(capsys.readouterr().out)} == rows
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["devices", "--farm", str(farm)]) == 0
+    out = capsys.readouterr().out
+    lines, flat = out.splitlines(), " ".join(out.split())
+    assert max(len(line) for line in lines) <= 80, out
+    devices = [r for r in rows.values() if not r["note"]]
+    for n, r in enumerate([r for r in devices if r["hint"]], 1):
+        assert " ".join(f"{n}. {r['id']} ({r['state']}): {r['hint']}".split()) in flat, r["id"]
+        assert any(r["id"] in line and f" {r['state']} " in line and f"│ {n} │" in re.sub(r" +", " ", line)
+                   for line in lines), r["id"]  # the row refers to its note
+    for r in devices:
+        assert any(r["id"] in line and f" {r['state']} " in line for line in lines), r["id"]
+    assert " ".join(f"note: {rows['ios@127.0.0.1:9']['hint']}".split()) in flat
     # a device that is not ready, or not there, stops a run before any job (exit 2, with the fix)
     store = f"sqlite:///{tmp_path}/x.db"
     assert main(["run", str(SMOKE), "--device", "ios:UNPAIRED1", "--farm", str(farm), "--store", store]) == 2
@@ -300,6 +317,8 @@ def test_fault_matrix(tmp_path: Path, mlpackage: Path, ipa: Path, monkeypatch: p
     killed = (tmp_path / "phones" / UDID / "killed.log").read_text().split()
     assert killed[1] == hang.job_id  # the hung app was killed
     assert "ended without a result" in jobs["+sgn_gelu"].result.error.message
+    assert jobs["+sgn_gelu"].result.error.detail.endswith("Fatal error: Unexpectedly found nil while unwrapping an "
+                                                           "Optional value")  # the app's stderr.txt
     assert '"status": ' in jobs["+flash_attention"].result.error.detail  # the garbage is kept for the reader
     assert jobs["+winograd"].attempts == 2  # the drop was retried and the retry succeeded
     used = ios_fake.World(tmp_path / "world.json").find(UDID).faults_used()

@@ -53,7 +53,7 @@ def test_markdown_and_html(run):
 
 
 def test_unknown_format(run, tmp_path):
-    with pytest.raises(ValueError, match="known formats: terminal, md, csv, html"):
+    with pytest.raises(ValueError, match="known formats: table, json, md, csv, html"):
         render(run, "pdf", tmp_path / "x")
 
 

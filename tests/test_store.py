@@ -70,3 +70,26 @@ def test_a_failed_job_write_leaves_earlier_jobs(store, monkeypatch):
         _record(store, "r1", 1, "x", bad)
     run = store.load_run("r1")
     assert [j.variant for j in run.jobs] == ["baseline"]  # no half-written job
+
+
+def test_a_failures_detail_is_a_bounded_masked_tail_wherever_it_comes_from(store):
+    """JobError.detail (the device's stderr tail) keeps the last 20 lines / 2 KB with credentials masked, however a
+    device or agent filled it, and a stored one reads back the same (issue 20)."""
+    from harness.protocol import DETAIL_MAX_CHARS, DETAIL_MAX_LINES, error_tail, mask_credentials
+
+    stderr = "\n".join(f"INFO: line {i}" for i in range(100)) + (
+        "\nconnecting to postgresql://bench:SECRET1@db/x with token=SECRET2 and password: SECRET3"
+        "\nModuleNotFoundError: No module named 'ai_edge_litert'\n")
+    res = JobResult.failure("j", "crash", "store at mysql://u:SECRET4@h/db failed", detail=stderr)
+    tail = res.error.detail
+    assert tail.endswith("ModuleNotFoundError: No module named 'ai_edge_litert'")
+    assert len(tail.splitlines()) == DETAIL_MAX_LINES + 1 and tail.startswith("[... earlier lines cut]")
+    assert "INFO: line 81\n" not in tail and "INFO: line 82\n" in tail
+    assert not any(f"SECRET{i}" in tail + res.error.message for i in range(1, 5))
+    assert "postgresql://bench:***@db/x with token=*** and password: ***" in tail
+    assert error_tail(tail) == tail and error_tail("x" * 9000).endswith("x") and len(error_tail("x" * 9000)) <= DETAIL_MAX_CHARS
+    assert error_tail(("y" * 300 + "\n") * 15) == error_tail(error_tail(("y" * 300 + "\n") * 15))
+    assert error_tail("\n \n") is None and mask_credentials("no secrets here: a=1") == "no secrets here: a=1"
+    store.create_run("r1", "smoke", {"name": "smoke"})
+    _record(store, "r1", 0, "baseline", res)
+    assert store.load_run("r1").jobs[0].result.error.detail == tail

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from harness.devices.base import Device, DeviceContext, DeviceInfo, DeviceKind, ProgressFn
-from harness.protocol import JobResult, JobSpec, ProtocolError, parse_result, write_json_atomic
+from harness.protocol import JobResult, JobSpec, ProtocolError, error_tail, parse_result, write_json_atomic
 
 AGENT = Path(__file__).resolve().parents[2] / "device_agents" / "host" / "agent.py"
 
@@ -88,7 +88,13 @@ class HostDevice(Device):
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
             start_new_session=True,  # Ctrl-C reaches the controller, which stops the agent itself
         )
-        err_thread = threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True)
+        def pump_stderr() -> None:  # the whole of it to the job's folder, its tail for a failure's detail
+            with (workdir / "stderr.txt").open("w") as fh:
+                for line in proc.stderr:
+                    stderr_tail.append(line)
+                    fh.write(line)
+
+        err_thread = threading.Thread(target=pump_stderr, daemon=True)
         err_thread.start()
         timer = threading.Timer(spec.measure.timeout_seconds, self.cancel)
         timer.start()
@@ -117,10 +123,13 @@ class HostDevice(Device):
             return JobResult.failure(spec.job_id, "crash", f"the host agent ended ({how}) without a result",
                                      detail=tail, started_at=started, ended_at=time.time())
         try:
-            return parse_result(result_path.read_text())
+            result = parse_result(result_path.read_text())
         except ProtocolError as exc:
             return JobResult.failure(spec.job_id, "parse", str(exc), detail=tail,
                                      started_at=started, ended_at=time.time())
+        if result.error is not None and not result.error.detail and tail:  # the agent's own stderr says why
+            result.error = result.error.model_copy(update={"detail": error_tail(tail)})
+        return result
 
     def cancel(self) -> None:
         proc = self._proc

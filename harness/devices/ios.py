@@ -58,7 +58,7 @@ from harness.devices.base import (
     Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceKind,
     DeviceUnavailableError, ProgressFn,
 )
-from harness.protocol import JobResult, JobSpec, ProtocolError, parse_result, write_json_atomic
+from harness.protocol import JobResult, JobSpec, ProtocolError, error_tail, parse_result, write_json_atomic
 
 SERVICES_ENV = "HARNESS_IOS_SERVICES"
 PMD3_VERSION = "11.45.0"  # what the project installs (`make setup`); any 11.x has the APIs used here
@@ -73,6 +73,7 @@ JOBS_DIR = "/Documents/jobs"
 MODELS_DIR = "/Documents/models"
 AGENT_MARK = "/Documents/harness/agent.sha256"
 STATUS, RESULT, DONE = "status.json", "result.json", "DONE"
+STDERR = "stderr.txt"  # the agent app's stderr (it redirects it there when a job starts)
 
 INSTALL_HINT = ("pymobiledevice3 is not installed: `make setup` installs it (pip install --no-deps "
                 f"pymobiledevice3=={PMD3_VERSION} plus the `ios` extra; README 'iOS' says why --no-deps)")
@@ -835,13 +836,16 @@ class IOSDevice(Device):
             extra["prepare_note"] = self.prepare_note
         fail_kw = dict(started_at=started, ended_at=ended, extra={"ios": extra})
         status_text = (files.get(STATUS) or b"").decode(errors="replace")
+        stderr_text = (files.get(STDERR) or b"").decode(errors="replace")
+        # what the app last said on stderr (error_tail bounds it), else its last heartbeat
+        said = stderr_text.strip() and stderr_text or status_text or None
         if outcome["end"] == "timeout":
-            return JobResult.failure(spec.job_id, "timeout", outcome["message"], detail=status_text or None, **fail_kw)
+            return JobResult.failure(spec.job_id, "timeout", outcome["message"], detail=said, **fail_kw)
         if outcome["end"] == "gone" or files.get(RESULT) is None:
             return JobResult.failure(spec.job_id, "crash", "the agent app ended without a result (it crashed, was "
                                      "killed by iOS (memory limit: jetsam), or the phone locked); see the device "
                                      "log: `pymobiledevice3 syslog live` / `pymobiledevice3 crash ls`",
-                                     detail=status_text or None, **fail_kw)
+                                     detail=said, **fail_kw)
         text = files[RESULT].decode(errors="replace")
         try:
             result = parse_result(text)
@@ -851,7 +855,10 @@ class IOSDevice(Device):
         if result.job_id != spec.job_id:
             return JobResult.failure(spec.job_id, "parse", f"result.json belongs to job {result.job_id!r}, not "
                                      f"{spec.job_id!r} (a stale file from another run?)", detail=text[:4000], **fail_kw)
-        return result.model_copy(update={"extra": {**result.extra, "ios": extra}})
+        update: dict[str, Any] = {"extra": {**result.extra, "ios": extra}}
+        if result.error is not None and not result.error.detail and stderr_text.strip():
+            update["error"] = result.error.model_copy(update={"detail": error_tail(stderr_text)})
+        return result.model_copy(update=update)
 
     async def _launch_and_wait(self, sess: _Session, afc: Any, spec: JobSpec, job_dir: str,
                                progress: ProgressFn | None) -> dict[str, Any]:
@@ -925,7 +932,7 @@ class IOSDevice(Device):
     async def _pull(self, afc: Any, job_dir: str, local_dir: Path) -> dict[str, bytes | None]:
         local_dir.mkdir(parents=True, exist_ok=True)
         files: dict[str, bytes | None] = {}
-        for name in (STATUS, RESULT):
+        for name in (STATUS, RESULT, STDERR):
             data = await self._read(afc, f"{job_dir}/{name}")
             files[name] = data
             if data is not None:

@@ -3,6 +3,7 @@ harness/cli.py parses the arguments and calls these."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +103,15 @@ def _what(p: PlannedArtifact) -> str:
 
 
 def export_suite(suite: Any, formats: list[str], dtype: str | None, cache_dir: Path | None,
-                 components: tuple[str, ...] | None = None) -> int:
+                 components: tuple[str, ...] | None = None, output: str = "table") -> int:
     """Build every artifact the suite's variants need in `formats` (the UNet; for `workload: e2e` also
     the text encoder and the VAE decoder), for every sweep combination (`Suite.combinations`; `dtype`
     None: each combination's own dtype through `artifact_dtype`); print what was built, what was
-    cached, and which rows share an artifact. Returns the exit code (1 if a variant failed)."""
+    cached, and which rows share an artifact (on stderr), then the artifacts on stdout: output "table",
+    each artifact's path, whole, one per line (in the table's order; failed ones have none); "json", one
+    JSON list of artifact records (`artifact_record`). Returns the exit code (1 if a variant failed)."""
     combos = suite.combinations() if hasattr(suite, "combinations") else [({}, suite)]
+    records: list[dict[str, Any]] = []
     if len(combos) > 1 or combos[0][0]:
         codes = []
         for axes, combo in combos:
@@ -115,19 +119,42 @@ def export_suite(suite: Any, formats: list[str], dtype: str | None, cache_dir: P
             _console().print(f"sweep combination {label}", soft_wrap=True, markup=False, highlight=False)
             try:
                 codes.append(_export_one(combo, formats, artifact_dtype(dtype, combo.options.dtype), cache_dir,
-                                         components))
+                                         components, records, dict(axes)))
             except ExportError as exc:  # this combination cannot be exported (e.g. its model); the others go on
                 _console().print(f"FAILED sweep combination {label}: {exc}", soft_wrap=True, markup=False,
                                  highlight=False)
+                records.append({"combination": dict(axes), "status": "failed", "error": str(exc), "path": None})
                 codes.append(1)
-        return max(codes)
-    return _export_one(suite, formats, artifact_dtype(dtype, suite.options.dtype), cache_dir, components)
+        code = max(codes)
+    else:
+        code = _export_one(suite, formats, artifact_dtype(dtype, suite.options.dtype), cache_dir, components,
+                           records)
+    sys.stderr.flush()  # the table first, then what scripts read
+    if output == "json":
+        print(json.dumps(records, indent=2, default=str))
+    else:
+        for rec in records:
+            if rec["path"]:
+                print(rec["path"])
+    sys.stdout.flush()
+    return code
+
+
+def artifact_record(p: PlannedArtifact, got: Artifact | ExportError, dtype: str, axes: dict[str, Any]) -> dict[str, Any]:
+    """One artifact as `harness export --format json` prints it (sizes in bytes, the path whole)."""
+    rec: dict[str, Any] = {"combination": axes, "format": p.fmt, "component": p.component, "dtype": dtype,
+                           "rows": [name for name, _ in p.variants], "na_flags": p.na()}
+    if isinstance(got, ExportError):
+        return {**rec, "status": "failed", "error": str(got), "path": None}
+    return {**rec, "status": "cached" if p.cached is not None else "built", "path": str(got.path),
+            "sha256": got.sha256, "size_bytes": got.size_bytes,
+            "weight_bytes": got.meta.get("weight_bytes"), "planned_tensor_bytes": got.meta.get("planned_tensor_bytes"),
+            "reference_rel_error": _ref_error(got), "gpu": _gpu_cell(got)}
 
 
 def _export_one(suite: Any, formats: list[str], dtype: str, cache_dir: Path | None,
-                components: tuple[str, ...] | None = None) -> int:
-    from rich.table import Table
-
+                components: tuple[str, ...] | None = None, records: list[dict[str, Any]] | None = None,
+                axes: dict[str, Any] | None = None) -> int:
     model = suite.model
     variants = suite.variant_list()
     components = components or suite_components(suite)
@@ -162,25 +189,41 @@ def _export_one(suite: Any, formats: list[str], dtype: str, cache_dir: Path | No
                 except ExportError as exc:
                     results[id(p)] = exc
                     bar.finish(f"FAILED {name} ({_what(p)}): {exc}")
-    table = Table(title=f"Artifacts: {model.name}, {dtype} weights")
-    for col in ("format", "component", "rows", "status", "MB", "weights MB", "planned tensor MB", "ref. error",
-                "GPU", "path"):
-        table.add_column(col, overflow="fold")
-    failed = 0
+    # The table fits the console (80 columns piped): no path in it (paths are printed whole, on stdout, in the
+    # table's order), a failure's message as a numbered note under it, the least needed columns dropped first.
+    heads = ["artifact", "rows", "status", "MB", "weights MB", "tensor MB", "ref. error", "GPU"]
+    cells: list[list[str]] = []
+    failures: list[str] = []
     for p in planned:
         got = results.get(id(p), p.cached)
-        if isinstance(got, ExportError):
-            failed += 1
-            table.add_row(p.fmt, p.component, _rows_text(p), "FAILED", "", "", "", "", "", str(got)[:120])
-            continue
         assert got is not None
+        if records is not None:
+            records.append(artifact_record(p, got, dtype, axes or {}))
+        if isinstance(got, ExportError):
+            failures.append(f"{_what(p)} {_rows_text(p)}: {got}")
+            cells.append([_what(p), _rows_text(p), f"FAILED ({len(failures)})", "", "", "", "", ""])
+            continue
         err = _ref_error(got)
-        table.add_row(p.fmt, p.component, _rows_text(p), "cached" if p.cached is not None else "built",
+        cells.append([_what(p), _rows_text(p), "cached" if p.cached is not None else "built",
                       f"{got.size_bytes / MB:.1f}", f"{got.meta.get('weight_bytes', 0) / MB:.1f}",
-                      f"{got.meta.get('planned_tensor_bytes', 0) / MB:.1f}",
-                      "" if err is None else f"{err:.2g}", _gpu_cell(got), str(got.path))
+                      f"{got.meta.get('planned_tensor_bytes', 0) / MB:.1f}", "" if err is None else f"{err:.2g}",
+                      _gpu_cell(got)])
+    from harness.report.fit import fit_table
+
+    table, dropped = fit_table(console, f"Artifacts: {model.name}, {dtype} weights", heads, cells,
+                               ("weights MB", "tensor MB", "ref. error", "MB", "GPU"), left=("rows", "status", "GPU"))
     console.print(table)
-    return 1 if failed else 0
+    say = dict(markup=False, highlight=False)
+    console.print("MB: the file; weights MB: its weights; tensor MB: planned intermediate tensors (greedy-by-size); "
+                  "ref. error: max relative error against the PyTorch reference"
+                  + (f". Not shown at this width: {', '.join(dropped)} (--format json has every column)"
+                     if dropped else ""), **say)
+    for n, text in enumerate(failures, 1):
+        console.print(f"({n}) FAILED {text}", **say)
+    if len(planned) > len(failures):
+        console.print(f"The paths of the {len(planned) - len(failures)} artifact(s) are on stdout, whole, one per "
+                      "line, in the table's order.", **say)
+    return 1 if failures else 0
 
 
 def _gpu_cell(art: Artifact) -> str:

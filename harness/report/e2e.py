@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.report.table1 import failure_note, markdown_note, print_note
 from harness.store import RunRecord
 from harness.variants import LADDER_LABELS
 
@@ -34,7 +35,7 @@ PAPER_REFERENCE_LABEL = "Paper: S23 Ultra (arXiv 2304.11267)"
 COLUMNS = [
     "device", "step", "variant", "label", "status", "method", "total_s", "text_ms", "unet_step_ms",
     "unet_total_ms", "steps", "unet_evals", "decoder_ms", "scheduler_ms", "other_ms", "peak_mb", "peak_kind",
-    "n", "scheduler", "prompt_tokens", "weights", "image_path", "image_note", "timing_method", "error",
+    "n", "scheduler", "prompt_tokens", "weights", "image_path", "image_note", "timing_method", "error", "error_detail",
     "runtime", "dtype", "accelerator", "combination", "combination_index",  # sweep (harness.report.table1)
 ]
 # The breakdown that adds up to total (plots stack these): (column, legend label).
@@ -185,6 +186,7 @@ def e2e_table(run: RunRecord, workload: str = "e2e") -> pd.DataFrame:
             "weights": extra.get("weights"), "image_path": extra.get("image_path"),
             "image_note": extra.get("image_note"), "timing_method": res.timing_method,
             "error": f"{res.error.kind}: {res.error.message}" if res.error else None,
+            "error_detail": res.error.detail if res.error else None,  # the tail of the device's stderr
             "method": None, "total_s": None, "n": 0,
             "combination": combination_label(job.axes), "combination_index": order.get(combination_label(job.axes), 0),
         }
@@ -300,7 +302,7 @@ def notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
                    "SD 1.4 diffusers checkpoint, for a real picture); latency does not depend on weight values.")
     for _, r in df[df["status"] == "failed"].iterrows():
         combo = f" [{r['combination']}]" if r["combination"] else ""
-        out.append(f"{r['device']}{combo} / {r['label']}: {r['error']}")
+        out.append(failure_note(f"{r['device']}{combo} / {r['label']}", r["error"], r.get("error_detail")))
     return out
 
 
@@ -367,12 +369,12 @@ def markdown_lines(run: RunRecord, df: pd.DataFrame, report_path: Path | None = 
                   "|" + "|".join("---" if i == 0 else "---:" for i in range(len(heads))) + "|"]
         lines += ["| " + " | ".join(c) + " |" for c in cells]
         lines.append("")
-    lines += [f"- {n}" for n in notes(run, df)]
+    lines += [line for n in notes(run, df) for line in markdown_note(n)]
     lines.append("")
     return lines
 
 
-def render_terminal(run: RunRecord, df: pd.DataFrame, console) -> None:
+def render_terminal(run: RunRecord, df: pd.DataFrame, console, error_details: bool = True) -> None:
     from rich.table import Table
 
     if df.empty:
@@ -394,4 +396,4 @@ def render_terminal(run: RunRecord, df: pd.DataFrame, console) -> None:
     for device, (heads, cells) in pivot_display(df).items():
         console.print(pivot_table(f"End-to-end: {device} — {PIVOT_TITLE}", heads, cells))
     for note in notes(run, df):
-        console.print(f"[dim]{note}[/]")
+        print_note(console, note, error_details)

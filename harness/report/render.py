@@ -12,10 +12,10 @@ import pandas as pd
 from harness.compare import DEFAULT_CV_MAX
 from harness.report import e2e as e2e_report
 from harness.report.plots import latency_bars
-from harness.report.table1 import pivot, pivot_rows, table1
+from harness.report.table1 import failure_note, markdown_note, pivot, pivot_rows, print_note, table1
 from harness.store import RunRecord
 
-FORMATS = ("terminal", "md", "csv", "html")
+FORMATS = ("table", "json", "md", "csv", "html", "terminal")  # terminal: the old name of table
 
 # (column, header, formatter) for the human-readable tables.
 DISPLAY = [
@@ -196,7 +196,7 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
                      "device state (cooling, background load) and rerun.")
     failed = df[df["status"] == "failed"]
     for _, r in failed.iterrows():
-        notes.append(f"{_where(r)}: {r['error']}")
+        notes.append(failure_note(_where(r), r["error"], r.get("error_detail")))
     return notes
 
 
@@ -216,43 +216,16 @@ def terminal_console(stderr: bool = False):
 _DROP_ORDER = ("Weight MB", "Tensor MB plan", "IQR ms", "n", "Unit", "GPU MB", "Tensor MB meas.", "Peak MB / limit")
 
 
-def _run_table(title: str, heads: list[str], rows: list[list[str]], keep: list[int], widths=None):
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for i in keep:
-        table.add_column(heads[i], justify="left" if i == 0 else "right", no_wrap=i == 0,
-                         width=widths[i] if widths else None)
-    for row in rows:
-        table.add_row(*[row[i] for i in keep])
-    return table
-
-
 def fit_run_table(console, title: str, heads: list[str], rows: list[list[str]]):
     """The run table as today when it fits the console; else each column as narrow as its longest word (a
     header may wrap, a cell stays whole; the row label never wraps), and without the least needed columns
-    (_DROP_ORDER) until it fits. Returns (table, the headers of the dropped columns)."""
-    from rich.cells import cell_len
-    from rich.measure import Measurement
+    (_DROP_ORDER) until it fits (harness.report.fit). Returns (table, the headers of the dropped columns)."""
+    from harness.report.fit import fit_table
 
-    keep = list(range(len(heads)))
-    table = _run_table(title, heads, rows, keep)
-    if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
-        return table, []
-    widths = [max(cell_len(w) for text in [heads[i]] + [r[i] for r in rows] for w in text.split() or [""])
-              for i in range(len(heads))]
-    widths[0] = max(cell_len(t) for t in [heads[0]] + [r[0] for r in rows])  # the label: whole, on one line
-    dropped: list[str] = []
-    for name in _DROP_ORDER:
-        if sum(widths[i] + 3 for i in keep) + 1 <= console.width:  # padding 1+1 and a border per column
-            break
-        if name in heads and heads.index(name) in keep:
-            keep.remove(heads.index(name))
-            dropped.append(name)
-    return _run_table(title, heads, rows, keep, widths), dropped
+    return fit_table(console, title, heads, rows, _DROP_ORDER)
 
 
-def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
+def render_terminal(run: RunRecord, df: pd.DataFrame, console=None, error_details: bool = True) -> None:
     console = console or terminal_console()
     console.print(f"[bold]Run {run.id}[/] — suite {run.suite_name} ({run.status})")
     for (device, combo), rows in display_rows(df).items():
@@ -264,8 +237,8 @@ def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
     for device, (heads, rows) in pivot_display(df).items():
         console.print(pivot_table(f"{device} — {PIVOT_TITLE}", heads, rows))
     for note in _notes(run, df):
-        console.print(f"[dim]{note}[/]")
-    e2e_report.render_terminal(run, e2e_report.e2e_table(run), console)
+        print_note(console, note, error_details)
+    e2e_report.render_terminal(run, e2e_report.e2e_table(run), console, error_details)
 
 
 def render_markdown(run: RunRecord, df: pd.DataFrame, output: Path | None = None) -> str:
@@ -281,12 +254,13 @@ def render_markdown(run: RunRecord, df: pd.DataFrame, output: Path | None = None
                   "|" + "|".join("---" if i == 0 else "---:" for i in range(len(heads))) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines.append("")
-    lines += [f"- {n}" for n in _notes(run, df)]
+    lines += [line for n in _notes(run, df) for line in markdown_note(n)]
     lines += [""] + e2e_report.markdown_lines(run, e2e_report.e2e_table(run), output)
     return "\n".join(lines) + "\n"
 
 
-def render_csv(run: RunRecord, df: pd.DataFrame) -> str:
+def _flat_rows(run: RunRecord, df: pd.DataFrame) -> pd.DataFrame:
+    """The run's rows as CSV and JSON give them: Table-1 rows, or for an e2e run the end-to-end table."""
     out = df.copy()
     if out.empty:  # an e2e run: its CSV is the end-to-end table
         e2e = e2e_report.e2e_table(run)
@@ -294,9 +268,23 @@ def render_csv(run: RunRecord, df: pd.DataFrame) -> str:
     out.insert(0, "run_id", run.id)
     if "cv" in out:  # CV above the default cv_max: the row is too noisy for `harness compare` to judge
         out["cv_unstable"] = [_unstable(v) for v in out["cv"]]
+    return out
+
+
+def render_csv(run: RunRecord, df: pd.DataFrame) -> str:
     buf = io.StringIO()
-    out.to_csv(buf, index=False)
+    _flat_rows(run, df).to_csv(buf, index=False)
     return buf.getvalue()
+
+
+def render_json(run: RunRecord, df: pd.DataFrame) -> str:
+    """One JSON object: the run (id, suite, status, times, tags) and its rows, the same fields as the CSV."""
+    import json
+
+    rows = json.loads(_flat_rows(run, df).to_json(orient="records", default_handler=str))
+    return json.dumps({"run_id": run.id, "suite": run.suite_name, "status": run.status,
+                       "started_at": run.started_at, "ended_at": run.ended_at, "git_commit": run.git_commit,
+                       "run_group": run.run_group, "tags": list(run.tags), "rows": rows}, indent=2) + "\n"
 
 
 _env = jinja2.Environment(
@@ -321,17 +309,20 @@ def render_html(run: RunRecord, df: pd.DataFrame, output: Path | None = None) ->
     )
 
 
-def render(run: RunRecord, fmt: str, output: Path | None = None, console=None) -> str | None:
-    """Render `run` in `fmt`; write to `output` when given (terminal prints, on `console`: default stdout).
+def render(run: RunRecord, fmt: str, output: Path | None = None, console=None,
+           error_details: bool = True) -> str | None:
+    """Render `run` in `fmt`; write to `output` when given (table prints, on `console`: default stdout; with
+    error_details=False a failed row's note leaves out its stderr tail, which the caller prints itself).
     Returns the text."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown report format {fmt!r}; known formats: {', '.join(FORMATS)}")
+        raise ValueError(f"unknown report format {fmt!r}; known formats: "
+                         f"{', '.join(f for f in FORMATS if f != 'terminal')} (terminal: the old name of table)")
     df = table1(run)
-    if fmt == "terminal":
-        render_terminal(run, df, console)
+    if fmt in ("table", "terminal"):
+        render_terminal(run, df, console, error_details=error_details)
         return None
-    if fmt == "csv":
-        text = render_csv(run, df)
+    if fmt in ("csv", "json"):
+        text = (render_csv if fmt == "csv" else render_json)(run, df)
     else:  # md and html link the e2e images relative to `output`
         text = {"md": render_markdown, "html": render_html}[fmt](run, df, output)
     if output is not None:

@@ -5,6 +5,7 @@ never recompute a statistic.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ MB = 1024 * 1024  # the paper's MB (weights of 859.5M fp16 parameters: 1,639 MB)
 COLUMNS = [
     "device", "step", "variant", "label", "status", "latency_ms", "change_pct", "n", "iqr_ms", "cv",
     "tensor_mb_measured", "tensor_mb_planned", "weight_mb", "tensor_method", "timing_method",
-    "first_run_ms", "init_ms", "check_rel_error", "error", "runtime", "dtype", "accelerator", "latency_source",
+    "first_run_ms", "init_ms", "check_rel_error", "error", "error_detail", "runtime", "dtype", "accelerator", "latency_source",
     # Flags whose blocks the model lacks (result extra["na_flags"]); na_change: this row's only change from
     # the row above is such a flag, so its "vs base" is n/a (the same network as the row above).
     "na_flags", "na_change",
@@ -106,6 +107,38 @@ def pivot(df: pd.DataFrame, value: str = "latency_ms") -> dict[str, pd.DataFrame
     return out
 
 
+def failure_note(where: str, error: Any, detail: Any) -> str:
+    """A failed row's note: `WHERE: kind: message`, then the tail of the device's stderr (JobError.detail)
+    on the lines below it. note_parts splits it again; each report renders the tail as a block of lines."""
+    detail = detail if isinstance(detail, str) and detail.strip() else ""
+    return f"{where}: {error}" + (f"\n{detail}" if detail else "")
+
+
+def note_parts(note: str) -> tuple[str, str]:
+    """(the note's first line, the lines below it: a failed row's stderr tail, or "")."""
+    head, _, tail = note.partition("\n")
+    return head, tail
+
+
+def markdown_note(note: str) -> list[str]:
+    """A note as a Markdown list item; a failed row's stderr tail as a code block inside the item."""
+    head, tail = note_parts(note)
+    if not tail:
+        return [f"- {head}"]
+    fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", tail)), default=0))
+    return [f"- {head}", "", f"  {fence}text", *(f"  {line}" for line in tail.splitlines()), f"  {fence}"]
+
+
+def print_note(console: Any, note: str, details: bool = True) -> None:
+    """A note on the terminal (dim); a failed row's stderr tail indented below it (details=False: left out,
+    for a caller that prints it itself)."""
+    head, tail = note_parts(note)
+    console.print(head, style="dim", markup=False, highlight=False)
+    if tail and details:
+        for line in tail.splitlines():
+            console.print(f"    | {line}", style="dim", markup=False, highlight=False)
+
+
 def _mb(value: int | None) -> float | None:
     return None if value is None else value / MB
 
@@ -133,6 +166,7 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             "timing_method": res.timing_method, "first_run_ms": res.first_run_ms, "init_ms": res.init_ms,
             "check_rel_error": res.check.rel_error if res.check else None,
             "error": f"{res.error.kind}: {res.error.message}" if res.error else None,
+            "error_detail": res.error.detail if res.error else None,  # the tail of the device's stderr
             "latency_ms": None, "n": 0, "iqr_ms": None, "cv": None, "latency_source": None,
             "na_flags": list(res.extra.get("na_flags") or []), "na_change": False, "_flags": job.flags,
             "combination": combination_label(job.axes), "combination_index": order.get(combination_label(job.axes), 0),

@@ -29,7 +29,7 @@ Apple hardware); `app: "host"` runs the host agent's `run()` (device_agents/host
 job, for real workload numbers.
 
 Faults (`kind`): `hang` (the app stops heartbeating and never writes DONE), `crash` (the app
-ends without DONE), `malformed` (result.json is not JSON), `disconnect_on_pull` (the AFC
+writes a Swift trap to its stderr.txt and ends without DONE), `malformed` (result.json is not JSON), `disconnect_on_pull` (the AFC
 connection drops while result.json is read), `launch_locked` (the launch is refused: locked).
 """
 from __future__ import annotations
@@ -630,7 +630,11 @@ class EmulatedApp:
                 self._beat.set()  # heartbeats stop; DONE never comes; only kill() ends it
                 self.killed.wait(600)
                 return
-            if self.fault == "crash":
+            if self.fault == "crash":  # what the Swift agent's redirected stderr holds when Swift traps
+                (self.job_dir / "stderr.txt").write_text(
+                    f"HarnessAgent: job {self.job_id}: loading the model\n"
+                    "HarnessAgentCore/JobRunner.swift:88: Fatal error: Unexpectedly found nil while unwrapping an "
+                    "Optional value\n")
                 time.sleep(3 * self.dev.world.heartbeat_s)
                 return
             if self.fault == "malformed":

@@ -30,6 +30,11 @@ final class AgentState: ObservableObject {
         line = "Running job \(jobId). Keep the phone unlocked and this app in front."
         UIApplication.shared.isIdleTimerDisabled = true  // no auto-lock while a job runs
         let home = URL(fileURLWithPath: NSHomeDirectory(), isDirectory: true)
+        // stderr (Swift's fatal errors, Core ML's messages) into the job's folder: the harness pulls it and
+        // shows its last lines when the job fails (the host wrote job.json there, so the folder exists)
+        if freopen(JobPaths(home: home, jobId: jobId).stderr.path, "a", stderr) != nil {
+            setvbuf(stderr, nil, _IONBF, 0)
+        }
         DispatchQueue.global(qos: .userInitiated).async {
             let code = AgentMain.run(home: home, arguments: info.arguments, environment: info.environment)
             DispatchQueue.main.async { exit(code) }

@@ -7,6 +7,7 @@ import Foundation
 //   Documents/jobs/<job id>/status.json  heartbeats: {"phase", "done", "total", "seq", "t", "pid"}
 //   Documents/jobs/<job id>/result.json  the JobResult, written atomically
 //   Documents/jobs/<job id>/DONE         written last; the host polls for it
+//   Documents/jobs/<job id>/stderr.txt   the app's stderr from the job's start (its tail is in a failure's detail)
 //   Documents/models/<sha16>.mlpackage   pushed by the host, with <sha16>.mlpackage.sha256 beside it
 //   Library/Caches/compiled/<sha16>.mlmodelc   the compiled models, by package hash
 
@@ -24,6 +25,7 @@ public struct JobPaths {
     public var status: URL { jobDir.appendingPathComponent("status.json") }
     public var result: URL { jobDir.appendingPathComponent("result.json") }
     public var done: URL { jobDir.appendingPathComponent("DONE") }
+    public var stderr: URL { jobDir.appendingPathComponent("stderr.txt") }
     public var compiledCache: URL { home.appendingPathComponent("Library/Caches/compiled", isDirectory: true) }
 
     /// A container-relative path from job.json (e.g. "Documents/models/ab12.mlpackage") as a URL.
