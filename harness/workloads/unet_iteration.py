@@ -84,7 +84,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
 
     from harness import memory
     from harness.models.loaders import ModelLoadError
-    from harness.models.patch import FLAG_SCOPE, apply_flags, flag_applies, flag_coverage, keep_channels_last
+    from harness.models.patch import FLAG_SCOPE, apply_flags, flag_applies, flag_coverage
     from harness.models.quantize import compute_dtype, is_weight_only, quantize_int8
     from harness.models.unet import WeightsError, build_unet, example_inputs
     from harness.variants import Flags
@@ -132,7 +132,6 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     unet = unet.to(device)
     if device == "cuda":
         unet = unet.to(memory_format=torch.channels_last)
-        result["extra"]["channels_last_blocks"] = keep_channels_last(unet)  # no NCHW copies inside the UNet
         torch.cuda.synchronize()
     result["init_ms"] = (time.perf_counter_ns() - t0) / 1e6
     result["extra"]["replaced"] = replaced

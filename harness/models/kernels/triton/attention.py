@@ -29,17 +29,12 @@ _LOG2E = 1.4426950408889634
 
 def _split_head_dim(d: int) -> tuple[int, int]:
     """(D1, D2): the head dim as a power-of-two chunk plus a smaller power-of-two chunk (0 when d is a
-    power of two), each >= 16 (tl.dot's least K): 80 -> 64 + 16, 160 -> 128 + 32, so the kernel computes
-    on 80 of 128 and 160 of 256 padded columns. Any other head dim (SD's 40: 32 + 16 with 8 masked) is
-    padded to one chunk of 64 instead (D1 > d, masked): 32 + 16 computed wrong results with 64- and
-    128-key blocks on an H100 under Triton 3.6 (d=80 and d=160 agreed with SDPA), and with 32-key
-    blocks, the only correct ones, it ran 0.39 ms against 0.31 ms padded at 4096 x 4096 tokens."""
+    power of two), each >= 16 (tl.dot's least K): 40 -> 32 + 16, 80 -> 64 + 16, 160 -> 128 + 32. The
+    kernel computes on D1 + D2 columns instead of next_pow2(d): 48 of 64 at d=40, 80 of 128 at d=80,
+    160 of 256 at d=160. A head dim under 16 is one padded chunk of 16 (D1 > d, masked)."""
     d1 = max(16, 1 << (int(d).bit_length() - 1))
     rest = d - d1
-    d2 = 0 if rest <= 0 else max(16, next_pow2(rest))
-    if d1 > d or (d2 and (d1 + d2 != d or d1 < 64)):  # only the exact splits seen right: 64+16, 128+32
-        return next_pow2(max(16, d)), 0
-    return d1, d2
+    return d1, (0 if rest <= 0 else max(16, next_pow2(rest)))
 
 
 _FLASH_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -49,10 +44,16 @@ _FLASH_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num
 
 
 def _prune_flash_configs(configs, named_args, **kwargs):
-    """Key blocks wider than the (padded) key count only add masked work (cross-attention: 77 keys)."""
-    cap = max(16, next_pow2({**named_args, **kwargs}["TK"]))
+    """Key blocks wider than the (padded) key count only add masked work (cross-attention: 77 keys).
+    Head dim 40 (chunks 32 + 16) keeps only 32-key blocks: with 64 or 128 it computed wrong results (and
+    one config an illegal address) on an H100 under Triton 3.6, while the interpreter, d=80 (64 + 16) and
+    d=160 (128 + 32) agreed with SDPA (bench/gpu_kernels.py checks every SD shape)."""
+    args = {**named_args, **kwargs}
+    cap = max(16, next_pow2(args["TK"]))
+    if (args.get("D1"), args.get("D2")) == (32, 16):
+        cap = 32
     kept = [c for c in configs if c.kwargs["BLOCK_N"] <= cap]
-    return kept or configs[:1]
+    return kept or [c for c in configs if c.kwargs["BLOCK_N"] == 32]
 
 
 @triton.autotune(configs=_FLASH_CONFIGS, key=["TQ", "TK", "D"],
