@@ -9,10 +9,11 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from harness import standin
 from harness.compare import DEFAULT_CV_MAX
 from harness.report import e2e as e2e_report
 from harness.report.plots import latency_bars
-from harness.report.table1 import pivot, pivot_rows, table1
+from harness.report.table1 import device_stand_in, pivot, pivot_rows, table1
 from harness.store import RunRecord
 
 FORMATS = ("terminal", "md", "csv", "html")
@@ -111,7 +112,9 @@ def _device_title(run: RunRecord, device: str, df: pd.DataFrame, combination: st
     what = [info.get("model") or "", info.get("gpu") if info.get("gpu") and "none" not in info.get("gpu", "") else ""]
     opts = sub.iloc[0]
     setup = f"{opts['runtime']}, {opts['dtype']}, {opts['accelerator'] or ''}".rstrip(", ")
-    return f"{device} ({', '.join(w for w in what if w)}) — {setup}" + (f" — {combination}" if combination else "")
+    name = standin.marked(f"{device} ({', '.join(w for w in what if w)})",
+                          device_stand_in(run, df, device, combination if "combination" in df else None))
+    return f"{name} — {setup}" + (f" — {combination}" if combination else "")
 
 
 PIVOT_TITLE = "side by side: median latency ms per row (columns: sweep combinations)"
@@ -119,9 +122,10 @@ PIVOT_TITLE = "side by side: median latency ms per row (columns: sweep combinati
 
 def pivot_table(title: str, heads: list[str], rows: list[list[str]]):
     """A sweep's side-by-side view as a rich Table (the row label left, the combinations right)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")  # plain text: "[stand-in: ...]" is no markup
     for i, header in enumerate(heads):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in rows:
@@ -184,6 +188,8 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
     if "unit" in df and df["unit"].astype(str).str.contains("partial", regex=False).any():
         notes.append("Unit 'partial': allow_cpu_fallback let the CPU run ops the GPU refused; such a row is a "
                      "split GPU+CPU figure, not a GPU figure.")
+    if "stand_in" in df and (df["stand_in"].fillna("") != "").any():
+        notes.append(standin.NOTE)
     unstable = [r for _, r in df.iterrows() if _unstable(r["cv"])] if "cv" in df else []
     if unstable:
         rows = "; ".join(f"{_where(r)} (CV {r['cv'] * 100:.1f}%)" for r in unstable)
@@ -213,9 +219,10 @@ _DROP_ORDER = ("Weight MB", "Tensor MB plan", "IQR ms", "n", "Unit", "GPU MB", "
 
 
 def _run_table(title: str, heads: list[str], rows: list[list[str]], keep: list[int], widths=None):
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")  # plain text: "[stand-in: ...]" is no markup
     for i in keep:
         table.add_column(heads[i], justify="left" if i == 0 else "right", no_wrap=i == 0,
                          width=widths[i] if widths else None)
@@ -249,6 +256,8 @@ def fit_run_table(console, title: str, heads: list[str], rows: list[list[str]]):
 
 
 def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
+    from rich.markup import escape
+
     console = console or terminal_console()
     console.print(f"[bold]Run {run.id}[/] — suite {run.suite_name} ({run.status})")
     for (device, combo), rows in display_rows(df).items():
@@ -260,7 +269,7 @@ def render_terminal(run: RunRecord, df: pd.DataFrame, console=None) -> None:
     for device, (heads, rows) in pivot_display(df).items():
         console.print(pivot_table(f"{device} — {PIVOT_TITLE}", heads, rows))
     for note in _notes(run, df):
-        console.print(f"[dim]{note}[/]")
+        console.print(f"[dim]{escape(note)}[/]")
     e2e_report.render_terminal(run, e2e_report.e2e_table(run), console)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness import standin
 from harness.stats import summarize
 from harness.store import RunRecord
 from harness.variants import LADDER_LABELS
@@ -33,6 +34,8 @@ COLUMNS = [
     # The sweep combination (harness.suite Suite.sweep): its label ("model=tiny, options.dtype=int8"; "" when
     # the run has no sweep), its plan order, and one "axis:<path>" column per axis (added per run).
     "combination", "combination_index",
+    # What in the row was a stand-in, not a real phone, tool or GPU (harness.standin labels, ", "-joined; "" real).
+    "stand_in",
 ]
 AXIS_PREFIX = "axis:"
 NOT_RUN = "not run"  # a pivot cell whose combination has no job for that row in the run
@@ -106,6 +109,21 @@ def pivot(df: pd.DataFrame, value: str = "latency_ms") -> dict[str, pd.DataFrame
     return out
 
 
+def row_stand_in(run: RunRecord, job) -> str:
+    """A job's stand-in labels (its device's and its own), ", "-joined; "" for a real device and tool."""
+    return ", ".join(standin.merge((run.devices.get(job.device_id) or {}).get("stand_in"), job.result.stand_in))
+
+
+def device_stand_in(run: RunRecord, df: pd.DataFrame, device: str, combination: str | None = None) -> list[str]:
+    """The stand-in labels of a device's table (the device's own and its rows'), for its title."""
+    rows = df[df["device"] == device] if "device" in df else df.iloc[0:0]
+    if combination is not None and "combination" in rows:
+        rows = rows[rows["combination"] == combination]
+    labels = [x for v in (rows["stand_in"] if "stand_in" in rows else []) if isinstance(v, str) and v
+              for x in v.split(", ")]
+    return standin.merge((run.devices.get(device) or {}).get("stand_in"), labels)
+
+
 def _mb(value: int | None) -> float | None:
     return None if value is None else value / MB
 
@@ -136,6 +154,7 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             "latency_ms": None, "n": 0, "iqr_ms": None, "cv": None, "latency_source": None,
             "na_flags": list(res.extra.get("na_flags") or []), "na_change": False, "_flags": job.flags,
             "combination": combination_label(job.axes), "combination_index": order.get(combination_label(job.axes), 0),
+            "stand_in": row_stand_in(run, job),
         }
         rows_axes.append(job.axes)
         peak, peak_source = job_peak_bytes(res.memory)
