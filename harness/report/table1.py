@@ -124,6 +124,16 @@ def device_stand_in(run: RunRecord, df: pd.DataFrame, device: str, combination: 
     return standin.merge((run.devices.get(device) or {}).get("stand_in"), labels)
 
 
+def row_samples(run: RunRecord, workload: str = "unet_iteration") -> dict[tuple[str, str, str], list[float]]:
+    """(device, combination label, variant) -> the job's timed samples, as stored (a retry stored twice: the
+    last, as `table1` keeps it). The raw data behind each Table-1 row, for plots of the samples."""
+    out: dict[tuple[str, str, str], list[float]] = {}
+    for job in run.jobs:
+        if job.workload == workload:
+            out[(job.device_id, combination_label(job.axes), job.variant)] = list(job.result.samples_ms)
+    return out
+
+
 def _mb(value: int | None) -> float | None:
     return None if value is None else value / MB
 
