@@ -119,7 +119,8 @@ def memory_bars(df: pd.DataFrame, title: str = "Memory per row") -> bytes:
                 x = li - 0.4 + width * (bi + 0.5)
                 v = r[col]
                 if v is None or pd.isna(v):
-                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize="x-small", rotation=90, color="#777")
+                    ax.text(x, 0, "failed" if r["status"] == "failed" else "n/a", ha="center", va="bottom",
+                            fontsize="x-small", rotation=90, color="#777")
                     continue
                 ax.bar(x, float(v), width=width, color=colors[bi % len(colors)], label=name if li == 0 else None)
                 ax.text(x, float(v), f"{float(v):,.1f}" if float(v) < 100 else f"{float(v):,.0f}", ha="center",
