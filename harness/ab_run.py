@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import standin
 from harness.abtest import A, B, ABSession, SequentialPlan, describe
 from harness.baseline import AB_GROUP_PREFIX, BaselineError, CellBaseline, CellKey, resolve_baseline, resolve_candidate
 from harness.compare import REGRESSION, Override, Thresholds, compare_memory, resolve_thresholds
@@ -213,6 +214,7 @@ def run_ab(store: Store, ctx: DeviceContext, setup: ABSetup, infos: Sequence[Dev
         store.finish_run(b_run, status)
 
     cells: list[CellResult] = []
+    info_of = {i.id: i for i in infos}
     for pair in setup.pairs:
         if pair.key not in sessions:
             continue
@@ -231,8 +233,11 @@ def run_ab(store: Store, ctx: DeviceContext, setup: ABSetup, infos: Sequence[Dev
         if err is None:
             failed = [r for r in ra if r.status == "failed"]
             err = failed[-1].error if failed else None
+        stand_in = standin.merge(info_of[pair.key.device].stand_in if pair.key.device in info_of else [],
+                                 *(r.stand_in for r in [*ra, *rb]))
         cells.append(CellResult(
-            key=pair.key, label=LADDER_LABELS.get(pair.key.variant, pair.key.variant),
+            key=pair.key, label=standin.marked(LADDER_LABELS.get(pair.key.variant, pair.key.variant), stand_in),
+            stand_in=stand_in,
             variant_index=pair.b.variant_index, status="ok" if s.verdict is not None and err is None else "failed",
             verdict=verdict, latency=latency, memory=memory, throttled=s.throttled,
             confirmed=verdict == REGRESSION,

@@ -14,6 +14,8 @@ import sys
 from types import SimpleNamespace
 from pathlib import Path
 
+from harness import standin
+
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 ARTIFACT_FORMAT_ARGS = ("tflite", "coreml", "all")  # `harness export --artifact-format`
 
@@ -394,7 +396,8 @@ def cmd_run(args) -> int:
         suite_doc = suite.model_dump(mode="json")
         suite_doc["devices"] = [i.id for i in infos]  # what --resume runs again
         store.create_run(run_id, suite.name, suite_doc, str(args.suite), args.run_group)
-        print(f"run {run_id}: {_count(len(plan.jobs), 'job')} on {', '.join(i.id for i in infos)} -> "
+        print(f"run {run_id}: {_count(len(plan.jobs), 'job')} on "
+              f"{', '.join(standin.marked(i.id, i.stand_in) for i in infos)} -> "
               f"{store.display_url}",
               file=sys.stderr)
         if store.in_memory:
@@ -432,12 +435,17 @@ def cmd_run(args) -> int:
     for job, result in outcome.failures:
         print(_failure_text(job, result), file=sys.stderr)
     if args.format == "json":
+        stand_ins: dict[str, list[str]] = {i.id: list(i.stand_in) for i in infos}
+        for job in store.load_run(run_id).jobs:  # the tools' stand-ins, merged with the devices' when stored
+            stand_ins[job.device_id] = standin.merge(stand_ins.get(job.device_id), job.result.stand_in)
         print(json.dumps({"run_id": run_id, "status": outcome.status,
                           "counts": {"jobs": len(plan.jobs), "ok": outcome.ok, "failed": outcome.failed,
                                      "skipped": len(skip_keys & {j.job_key for j in plan.jobs}),
                                      "retried": outcome.retried},
                           "failures": [{"device": job.device, "variant": job.variant, "axes": job.axes,
-                                        **result.error.model_dump()} for job, result in outcome.failures]}))
+                                        **result.error.model_dump()} for job, result in outcome.failures],
+                          # device -> what on it was a stand-in (harness.standin); only devices that had one
+                          "stand_in": {d: v for d, v in stand_ins.items() if v}}))
     else:
         print(run_id)
     return EXIT_JOB_FAILED if outcome.failed else EXIT_OK

@@ -215,6 +215,10 @@ class JobResult(_Strict):
     started_at: float | None = None  # unix seconds
     ended_at: float | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+    # What in this measurement was a stand-in, not a real phone, tool or GPU (short labels: "fake phone",
+    # "benchmark_model stand-in", "SwiftShader: GPU emulated on the CPU"); [] when everything was real.
+    # Set by the agent or the device layer (harness.standin), merged with the device's own when stored.
+    stand_in: list[str] = Field(default_factory=list)
 
     @classmethod
     def failure(cls, job_id: str, kind: str, message: str, detail: str | None = None,

@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import changepoint
+from harness import changepoint, standin
 from harness.baseline import (
     TREND_RUNS, BaselineError, BaselineRef, CellBaseline, CellKey, TagHistory, cell_jobs, resolve_baseline,
     resolve_candidate, run_baseline, tag_baseline,
@@ -230,7 +230,7 @@ class RunMeta:
 
     @classmethod
     def of(cls, run: RunRecord) -> "RunMeta":
-        keep = ("kind", "name", "model", "soc", "gpu", "os_version", "ram_bytes")
+        keep = ("kind", "name", "model", "soc", "gpu", "os_version", "ram_bytes", "stand_in")
         return cls(id=run.id, suite_name=run.suite_name, status=run.status, started_at=run.started_at,
                    ended_at=run.ended_at, git_commit=run.git_commit, host=run.host, run_group=run.run_group,
                    tags=sorted(run.tags), devices={d: {k: info.get(k) for k in keep if info.get(k) not in (None, "")}
@@ -268,6 +268,7 @@ class CellResult:
     previous: dict[str, Any] | None = None  # the previous nightly's verdicts: {run_id, verdicts, reasons}
     rerun: dict[str, Any] | None = None  # the rerun's verdicts: {run_id, verdicts, reasons}
     sampling: dict[str, Any] | None = None  # same-session A/B: harness.abtest.ABSession.to_dict()
+    stand_in: list[str] = field(default_factory=list)  # the candidate's stand-ins (harness.standin); [] real
 
     @property
     def regressed(self) -> list[str]:
@@ -494,7 +495,8 @@ def compare_runs(store: Store, baseline: str, candidate: str = "latest", overrid
         trend, changes = _trend(history, key, job, cand, th)
         err = job.result.error
         cells.append(CellResult(
-            key=key, label=LADDER_LABELS.get(key.variant, key.variant), variant_index=job.variant_index,
+            key=key, label=standin.marked(LADDER_LABELS.get(key.variant, key.variant), job.result.stand_in),
+            stand_in=list(job.result.stand_in), variant_index=job.variant_index,
             status=job.status, verdict=cell_verdict(latency, memory), latency=latency, memory=memory,
             throttled=throttled, error=f"{err.kind}: {err.message}" if err else None,
             baseline_runs=base.run_ids, baseline_note=base.error or base.note, rebaseline=base.rebaseline,

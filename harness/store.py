@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from harness import standin
 from harness.protocol import JobResult, mask_credentials
 
 DEFAULT_URL = "sqlite:///results/harness.db"
@@ -71,6 +72,9 @@ jobs = sa.Table(
     sa.Column("ended_at", sa.Float),
     sa.Column("result_json", sa.Text, nullable=False),
     sa.Column("axes_json", sa.Text),  # the job's sweep coordinates (JobSpec.axes); NULL: not swept
+    # What in the job was a stand-in (JSON list of labels, harness.standin: the device's and the tool's);
+    # NULL: a real device and tool.
+    sa.Column("stand_in_json", sa.Text),
 )
 
 samples = sa.Table(
@@ -243,10 +247,12 @@ class Store:
     def _add_missing_columns(self) -> None:
         """Stores made before a column existed get it (nullable, so old rows read as before)."""
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("jobs")}
-        if "axes_json" not in have:
+        for column in ("axes_json", "stand_in_json"):
+            if column in have:
+                continue
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN axes_json TEXT"))
+                    conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN {column} TEXT"))
             except sa.exc.OperationalError as exc:  # another process added it first
                 if "duplicate" not in str(exc.orig).lower():
                     raise StoreError(f"cannot upgrade store {self.display_url!r}: "
@@ -280,8 +286,16 @@ class Store:
                    model: str, variant: str, variant_index: int, flags: dict, options: dict,
                    options_hash: str, result: JobResult, attempts: int = 1,
                    axes: dict[str, Any] | None = None) -> int:
-        """Store one finished job and all its samples in one transaction."""
+        """Store one finished job and all its samples in one transaction. The result's stand-in labels are
+        merged with the device's (its run_devices record, `DeviceInfo.stand_in`), so every job on a stand-in
+        device says so."""
         with self.engine.begin() as conn:
+            info = conn.execute(sa.select(run_devices.c.info_json).where(
+                run_devices.c.run_id == run_id, run_devices.c.device_id == device_id)).first()
+            device_stand_in = (json.loads(info[0]).get("stand_in") or []) if info else []
+            stand_in = standin.merge(device_stand_in, result.stand_in)
+            if stand_in != result.stand_in:
+                result = result.model_copy(update={"stand_in": stand_in})
             job_id = conn.execute(jobs.insert().values(
                 run_id=run_id, job_key=job_key, job_index=job_index, device_id=device_id, workload=workload,
                 model=model, variant=variant, variant_index=variant_index, flags_json=json.dumps(flags),
@@ -290,7 +304,8 @@ class Store:
                 error_message=result.error.message if result.error else None, attempts=attempts,
                 started_at=result.started_at, ended_at=result.ended_at,
                 result_json=result.model_dump_json(),
-                axes_json=json.dumps(axes) if axes else None)).inserted_primary_key[0]
+                axes_json=json.dumps(axes) if axes else None,
+                stand_in_json=json.dumps(stand_in) if stand_in else None)).inserted_primary_key[0]
             rows = [{"job_id": job_id, "phase": "timed", "idx": i, "value_ms": v}
                     for i, v in enumerate(result.samples_ms)]
             rows += [{"job_id": job_id, "phase": "warmup", "idx": i, "value_ms": v}

@@ -107,8 +107,11 @@ def test_smoke_suite_on_the_hub_standin(hub: FakeAiHub, tmp_path: Path, block_tf
     assert main(["report", "--store", f"sqlite:///{tmp_path}/x.db", "--format", "csv"]) == 0
     csv = capsys.readouterr().out
     assert f"aihub:{S24}" in csv and "npu (partial: " in csv and "aihub_profile" in csv
+    assert "AI Hub API stand-in" in csv  # the stand_in column of every row
+    assert res.stand_in == ["AI Hub API stand-in"]  # typed, in the store
     assert main(["report", "--store", f"sqlite:///{tmp_path}/x.db", "--format", "md"]) == 0
-    assert "stand-in figures, not measurements" in capsys.readouterr().out  # the report labels them
+    md = capsys.readouterr().out
+    assert "stand-in figures, not measurements" in md and "[stand-in: AI Hub API stand-in]" in md
 
     # a second run: the model id is reused (get_model), nothing uploaded again
     assert _run(SMOKE, tmp_path, block_tflite, "--set", "runtime=litert-gpu") == 0

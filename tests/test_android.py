@@ -847,3 +847,97 @@ def test_ab_session_on_a_fake_phone(tmp_path: Path, tiny_tflite: Path, standin: 
         (job,) = store.load_run(rid).jobs
         assert job.device_id == "android:ABPHONE" and job.result.timing_method == "benchmark_model"
         assert job.result.extra["ab"]["sample_unit"] == "launch" and len(job.result.extra["ab"]["values"]) == 6
+
+
+def _real_tool(path: Path, standin: Path) -> Path:
+    """The benchmark_model stand-in with its identifying line removed: to the harness, a real LiteRT
+    benchmark_model (which prints no `harness-stand-in:` line) on a real phone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
+                    f"p = subprocess.run([{str(standin)!r}, *sys.argv[1:]], capture_output=True, text=True)\n"
+                    "keep = lambda t: ''.join(x for x in t.splitlines(True) if 'harness-stand-in:' not in x)\n"
+                    "sys.stdout.write(keep(p.stdout)); sys.stderr.write(keep(p.stderr)); sys.exit(p.returncode)\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_stand_ins_are_labelled_in_every_output_and_a_real_phone_never(
+        tmp_path: Path, tiny_tflite: Path, standin: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20 item 3: a fake phone (ro.harness.stand_in) running the benchmark_model stand-in (its
+    `harness-stand-in:` line) is labelled in the terminal table, --json, the store (typed fields), Markdown,
+    CSV, HTML, `harness devices --json` and `harness compare`'s outputs; a phone without the property running
+    a tool without the line (a real phone, a real tool) is labelled nowhere."""
+    from tests.fakes.adb_server import DEFAULT_PROPS
+
+    monkeypatch.chdir(tmp_path)
+    real_props = {k: v for k, v in DEFAULT_PROPS.items() if k != "ro.harness.stand_in"}
+    devices = [FakeDevice("FAKE1", root=tmp_path / "f"), FakeDevice("REAL1", props=real_props, root=tmp_path / "r")]
+    real_tool = _real_tool(tmp_path / "real" / "benchmark_model", standin)
+    store = f"sqlite:///{tmp_path}/s.db"
+    farm = _farm(tmp_path / "farm.yaml")
+    common = ["--set", f"options.extra.graph={tiny_tflite}", "--set", "variants=[baseline]", "--set", "iterations=2",
+              "--set", "warmup_runs=0", "--set", "runtime=litert-cpu", "--json"]
+    out: dict[str, dict[str, str]] = {}
+    with FakeAdbServer(devices) as srv:
+        adb = ["--adb", f"127.0.0.1:{srv.port}"]
+        assert main(["devices", "--json", *adb]) == 0
+        listed = {d["id"]: d for d in json.loads(capsys.readouterr().out)}
+        assert listed["android:FAKE1"]["stand_in"] == ["fake phone"]
+        assert listed["android:REAL1"]["stand_in"] == []
+        for serial, tool in (("FAKE1", standin), ("REAL1", real_tool)):
+            args = ["run", str(SMOKE), "--device", f"android:{serial}", *adb, "--benchmark-model", str(tool),
+                    "--farm", str(farm), "--store", store, *common, "--report", str(tmp_path / f"{serial}.html")]
+            assert main([*args, "--no-report"]) == 0  # a baseline for `harness compare`
+            first = json.loads(capsys.readouterr().out)["run_id"]
+            assert main(args) == 0
+            cap = capsys.readouterr()
+            doc = json.loads(cap.out)
+            out[serial] = {"json": cap.out, "terminal": cap.err, "run": doc["run_id"]}
+            for fmt in ("md", "csv", "html"):
+                assert main(["report", "--run", doc["run_id"], "--format", fmt, "-o", str(tmp_path / f"{serial}.{fmt}"),
+                             "--store", store]) == 0
+                out[serial][fmt] = (tmp_path / f"{serial}.{fmt}").read_text()
+            assert main(["compare", first, doc["run_id"], "--json", str(tmp_path / f"{serial}-cmp.json"),
+                         "--markdown", str(tmp_path / f"{serial}-cmp.md"), "--store", store]) in (0, 3)
+            capsys.readouterr()
+            out[serial]["compare"] = (tmp_path / f"{serial}-cmp.json").read_text()
+            out[serial]["compare_md"] = (tmp_path / f"{serial}-cmp.md").read_text()
+
+    labels = ["fake phone", "benchmark_model stand-in"]
+    fake = out["FAKE1"]
+    assert json.loads(fake["json"])["stand_in"] == {"android:FAKE1": labels}
+    title = "android:FAKE1 (SM-S918B, Adreno (TM) 740) [stand-in: fake phone, benchmark_model stand-in]"
+    import html
+
+    for fmt in ("terminal", "md", "html"):  # (rich wraps a long title at the table's width)
+        text = " ".join(html.unescape(fake[fmt]).split())
+        assert title in text, fmt
+        assert "their latency and memory are this host's, not a phone's" in text, fmt
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(fake["csv"])))
+    assert [r["stand_in"] for r in rows] == ["fake phone, benchmark_model stand-in"]
+    cells = json.loads(fake["compare"])["cells"]
+    assert cells and all(c["stand_in"] == labels and "[stand-in:" in c["label"] for c in cells)
+    assert json.loads(fake["compare"])["candidate"]["devices"]["android:FAKE1"]["stand_in"] == ["fake phone"]
+    assert "[stand-in: fake phone, benchmark_model stand-in]" in fake["compare_md"]
+    db = Store(store)
+    job = db.load_run(fake["run"]).jobs[0]
+    assert job.result.stand_in == labels  # the typed field, the device's labels merged in when stored
+    assert db.load_run(fake["run"]).devices["android:FAKE1"]["stand_in"] == ["fake phone"]
+    import sqlalchemy as sa
+
+    from harness.store import jobs
+
+    with db.engine.connect() as conn:
+        column = dict(conn.execute(sa.select(jobs.c.run_id, jobs.c.stand_in_json)).all())
+    assert json.loads(column[fake["run"]]) == labels
+
+    real = out["REAL1"]  # a real phone and tool: no label anywhere
+    assert json.loads(real["json"])["stand_in"] == {}
+    assert "android:REAL1 (SM-S918B, Adreno (TM) 740) — litert-cpu" in " ".join(real["terminal"].split())
+    for name, text in real.items():
+        assert "stand-in" not in text.lower().replace("stand_in", ""), name
+    assert column[real["run"]] is None and db.load_run(real["run"]).jobs[0].result.stand_in == []

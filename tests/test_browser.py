@@ -87,3 +87,68 @@ def test_screenshot(report_html: Path, tmp_path: Path) -> None:
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (1400, 2000)
     assert len(data) > 60_000  # a page of tables and plots, not a blank one
+
+
+# ------------------------------------------------------------------------------------ the run report
+
+@pytest.fixture(scope="module")
+def run_report(tmp_path_factory) -> tuple[Path, object]:
+    """`harness report --format html` of a stored ladder run: raw samples, memory, versions, a failed row."""
+    from harness.protocol import JobResult, MemoryFigures
+    from harness.report.render import render
+    from tests.fakes.stored_runs import ladder_run
+
+    tmp = tmp_path_factory.mktemp("run-report")
+    mb = 2**20
+    results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=[ms * (1 + 0.01 * k) for k in range(6)],
+                         timing_method="perf_counter", versions={"torch": "2.13.0+cpu", "numpy": "2.3.5"},
+                         memory=MemoryFigures(weight_bytes=12 * mb, tensor_bytes_measured=(5 - i) * mb,
+                                              tensor_bytes_planned=None if i == 2 else (4 - i) * mb,
+                                              tensor_measure_method="torch_profiler_cpu_peak"))
+               for i, ms in enumerate([100.0, 90.0, 80.0, 50.0])]
+    results.append(JobResult.failure("j4", "reference_mismatch", "variant '+winograd' disagrees"))
+    run = ladder_run(f"sqlite:///{tmp}/r.db", {"id": "host", "kind": "host", "model": "Xeon", "gpu": "none (CPU only)",
+                                              "soc": "2 cores", "ram_bytes": 24 * 2**30, "extra": {"python": "3.11.7"}},
+                     results, {"runtime": "torch", "dtype": "fp32", "threads": 0, "accelerator": "auto"})
+    path = tmp / "run.html"
+    render(run, "html", path)
+    return path, run
+
+
+def test_run_report_is_one_self_contained_page_with_every_section(run_report) -> None:
+    path, _ = run_report
+    html = path.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", html)  # nothing fetched from outside
+    assert "Content-Security-Policy" in html
+    assert html.count("data:image/png;base64,") == 3  # latency, raw samples, memory
+    for section in ('id="samples"', 'id="memory"', 'id="environment"', 'id="data"', "Error bars: half the "
+                    "interquartile range", "Libraries and tools", "2.13.0+cpu", "0 (the runtime&#39;s default)",
+                    "24.0 GiB"):
+        assert section in html, section
+
+
+def test_run_report_renders_in_chromium_and_its_download_is_the_stored_run(run_report, tmp_path: Path) -> None:
+    import base64
+    import csv
+    import io
+    import json
+
+    from harness.report.render import render_csv
+    from harness.report.table1 import table1
+
+    path, run = run_report
+    out = _chromium(tmp_path, "run", "--dump-dom", "--virtual-time-budget=5000", path.as_uri())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert _console_lines(out.stderr) == [], _console_lines(out.stderr)
+    dom = out.stdout
+    assert 'data-images-loaded="3/3"' in dom  # every chart decoded in the browser
+    assert 'data-raw-jobs="5"' in dom  # the page's own script decoded the embedded JSON
+    href = re.search(r'id="download-json" download="[^"]+" href="data:application/json;base64,([^"]+)"', dom)[1]
+    doc = json.loads(base64.b64decode(href))
+    assert [j["variant"] for j in doc["jobs"]] == [j.variant for j in run.jobs]
+    assert [j["result"]["samples_ms"] for j in doc["jobs"]] == [j.result.samples_ms for j in run.jobs]  # raw samples
+    assert doc["devices"]["host"]["model"] == "Xeon" and doc["jobs"][4]["result"]["error"]["kind"] == "reference_mismatch"
+    href = re.search(r'id="download-csv" download="[^"]+" href="data:text/csv;base64,([^"]+)"', dom)[1]
+    text = base64.b64decode(href).decode()
+    assert text == render_csv(run, table1(run))
+    assert [r["variant"] for r in csv.DictReader(io.StringIO(text))] == [j.variant for j in run.jobs]

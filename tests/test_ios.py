@@ -244,7 +244,9 @@ def test_smoke_suite_install_push_launch_poll_pull_store_report(tmp_path: Path, 
     proc = subprocess.run([sys.executable, "-m", "harness", *args, "--report", str(tmp_path / "r1.html")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"ios:{UDID} (iPhone15,3, Apple A16 GPU)" in proc.stderr  # the Table-1 view of the phone
+    # the Table-1 view of the phone, labelled: the pymobiledevice3 stand-in and the emulated app say what they are
+    assert (f"ios:{UDID} (iPhone15,3, Apple A16 GPU) [stand-in: iOS API stand-in, iOS agent stand-in (no Core ML)]"
+            in " ".join(proc.stderr.split()))
     assert f"ios:{UDID}" in (tmp_path / "r1.html").read_text()
 
     container = _container(tmp_path)
@@ -264,6 +266,7 @@ def test_smoke_suite_install_push_launch_poll_pull_store_report(tmp_path: Path, 
         assert res.status == "ok", res.error
         assert len(res.samples_ms) == 5 and len(res.warmup_ms) == 1 and all(s > 0 for s in res.samples_ms)
         assert "mach_absolute_time" in res.timing_method and res.init_ms is not None
+        assert res.stand_in == ["iOS API stand-in", "iOS agent stand-in (no Core ML)"]  # the device's, then the app's
         assert res.memory.weight_bytes == (mlpackage / "Data/com.apple.CoreML/weights/weight.bin").stat().st_size
         ios = res.extra["ios"]
         assert ios["push"]["bytes_pushed"] == 0  # prepare() pushed the package before the first job
@@ -452,6 +455,7 @@ def test_result_fixture_is_the_swift_output_and_parses() -> None:
     assert text == apple_json(json.loads(text))  # in JSONEncoder's own form (sorted keys, "key" : value)
     res = parse_result(text)
     assert isinstance(res, JobResult) and res.status == "ok" and res.timing_method == "mach_absolute_time"
+    assert res.stand_in == []  # the app on a real iPhone is no stand-in
     assert res.memory.peak_rss_bytes == 2_310_144_000 and res.device_state_after["thermal_state"] == "fair"
     # the values ProtocolTests.swift builds are the fixture's
     swift = (SWIFT / "Tests" / "HarnessAgentCoreTests" / "ProtocolTests.swift").read_text()

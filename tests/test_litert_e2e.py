@@ -149,6 +149,7 @@ def test_the_loop_on_the_gpu_engine(first_job, tmp_path):
     assert "error" not in res, res.get("error")
     extra = res["extra"]
     assert extra["runtime"] == "litert-gpu" and extra["accelerator"] == "gpu" and extra["unit"] == "gpu (CPU emulation)"
+    assert res["stand_in"] == ["SwiftShader: GPU emulated on the CPU"]  # labelled a stand-in (harness.standin)
     assert set(extra["gpu_components"]) == set(NAMES)
     assert all(g["fully_accelerated"] and g["software"] for g in extra["gpu_components"].values())
     assert extra["gpu"] == extra["gpu_components"]["unet"] and "memory_method" in extra["gpu"]

@@ -72,6 +72,7 @@ def test_every_ladder_row_runs_wholly_on_the_gpu_engine_and_agrees(work):
         assert gpu["fully_accelerated"] is True and gpu["software"] is True and gpu["driver"]
         assert "SwiftShader" in gpu["adapter_label"] and gpu["rejected"] == []
         assert res.extra["unit"] == "gpu (CPU emulation)"
+        assert res.stand_in == ["SwiftShader: GPU emulated on the CPU"]  # a stand-in for a GPU (harness.standin)
         assert res.check.passed and res.check.rel_error < 0.05
         assert len(res.samples_ms) == 2 and res.timing_method == "perf_counter_compiled_model_run"
         assert res.memory.tensor_bytes_planned > 0 and res.memory.weight_bytes > 0
@@ -86,6 +87,7 @@ def test_every_ladder_row_runs_wholly_on_the_gpu_engine_and_agrees(work):
     assert "CPU emulation" in proc.stdout + proc.stderr
     html = (work["tmp"] / "report.html").read_text()
     assert "gpu (CPU emulation)" in html and "its latency and memory are not a GPU" in html
+    assert "[stand-in: SwiftShader: GPU emulated on the CPU]" in html  # the table's title
 
 
 def test_every_exported_artifact_says_fully_accelerated(work):

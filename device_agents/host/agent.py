@@ -42,14 +42,29 @@ def host_state() -> dict[str, Any]:
     return state
 
 
+# Installed packages whose versions a result records when present (the report's environment section).
+LIBRARIES = ("numpy", "ai-edge-litert", "litert-torch", "coremltools", "triton")
+
+
 def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import diffusers
     import torch
 
     import harness
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "harness": harness.__version__}
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "diffusers": diffusers.__version__, "harness": harness.__version__,
+           "torch_threads": str(torch.get_num_threads())}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    if torch.cuda.is_available():
+        out["cuda"] = str(torch.version.cuda)
+    return out
 
 
 def run(spec: JobSpec) -> JobResult:

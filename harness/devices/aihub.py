@@ -38,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from harness import standin
 from harness.devices.base import (
     Device, DeviceContext, DeviceError, DeviceInfo, DeviceKind, ProgressFn, UnknownDeviceError,
 )
@@ -120,10 +121,12 @@ def device_info(dev: Any, api_url: str = "") -> DeviceInfo:
     attrs = list(dev.attributes)
     chipset = next((a.split(":", 1)[1] for a in attrs if a.startswith("chipset:")), "")
     os_name = next((a.split(":", 1)[1] for a in attrs if a.startswith("os:")), "")
+    note = endpoint_note(api_url) if api_url else None
     return DeviceInfo(id=f"{KIND}:{dev.name}", kind=KIND, state="ready", name=dev.name, model=f"{chipset} (AI Hub)",
                       soc=chipset, os_version=f"{os_name} {dev.os}".strip(),
+                      stand_in=[standin.AIHUB_STAND_IN] if note else [],
                       extra={"os": dev.os, "attributes": attrs, "farm": "Qualcomm AI Hub", "endpoint": api_url,
-                             **({"endpoint_note": endpoint_note(api_url)} if api_url and endpoint_note(api_url) else {})})
+                             **({"endpoint_note": note} if note else {})})
 
 
 class AiHubKind(DeviceKind):

@@ -66,6 +66,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from harness import standin
 from harness.devices.android_parse import (
     THERMAL_ZONES_SHELL_CMD,
     BenchmarkModelOutput,
@@ -887,6 +888,7 @@ class AndroidKind(DeviceKind):
             info.hint = f"the device is listed but did not answer shell commands ({exc}): {OFFLINE_HINT}"
             return info
         info.model = props.get("ro.product.model", info.model)
+        info.stand_in = standin.from_android_props(props)  # the fake phones say so; an emulator is one
         manufacturer = props.get("ro.product.manufacturer", "")
         info.name = props.get("ro.product.marketname") or f"{manufacturer} {info.model}".strip()
         info.soc = props.get("ro.soc.model") or props.get("ro.board.platform", "")
@@ -1292,9 +1294,9 @@ class AndroidDevice(Device):
         proto = (workdir / "device" / component if component else workdir / "device") / RESULT_PROTO
         if proto.is_file():
             extra["result_proto"] = str(proto)
-        fail_kw = dict(started_at=started, ended_at=ended, device_state_before=before, device_state_after=after,
-                       extra=extra)
         output = stdout + ("\n" if stdout and not stdout.endswith("\n") else "") + stderr
+        fail_kw = dict(started_at=started, ended_at=ended, device_state_before=before, device_state_after=after,
+                       extra=extra, stand_in=standin.from_output(output))
         if timed_out:
             return JobResult.failure(spec.job_id, "timeout",
                                      f"benchmark_model ran past the job timeout of {spec.measure.timeout_seconds:.0f} s "
@@ -1336,11 +1338,12 @@ class AndroidDevice(Device):
                 f"the GPU row did not run wholly on the GPU: {ran}; a GPU figure must be the GPU's alone. Make the "
                 "graph GPU-clean (`harness inspect` names the refused ops), or set options.extra.allow_cpu_fallback: "
                 "true to record it as partial", detail=_tail(output) or None, **fail_kw)
-        return self._result(spec, parsed, files, art, extra, before, after, started, ended, unit)
+        return self._result(spec, parsed, files, art, extra, before, after, started, ended, unit,
+                            fail_kw["stand_in"])
 
     def _result(self, spec: JobSpec, parsed: BenchmarkModelOutput, files: dict[str, str | None], art: _Artifact,
                 extra: dict[str, Any], before: dict, after: dict, started: float, ended: float,
-                unit: ComputeUnit) -> JobResult:
+                unit: ComputeUnit, stand_in: list[str] | None = None) -> JobResult:
         gpu_samples: list[dict[str, Any]] = []
         unparsed = 0
         for stamp, text in split_meminfo_samples(files.get("meminfo.txt") or ""):
@@ -1386,7 +1389,7 @@ class AndroidDevice(Device):
             warmup_ms=exact_samples_ms(parsed.warmup), init_ms=parsed.init_us / 1000.0,
             first_run_ms=first_us / 1000.0, timing_method="benchmark_model", memory=memory,
             device_state_before=before, device_state_after=after, op_times_ms=op_times, versions=versions,
-            started_at=started, ended_at=ended, extra=extra,
+            started_at=started, ended_at=ended, extra=extra, stand_in=list(stand_in or []),
         )
 
     # ---- e2e: three component runs, composed
@@ -1434,7 +1437,8 @@ class AndroidDevice(Device):
                     device_state_before=results[E2E_COMPONENTS[0]].device_state_before,
                     device_state_after=res.device_state_after,
                     extra={"failed_component": component, "components": _component_records(results),
-                           "push": {"bytes_pushed_total": self.bytes_pushed}})
+                           "push": {"bytes_pushed_total": self.bytes_pushed}},
+                    stand_in=standin.merge(*(r.stand_in for r in results.values())))
 
         if progress:
             progress("host scheduler", 0, 1)
@@ -1494,6 +1498,7 @@ class AndroidDevice(Device):
             device_state_after=results[E2E_COMPONENTS[-1]].device_state_after,
             op_times_ms=dict(unet.op_times_ms), versions=dict(unet.versions),
             started_at=started, ended_at=time.time(), extra=extra,
+            stand_in=standin.merge(*(r.stand_in for r in results.values())),
         )
 
     # ---- running

@@ -47,6 +47,9 @@ class DeviceInfo:
     # A note from discovery, not a device: an adb server or usbmuxd that could not be reached (the hint
     # says how to fix it). `harness devices` prints it under the table; no --device names it.
     note: bool = False
+    # What makes this device a stand-in, not a real phone (harness.standin: "fake phone", "Android emulator",
+    # "iOS API stand-in"); [] for a real device. Every job on it carries these labels.
+    stand_in: list[str] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:

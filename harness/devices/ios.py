@@ -54,6 +54,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+from harness import standin
 from harness.devices.base import (
     Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceKind,
     DeviceUnavailableError, ProgressFn,
@@ -410,6 +411,7 @@ class IOSKind(DeviceKind):
 
     async def _fill(self, pmd: Any, s: IOSSettings, lockdown: Any, info: DeviceInfo) -> None:
         values = lockdown.all_values or {}
+        info.stand_in = standin.from_ios_lockdown(values)  # the pymobiledevice3 stand-in says so
         udid = values.get("UniqueDeviceID") or lockdown.udid or info.name
         version = lockdown.product_version
         chip_id = lockdown.chip_id

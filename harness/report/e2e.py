@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness import standin
 from harness.report.table1 import failure_note, markdown_note, print_note
 from harness.store import RunRecord
 from harness.variants import LADDER_LABELS
@@ -37,6 +38,7 @@ COLUMNS = [
     "unet_total_ms", "steps", "unet_evals", "decoder_ms", "scheduler_ms", "other_ms", "peak_mb", "peak_kind",
     "n", "scheduler", "prompt_tokens", "weights", "image_path", "image_note", "timing_method", "error", "error_detail",
     "runtime", "dtype", "accelerator", "combination", "combination_index",  # sweep (harness.report.table1)
+    "stand_in",  # harness.standin labels of the row (", "-joined; "" for a real device and tool)
 ]
 # The breakdown that adds up to total (plots stack these): (column, legend label).
 SEGMENTS = [("text_ms", "text encoder"), ("unet_total_ms", "UNet"), ("scheduler_ms", "scheduler + guidance"),
@@ -165,7 +167,7 @@ def summarize_components(components: dict[str, Any], samples_ms: list[float]) ->
 def e2e_table(run: RunRecord, workload: str = "e2e") -> pd.DataFrame:
     """One row per device, sweep combination and variant of the run's e2e jobs, in plan order: the
     combinations in order, each in ladder order (with one "axis:<path>" column per sweep axis)."""
-    from harness.report.table1 import add_axes, combination_label, job_combinations
+    from harness.report.table1 import add_axes, combination_label, job_combinations, row_stand_in
 
     axes, order = job_combinations(run)
     rows, rows_axes = [], []
@@ -189,6 +191,7 @@ def e2e_table(run: RunRecord, workload: str = "e2e") -> pd.DataFrame:
             "error_detail": res.error.detail if res.error else None,  # the tail of the device's stderr
             "method": None, "total_s": None, "n": 0,
             "combination": combination_label(job.axes), "combination_index": order.get(combination_label(job.axes), 0),
+            "stand_in": row_stand_in(run, job),
         }
         rows_axes.append(job.axes)
         if res.components_ms:
@@ -267,7 +270,10 @@ def device_title(run: RunRecord, device: str, df: pd.DataFrame, combination: str
     gpu = info.get("gpu") or ""
     what = [info.get("model") or "", gpu if gpu and "none" not in gpu else ""]
     setup = ", ".join(str(x) for x in (sub["runtime"], sub["dtype"], sub["accelerator"], sub["scheduler"]) if x)
-    return f"{device} ({', '.join(w for w in what if w)}) — {setup}" + (f" — {combination}" if combination else "")
+    from harness.report.table1 import device_stand_in
+
+    name = standin.marked(f"{device} ({', '.join(w for w in what if w)})", device_stand_in(run, df, device, combination))
+    return f"{name} — {setup}" + (f" — {combination}" if combination else "")
 
 
 def notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
@@ -293,6 +299,8 @@ def notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
                    "scheduler cost) + decoder, each measured on the device in its own run (the median of its "
                    "timed runs). Peak MB: the largest of the three component runs' peaks (GPU = dumpsys meminfo "
                    "Graphics, else RSS = benchmark_model's peak resident set).")
+    if "stand_in" in df and (df["stand_in"].fillna("") != "").any():
+        out.append(standin.NOTE)
     if (df["prompt_tokens"] == "random").any():
         out.append("Prompt: no tokenizer without --weights (offline), so the prompt is seeded random token ids "
                    "(one per word); the text encoder runs the same 77-token shapes.")
@@ -375,13 +383,14 @@ def markdown_lines(run: RunRecord, df: pd.DataFrame, report_path: Path | None = 
 
 
 def render_terminal(run: RunRecord, df: pd.DataFrame, console, error_details: bool = True) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if df.empty:
         return
     cols = display_columns(df)
     for (device, combo), cells in display_rows(df).items():
-        table = Table(title=f"End-to-end: {device_title(run, device, df, combo)}", title_justify="left")
+        table = Table(title=escape(f"End-to-end: {device_title(run, device, df, combo)}"), title_justify="left")
         for i, (_, header, _) in enumerate(cols):
             table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for row in cells:

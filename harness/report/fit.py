@@ -9,10 +9,11 @@ from typing import Iterable
 
 def make_table(title: str, heads: list[str], rows: list[list[str]], keep: list[int], widths=None,
                left: Iterable[str] = ()):
+    from rich.markup import escape
     from rich.table import Table
 
     left = set(left)
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")  # plain text: "[stand-in: ...]" is no markup
     for i in keep:
         table.add_column(heads[i], justify="left" if i == 0 or heads[i] in left else "right", no_wrap=i == 0,
                          width=widths[i] if widths else None)

@@ -83,3 +83,101 @@ def e2e_breakdown_bars(df: pd.DataFrame, reference_s: float | None = None,
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _series(df: pd.DataFrame) -> list[tuple[str, str]]:
+    combo = df["combination"] if "combination" in df else pd.Series([""] * len(df), index=df.index)
+    return list(dict.fromkeys(zip(df["device"], combo)))
+
+
+def _series_rows(df: pd.DataFrame, device: str, comb: str) -> pd.DataFrame:
+    combo = df["combination"] if "combination" in df else pd.Series([""] * len(df), index=df.index)
+    return df[(df["device"] == device) & (combo == comb)].sort_values("step", kind="stable")
+
+
+def _series_title(device: str, comb: str) -> str:
+    return f"{device} — {comb}" if comb else device
+
+
+MEMORY_BARS = [("tensor_mb_measured", "tensors, measured"), ("tensor_mb_planned", "tensors, planned"),
+               ("weight_mb", "weights")]
+
+
+def memory_bars(df: pd.DataFrame, title: str = "Memory per row") -> bytes:
+    """One panel per device (and sweep combination): per ladder row, the measured and the planned
+    intermediate tensors and the weights in MB (the Table-1 memory columns); a missing figure is left out
+    and marked n/a."""
+    series = _series(df)
+    fig, axes = plt.subplots(len(series), 1, figsize=(max(7, 1.7 * df["label"].nunique() + 2), 3.4 * len(series)),
+                             dpi=100, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (device, comb) in zip(axes[:, 0], series):
+        rows = _series_rows(df, device, comb)
+        width = 0.8 / len(MEMORY_BARS)
+        for bi, (col, name) in enumerate(MEMORY_BARS):
+            for li, (_, r) in enumerate(rows.iterrows()):
+                x = li - 0.4 + width * (bi + 0.5)
+                v = r[col]
+                if v is None or pd.isna(v):
+                    ax.text(x, 0, "failed" if r["status"] == "failed" else "n/a", ha="center", va="bottom",
+                            fontsize="x-small", rotation=90, color="#777")
+                    continue
+                ax.bar(x, float(v), width=width, color=colors[bi % len(colors)], label=name if li == 0 else None)
+                ax.text(x, float(v), f"{float(v):,.1f}" if float(v) < 100 else f"{float(v):,.0f}", ha="center",
+                        va="bottom", fontsize="x-small")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(list(rows["label"]), rotation=15, ha="right")
+        ax.set_ylabel("MB (2^20 bytes)")
+        ax.set_title(f"{title}: {_series_title(device, comb)}", fontsize="medium")
+        handles, labels = ax.get_legend_handles_labels()
+        by_label = dict(zip(labels, handles))
+        if by_label:
+            ax.legend(by_label.values(), by_label.keys(), fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+        ax.margins(y=0.15)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def sample_strips(df: pd.DataFrame, samples: dict[tuple[str, str, str], list[float]],
+                  title: str = "Raw latency samples per row") -> bytes:
+    """One panel per device (and sweep combination): every timed sample of each ladder row as a dot (spread
+    sideways by a fixed pattern so equal values stay visible), the row's median (Table 1's figure, from `df`)
+    as a bar across. `samples`: (device, combination, variant) -> the samples in timing order."""
+    series = _series(df)
+    fig, axes = plt.subplots(len(series), 1, figsize=(max(7, 1.6 * df["label"].nunique() + 2), 3.4 * len(series)),
+                             dpi=100, squeeze=False)
+    for ax, (device, comb) in zip(axes[:, 0], series):
+        rows = _series_rows(df, device, comb)
+        for li, (_, r) in enumerate(rows.iterrows()):
+            values = samples.get((device, comb, r["variant"])) or []
+            n = len(values)
+            xs = [li + (((i * 0.618) % 1.0) - 0.5) * 0.5 for i in range(n)]  # a fixed low-discrepancy spread
+            if values:
+                ax.scatter(xs, values, s=14, alpha=0.7, color="C0", label="timed sample" if li == 0 else None,
+                           zorder=3)
+            med = r["latency_ms"]
+            if med is not None and not pd.isna(med):
+                ax.hlines(float(med), li - 0.35, li + 0.35, color="C3", linewidth=2,
+                          label="median (Table 1)" if li == 0 else None, zorder=4)
+            if not values:
+                ax.text(li, 0.5, "no per-run samples" if r["status"] == "ok" else "failed",
+                        transform=ax.get_xaxis_transform(), ha="center", fontsize="x-small", color="#777")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(list(rows["label"]), rotation=15, ha="right")
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(f"{title}: {_series_title(device, comb)}", fontsize="medium")
+        handles, labels = ax.get_legend_handles_labels()
+        by_label = dict(zip(labels, handles))
+        if by_label:
+            ax.legend(by_label.values(), by_label.keys(), fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -231,6 +231,7 @@ def _baseline_text(report: RegressionReport) -> str:
 def render_terminal(report: RegressionReport, console=None) -> None:
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     if console is None:
@@ -243,20 +244,21 @@ def render_terminal(report: RegressionReport, console=None) -> None:
                   f"{_baseline_text(report)}")
     console.print("  " + ", ".join(f"{v}: {n}" for v, n in report.counts().items()))
     for title, cells in groups(report):
-        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+        table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD)
         for i, (name, header) in enumerate(TERMINAL_COLUMNS):
             table.add_column(header, justify="left" if i in (0, len(TERMINAL_COLUMNS) - 1) else "right",
                              no_wrap=name == "row")
         for cell in cells:
             f = cell_fields(cell)
             f["memory"] = "=" if f["memory"] == "= no change" else f["memory"]
-            row = [f[name] for name, _ in TERMINAL_COLUMNS]
+            row = [escape(str(f[name])) for name, _ in TERMINAL_COLUMNS]  # a label's "[stand-in: ...]" is text
             row[-1] = f"[{COLORS[cell.verdict]}]{row[-1]}[/]"
             table.add_row(*row)
         console.print(table)
     for cell in report.regressions():
         f = cell_fields(cell)
-        console.print(f"[bold]{f['verdict']}[/] {f['title']}: {f['reason']}. {cell.confirmation}", soft_wrap=True)
+        console.print(f"[bold]{f['verdict']}[/] {escape(f['title'])}: {escape(str(f['reason']))}. "
+                      f"{escape(cell.confirmation)}", soft_wrap=True)
     if report.design:
         console.print(report.design, soft_wrap=True, markup=False, highlight=False)
         for cell in report.cells:

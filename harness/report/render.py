@@ -4,15 +4,18 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import json
 from pathlib import Path
 
 import jinja2
 import pandas as pd
 
+from harness import standin
 from harness.compare import DEFAULT_CV_MAX
 from harness.report import e2e as e2e_report
-from harness.report.plots import latency_bars
-from harness.report.table1 import failure_note, markdown_note, pivot, pivot_rows, print_note, table1
+from harness.report.plots import latency_bars, memory_bars, sample_strips
+from harness.report.table1 import (device_stand_in, failure_note, markdown_note, pivot, pivot_rows, print_note,
+                                   row_samples, table1)
 from harness.store import RunRecord
 
 FORMATS = ("table", "json", "md", "csv", "html", "terminal")  # terminal: the old name of table
@@ -111,7 +114,9 @@ def _device_title(run: RunRecord, device: str, df: pd.DataFrame, combination: st
     what = [info.get("model") or "", info.get("gpu") if info.get("gpu") and "none" not in info.get("gpu", "") else ""]
     opts = sub.iloc[0]
     setup = f"{opts['runtime']}, {opts['dtype']}, {opts['accelerator'] or ''}".rstrip(", ")
-    return f"{device} ({', '.join(w for w in what if w)}) — {setup}" + (f" — {combination}" if combination else "")
+    name = standin.marked(f"{device} ({', '.join(w for w in what if w)})",
+                          device_stand_in(run, df, device, combination if "combination" in df else None))
+    return f"{name} — {setup}" + (f" — {combination}" if combination else "")
 
 
 PIVOT_TITLE = "side by side: median latency ms per row (columns: sweep combinations)"
@@ -119,9 +124,10 @@ PIVOT_TITLE = "side by side: median latency ms per row (columns: sweep combinati
 
 def pivot_table(title: str, heads: list[str], rows: list[list[str]]):
     """A sweep's side-by-side view as a rich Table (the row label left, the combinations right)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")  # plain text: "[stand-in: ...]" is no markup
     for i, header in enumerate(heads):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in rows:
@@ -188,6 +194,8 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
         notes.append("Unit 'partial': part of the graph ran on the CPU (ops the GPU or NPU refused: allow_cpu_fallback, "
                      "a partial delegate, or AI Hub layers off the asked compute unit); such a row is a split figure, "
                      "not the unit's alone.")
+    if "stand_in" in df and (df["stand_in"].fillna("") != "").any():
+        notes.append(standin.NOTE)
     unstable = [r for _, r in df.iterrows() if _unstable(r["cv"])] if "cv" in df else []
     if unstable:
         rows = "; ".join(f"{_where(r)} (CV {r['cv'] * 100:.1f}%)" for r in unstable)
@@ -294,8 +302,93 @@ _env = jinja2.Environment(
 )
 
 
+def _json_safe(value):
+    """A value JSON (and a browser's JSON.parse) takes: NaN and infinities as null, tuples as lists."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def raw_data(run: RunRecord) -> dict:
+    """The run as the store holds it (every job with its full JobResult: raw samples, warm-ups, memory,
+    device state, versions, stand-in labels), for the report's download. `harness.store` reads the same."""
+    jobs = [{"id": j.id, "job_key": j.job_key, "job_index": j.job_index, "device_id": j.device_id,
+             "workload": j.workload, "model": j.model, "variant": j.variant, "variant_index": j.variant_index,
+             "flags": j.flags, "options": j.options, "options_hash": j.options_hash, "status": j.status,
+             "attempts": j.attempts, "axes": j.axes, "result": j.result.model_dump(mode="json")} for j in run.jobs]
+    meta = {"id": run.id, "suite_name": run.suite_name, "status": run.status, "started_at": run.started_at,
+            "ended_at": run.ended_at, "git_commit": run.git_commit, "host": run.host, "run_group": run.run_group,
+            "tags": run.tags, "suite": run.suite}
+    return _json_safe({"format": "harness-run", "format_version": 1, "run": meta, "devices": run.devices,
+                       "jobs": jobs})
+
+
+def _value_text(value) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, default=str) if value else ""
+    return "" if value is None else str(value)
+
+
+def environment(run: RunRecord) -> dict:
+    """What the report's environment section shows, from what the store holds: each device's description
+    (DeviceInfo), the runtime options and measure policy of the jobs, and the library and tool versions the
+    results recorded (each value once, with the number of jobs that reported it)."""
+    devices = []
+    for device, info in run.devices.items():
+        rows = []
+        for key, value in info.items():
+            if key == "extra" and isinstance(value, dict):
+                rows += [(f"extra.{k}", _value_text(v)) for k, v in sorted(value.items()) if _value_text(v)]
+            elif key == "ram_bytes" and value:
+                rows.append(("RAM", f"{value / 2**30:,.1f} GiB"))
+            elif key not in ("id", "note", "hint") and _value_text(value):
+                rows.append((key, _value_text(value)))
+        devices.append((device, standin.marked(device, info.get("stand_in")), rows))
+    versions: dict[str, dict[str, int]] = {}
+    options: dict[str, dict[str, int]] = {}
+    for job in run.jobs:
+        for key, value in job.result.versions.items():
+            versions.setdefault(key, {}).setdefault(str(value), 0)
+            versions[key][str(value)] += 1
+        opts = dict(job.options)
+        threads = opts.get("threads")
+        if threads == 0:
+            opts["threads"] = "0 (the runtime's default)"
+        for key, value in sorted(opts.items()):
+            text = _value_text(value)
+            if text:
+                options.setdefault(key, {}).setdefault(text, 0)
+                options[key][text] += 1
+    n = len(run.jobs)
+
+    def cells(table: dict[str, dict[str, int]]) -> list[tuple[str, str]]:
+        return [(k, "; ".join(v if c == n else f"{v} ({c} of {n} jobs)" for v, c in vals.items()))
+                for k, vals in sorted(table.items())]
+
+    suite = run.suite or {}
+    policy = [(f"measure.{k}", _value_text(v)) for k, v in (suite.get("measure") or {}).items()]
+    policy += [(f"check.{k}", _value_text(v)) for k, v in (suite.get("check") or {}).items()]
+    return {"devices": devices, "versions": cells(versions), "options": cells(options), "policy": policy}
+
+
+LATENCY_PLOT_NOTE = ("Bars: the median of each row's timed iterations (Table 1's Latency ms). Error bars: half the "
+                     "interquartile range (IQR / 2, the table's IQR ms) either side of the median, a measure of the "
+                     "samples' spread, not a confidence interval; none where a row has fewer than 2 samples or the "
+                     "device reported only a summary. The raw samples are plotted below.")
+
+
 def render_html(run: RunRecord, df: pd.DataFrame, output: Path | None = None) -> str:
     plot = base64.b64encode(latency_bars(df)).decode() if df["latency_ms"].notna().any() else None
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    memory_cols = ["tensor_mb_measured", "tensor_mb_planned", "weight_mb"]
+    memory_plot = b64(memory_bars(df)) if not df.empty and df[memory_cols].notna().any().any() else None
+    samples = row_samples(run)
+    strips = b64(sample_strips(df, samples)) if not df.empty and any(samples.values()) else None
+    data = json.dumps(raw_data(run), indent=1, allow_nan=False)
     fmt_time = lambda t: dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "—"  # noqa: E731
     return _env.get_template("run.html.j2").render(
         run=run, headers=headers(df),
@@ -303,7 +396,10 @@ def render_html(run: RunRecord, df: pd.DataFrame, output: Path | None = None) ->
                  for (device, combo), rows in display_rows(df).items()],
         pivots=[(device, f"{device} — {PIVOT_TITLE}", heads, rows)
                 for device, (heads, rows) in pivot_display(df).items()],
-        notes=_notes(run, df), plot_png_b64=plot, started=fmt_time(run.started_at),
+        notes=_notes(run, df), plot_png_b64=plot, plot_note=LATENCY_PLOT_NOTE, memory_png_b64=memory_plot,
+        samples_png_b64=strips, env=environment(run),
+        data_json_b64=b64(data.encode()), data_csv_b64=b64(render_csv(run, df).encode()),
+        data_name=run.id, data_jobs=len(run.jobs), started=fmt_time(run.started_at),
         ended=fmt_time(run.ended_at), generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
         e2e=e2e_report.html_context(run, e2e_report.e2e_table(run), output),
     )

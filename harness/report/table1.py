@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness import standin
 from harness.stats import summarize
 from harness.store import RunRecord
 from harness.variants import LADDER_LABELS
@@ -34,6 +35,8 @@ COLUMNS = [
     # The sweep combination (harness.suite Suite.sweep): its label ("model=tiny, options.dtype=int8"; "" when
     # the run has no sweep), its plan order, and one "axis:<path>" column per axis (added per run).
     "combination", "combination_index",
+    # What in the row was a stand-in, not a real phone, tool or GPU (harness.standin labels, ", "-joined; "" real).
+    "stand_in",
 ]
 AXIS_PREFIX = "axis:"
 NOT_RUN = "not run"  # a pivot cell whose combination has no job for that row in the run
@@ -139,6 +142,31 @@ def print_note(console: Any, note: str, details: bool = True) -> None:
             console.print(f"    | {line}", style="dim", markup=False, highlight=False)
 
 
+def row_stand_in(run: RunRecord, job) -> str:
+    """A job's stand-in labels (its device's and its own), ", "-joined; "" for a real device and tool."""
+    return ", ".join(standin.merge((run.devices.get(job.device_id) or {}).get("stand_in"), job.result.stand_in))
+
+
+def device_stand_in(run: RunRecord, df: pd.DataFrame, device: str, combination: str | None = None) -> list[str]:
+    """The stand-in labels of a device's table (the device's own and its rows'), for its title."""
+    rows = df[df["device"] == device] if "device" in df else df.iloc[0:0]
+    if combination is not None and "combination" in rows:
+        rows = rows[rows["combination"] == combination]
+    labels = [x for v in (rows["stand_in"] if "stand_in" in rows else []) if isinstance(v, str) and v
+              for x in v.split(", ")]
+    return standin.merge((run.devices.get(device) or {}).get("stand_in"), labels)
+
+
+def row_samples(run: RunRecord, workload: str = "unet_iteration") -> dict[tuple[str, str, str], list[float]]:
+    """(device, combination label, variant) -> the job's timed samples, as stored (a retry stored twice: the
+    last, as `table1` keeps it). The raw data behind each Table-1 row, for plots of the samples."""
+    out: dict[tuple[str, str, str], list[float]] = {}
+    for job in run.jobs:
+        if job.workload == workload:
+            out[(job.device_id, combination_label(job.axes), job.variant)] = list(job.result.samples_ms)
+    return out
+
+
 def _mb(value: int | None) -> float | None:
     return None if value is None else value / MB
 
@@ -170,6 +198,7 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
             "latency_ms": None, "n": 0, "iqr_ms": None, "cv": None, "latency_source": None,
             "na_flags": list(res.extra.get("na_flags") or []), "na_change": False, "_flags": job.flags,
             "combination": combination_label(job.axes), "combination_index": order.get(combination_label(job.axes), 0),
+            "stand_in": row_stand_in(run, job),
         }
         rows_axes.append(job.axes)
         peak, peak_source = job_peak_bytes(res.memory)

@@ -132,6 +132,14 @@ def gpu_unit(report: Any) -> str:
     return unit
 
 
+def mark_emulation(result: dict[str, Any], reports: list[Any]) -> None:
+    """A run on a software adapter (SwiftShader) is a stand-in for a GPU: say so in the result (harness.standin)."""
+    from harness import standin
+
+    software = any(r is not None and r.adapter is not None and r.adapter.software for r in reports)
+    result["stand_in"] = standin.merge(result.get("stand_in"), standin.from_gpu_adapter(software))
+
+
 def prepare_gpu(spec: JobSpec, path: Path, graph: Any, options: Any, result: dict[str, Any],
                 what: str = "") -> Any:
     """Probe `path` on the GPU accelerator and record what it showed (extra.gpu, or extra.gpu_components
@@ -219,6 +227,7 @@ def run_litert(spec: JobSpec, result: dict[str, Any]) -> None:
             return
         result["extra"]["accelerator"] = "gpu"
         result["extra"]["unit"] = gpu_unit(report)
+        mark_emulation(result, [report])
     else:
         result["extra"]["accelerator"] = "cpu"
 

@@ -78,7 +78,7 @@ def run_litert_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
     from harness.runtimes.litert import ModelFn, open_model
     from harness.workloads.e2e import e2e_flags_and_config, generation_extra, parse_args, save_image, time_images
     from harness.workloads.litert import (
-        RSS_METHOD, _artifact_for, check_litert_job, gpu_unit, prepare_gpu, rss_anon_bytes,
+        RSS_METHOD, _artifact_for, check_litert_job, gpu_unit, mark_emulation, prepare_gpu, rss_anon_bytes,
     )
 
     runtime = spec.options.runtime
@@ -132,6 +132,7 @@ def run_litert_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
             if reports[name] is None:
                 return
         extra["gpu"] = extra["gpu_components"]["unet"]
+        mark_emulation(result, list(reports.values()))
         units = {gpu_unit(r) for r in reports.values()}
         extra["unit"] = units.pop() if len(units) == 1 else "; ".join(
             f"{name}: {gpu_unit(r)}" for name, r in reports.items())

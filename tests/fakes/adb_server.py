@@ -118,6 +118,7 @@ DEFAULT_PROPS: dict[str, str] = {
     "ro.build.fingerprint":
         "samsung/dm3qxxx/dm3q:14/UP1A.231005.007/S918BXXU3BWK5:user/release-keys",
     "ro.build.type": "user",
+    "ro.harness.stand_in": "fake phone",  # not a real phone: reports label it (harness.standin)
 }
 DEFAULT_GLES = (
     "Qualcomm, Adreno (TM) 740, OpenGL ES 3.2 V@0615.65 (GIT@3d1a4c7f4e, I9b1b4d1e7f, 1689750853)"

@@ -401,6 +401,7 @@ def main(argv: list[str]) -> int:
         return 1
     fault = read_fault(values.get("graph", ""))
     log("STARTING!")
+    log("harness-stand-in: benchmark_model stand-in")  # not LiteRT's tool: reports label it (harness.standin)
     if TOOL == "compiled_model":
         return compiled_main(values, unconsumed, fault)
     if fault == "garbage":

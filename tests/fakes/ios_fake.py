@@ -116,7 +116,8 @@ class FakeDevice:
 
     def lockdown_values(self) -> dict[str, Any]:
         values = {"UniqueDeviceID": self.udid, "ProductType": self.cfg["product_type"],
-                  "ProductVersion": self.version, "DeviceClass": "iPhone"}
+                  "ProductVersion": self.version, "DeviceClass": "iPhone",
+                  "HarnessStandIn": "iOS API stand-in"}  # not a real iPhone: reports label it (harness.standin)
         if self.cfg.get("paired", True):  # an unpaired lockdownd answers only a few values
             values.update({"BuildVersion": self.cfg.get("build"), "DeviceName": self.cfg.get("name"),
                            "UniqueChipID": 0x1A2B3C4D5E6F70, "CPUArchitecture": "arm64e"})
@@ -665,6 +666,7 @@ def run_host(spec: Any) -> dict[str, Any]:
     result = agent.run(spec.model_copy(update={"options": options, "artifact": None}))
     doc = json.loads(result.model_dump_json())
     doc["extra"]["emulated"] = "tests/fakes/ios_fake.py: the host agent ran the job (no Core ML here)"
+    doc["stand_in"] = ["host agent in place of the iOS app (no Core ML)"]
     return doc
 
 
@@ -694,7 +696,8 @@ def run_mirror(spec: Any, container: Path, status: Any) -> dict[str, Any]:
     result: dict[str, Any] = {"schema_version": 1, "job_id": spec.job_id, "status": "ok", "samples_ms": [],
                               "warmup_ms": [], "timing_method": "perf_counter (ios_fake mirror of mach_absolute_time)",
                               "memory": {}, "device_state_before": before, "op_times_ms": {}, "components_ms": {},
-                              "versions": {"agent": "ios_fake", "ios": "fake"}, "started_at": started, "extra": {}}
+                              "versions": {"agent": "ios_fake", "ios": "fake"}, "started_at": started, "extra": {},
+                              "stand_in": ["iOS agent stand-in (no Core ML)"]}
     models = dict(spec.options.extra.get("models") or {"unet": spec.artifact})
     extra = result["extra"]
     extra.update(compute_units=spec.options.compute_units, emulated="tests/fakes/ios_fake.py mirror: no Core ML on "

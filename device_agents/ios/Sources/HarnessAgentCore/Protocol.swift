@@ -199,6 +199,8 @@ public struct JobResult: Codable, Equatable {
     public var started_at: Double?
     public var ended_at: Double?
     public var extra: [String: JSONValue]
+    /// What in the measurement was a stand-in (harness.standin); the app on a real iPhone: none.
+    public var stand_in: [String]
 
     /// An empty result of `job_id`, status "ok" until something fails.
     public init(job_id: String) {
@@ -214,6 +216,7 @@ public struct JobResult: Codable, Equatable {
         components_ms = [:]
         versions = [:]
         extra = [:]
+        stand_in = []
     }
 
     /// Mark the result failed with an error kind the host knows (input, crash, timeout, ...).
