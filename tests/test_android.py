@@ -765,8 +765,8 @@ def test_fault_matrix(tmp_path: Path, tiny_tflite: Path, standin: Path, monkeypa
         ("benchmark crash (SIGSEGV)", keep(before=_fault_file("crash")), (), 1),
         ("garbage output", keep(before=_fault_file("garbage")), (), 1),
         ("full disk", keep(before=lambda d, s: setattr(d, "disk_quota_bytes", 20_000)), (), 1),
-        ("benchmark hangs (job timeout 6 s)", keep(before=_fault_file("hang")),
-         ("--set", "measure.timeout_seconds=6"), 1),
+        ("benchmark hangs (job timeout 15 s)", keep(before=_fault_file("hang")),
+         ("--set", "measure.timeout_seconds=15"), 1),
         ("adb server restarted mid-run", keep(watch=[restart_mid_run()]),
          ("--set", "options.extra.run_delay=0.15"), 2),
     ]
@@ -809,7 +809,7 @@ def test_fault_matrix(tmp_path: Path, tiny_tflite: Path, standin: Path, monkeypa
     assert (ok, retried, failed) == (0, 0, 2) and errs[0][0] == "disk_full" and "full" in errs[0][1]
     ok, retried, failed, errs = faulty("adb server restarted mid-run")
     assert (ok, failed) == (2, 0) and retried >= 1  # both phones' jobs came back through retries
-    ok, retried, failed, errs = faulty("benchmark hangs (job timeout 6 s)")
+    ok, retried, failed, errs = faulty("benchmark hangs (job timeout 15 s)")
     assert (ok, retried, failed) == (0, 0, 2) and errs[0][0] == "timeout"
 
 
