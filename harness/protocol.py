@@ -7,6 +7,7 @@ readers accept every version listed in SUPPORTED_VERSIONS.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -266,3 +267,14 @@ def write_json_atomic(path: str | os.PathLike, doc: BaseModel | dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def json_safe(value: Any) -> Any:
+    """A value JSON (and a browser's JSON.parse) takes: NaN and infinities as null, tuples as lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -53,7 +53,6 @@ found by `changepoint.detect_change_points` (E-divisive; a change must be at lea
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -69,6 +68,7 @@ from harness.compare import (
     IMPROVEMENT, INCONCLUSIVE, NO_CHANGE, REGRESSION, UNSTABLE, VERDICTS, Override, Thresholds, Verdict,
     compare_latency, compare_memory, parse_threshold_overrides, resolve_thresholds,
 )
+from harness.protocol import json_safe
 from harness.store import JobRecord, RunRecord, Store
 from harness.variants import LADDER_LABELS
 
@@ -287,7 +287,7 @@ class CellResult:
         out["memory"] = {k: v.to_dict() for k, v in self.memory.items()}
         out["regressed"] = self.regressed
         out["severity"] = self.severity
-        return _json_safe(out)
+        return json_safe(out)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CellResult":
@@ -298,14 +298,6 @@ class CellResult:
         return cls(**values)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 @dataclass
@@ -370,7 +362,7 @@ class RegressionReport:
                 "worst": [c.key.as_dict() for c in self.regressions()]}
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe({
+        return json_safe({
             "schema_version": self.schema_version,
             "generated_at": self.generated_at,
             "summary": self.summary(),

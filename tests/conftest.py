@@ -1,11 +1,21 @@
 """Session-wide fixtures shared across test modules."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+try:
+    from tests.fakes.tiny_block import BLOCK_SRC as _BLOCK_SRC
+    from tests.fakes.tiny_block import BROADCAST_SRC as _BROADCAST_SRC
+except ModuleNotFoundError:  # pytest's default import mode puts tests/, not the repo root, on sys.path
+    from fakes.tiny_block import BLOCK_SRC as _BLOCK_SRC  # type: ignore[no-redef]
+    from fakes.tiny_block import BROADCAST_SRC as _BROADCAST_SRC  # type: ignore[no-redef]
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +84,39 @@ def adb(tmp_path, monkeypatch):
 def pytest_collection_modifyitems(session, config, items):  # noqa: ARG001 - pytest's hook signature
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))
+
+
+def _block_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory, src: str, name: str) -> Path:
+    key = hashlib.sha256(src.encode()).hexdigest()[:12]
+    cache = getattr(pytestconfig, "cache", None)
+    folder = Path(cache.mkdir("android_tflite")) if cache is not None else tmp_path_factory.mktemp("tflite")
+    out = folder / f"{name}-{key}.tflite"
+    if not out.is_file():
+        code = (src + "import litert_torch, sys\ntorch.manual_seed(0)\n"
+                "litert_torch.convert(Block().eval(), (torch.randn(1, 8, 8, 8),)).export(sys.argv[1])\n")
+        subprocess.run([sys.executable, "-c", code, str(out) + ".tmp"], check=True, capture_output=True, timeout=300)
+        os.replace(str(out) + ".tmp", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny .tflite made with litert-torch (cached across sessions in pytest's cache dir, if enabled);
+    GPU-clean: the stand-in runs it wholly on LiteRT's GPU accelerator."""
+    return _block_tflite(pytestconfig, tmp_path_factory, _BLOCK_SRC, "block")
+
+
+@pytest.fixture(scope="session")
+def broadcast_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny .tflite LiteRT's GPU engine does not take wholly (a BROADCAST_TO)."""
+    return _block_tflite(pytestconfig, tmp_path_factory, _BROADCAST_SRC, "bcast")
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The benchmark_model stand-in (tests/fakes/benchmark_model_standin.py) as an executable file."""
+    try:
+        from tests.fakes.benchmark_model_standin import write_standin
+    except ModuleNotFoundError:
+        from fakes.benchmark_model_standin import write_standin  # type: ignore[no-redef]
+    return write_standin(tmp_path_factory.mktemp("standin") / "benchmark_model")

@@ -22,7 +22,6 @@ from harness.devices.android import AGENT_SCRIPT
 from harness.store import Store
 from tests.fakes.adb_server import FakeDevice, toybox_applets
 from tests.fakes.adbd import AdbServer, FakeAdbd, FakePhones, free_port
-from tests.test_android import standin, tiny_tflite  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "suites" / "smoke.yaml"

@@ -3,7 +3,6 @@ stand-in of the Hub's REST API (tests/fakes/aihub_server.py), through `harness r
 No internet: every figure here is the stand-in's (labelled so in the fake)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,7 +15,6 @@ import pytest
 from harness.cli import main
 from harness.store import Store
 from tests.fakes.aihub_server import PUBLISHED_S24_NPU_MS, FakeAiHub
-from tests.fakes.tiny_block import BLOCK_SRC
 
 pytest.importorskip("qai_hub")
 
@@ -24,22 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "suites" / "smoke.yaml"
 S24 = "Samsung Galaxy S24 (Family)"
 TOKEN = "tok-7f3a9c1e-secret"
-
-
-@pytest.fixture(scope="module")
-def block_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny block (3x3 conv, GroupNorm, softmax attention, GELU) as .tflite: the Android tests' file
-    (same source and cache key in pytest's cache), converted in seconds."""
-    key = hashlib.sha256(BLOCK_SRC.encode()).hexdigest()[:12]
-    cache = getattr(pytestconfig, "cache", None)
-    folder = Path(cache.mkdir("android_tflite")) if cache is not None else tmp_path_factory.mktemp("tflite")
-    out = folder / f"block-{key}.tflite"
-    if not out.is_file():
-        code = (BLOCK_SRC + "import litert_torch, sys\ntorch.manual_seed(0)\n"
-                "litert_torch.convert(Block().eval(), (torch.randn(1, 8, 8, 8),)).export(sys.argv[1])\n")
-        subprocess.run([sys.executable, "-c", code, str(out) + ".tmp"], check=True, capture_output=True, timeout=300)
-        os.replace(str(out) + ".tmp", out)
-    return out
 
 
 @pytest.fixture
@@ -79,10 +61,10 @@ def _no_token_anywhere(tmp_path: Path, *texts: str) -> None:
             assert TOKEN.encode() not in path.read_bytes(), f"the API token was written to {path}"
 
 
-def test_smoke_suite_on_the_hub_standin(hub: FakeAiHub, tmp_path: Path, block_tflite: Path,
+def test_smoke_suite_on_the_hub_standin(hub: FakeAiHub, tmp_path: Path, tiny_tflite: Path,
                                         capsys: pytest.CaptureFixture) -> None:
     hub.cpu_fallback_ops = {"GELU"}  # the "NPU" refuses GELU: those layers run on the CPU
-    assert _run(SMOKE, tmp_path, block_tflite, "--set", "runtime=litert-delegate") == 0
+    assert _run(SMOKE, tmp_path, tiny_tflite, "--set", "runtime=litert-delegate") == 0
     run = _jobs(tmp_path)
     assert len(run.jobs) == 5 and all(j.status == "ok" for j in run.jobs), [j.result.error for j in run.jobs]
     # one upload for the five rows (one file), five profile jobs asking for the NPU
@@ -114,7 +96,7 @@ def test_smoke_suite_on_the_hub_standin(hub: FakeAiHub, tmp_path: Path, block_tf
     assert "stand-in figures, not measurements" in md and "[stand-in: AI Hub API stand-in]" in md
 
     # a second run: the model id is reused (get_model), nothing uploaded again
-    assert _run(SMOKE, tmp_path, block_tflite, "--set", "runtime=litert-gpu") == 0
+    assert _run(SMOKE, tmp_path, tiny_tflite, "--set", "runtime=litert-gpu") == 0
     assert hub.uploads == 1 and len(hub.jobs) == 10
     assert [j.options for j in hub.jobs.values()][5:] == ["--compute_unit gpu"] * 5
     out = capsys.readouterr()
@@ -156,10 +138,10 @@ def test_devices_listing_with_client_ini_and_without_credentials(tmp_path: Path,
         assert "authenticate" in out and "qai-hub configure" in out and TOKEN not in out
 
 
-def test_job_failure_unavailable_device_and_bad_option(hub: FakeAiHub, tmp_path: Path, block_tflite: Path) -> None:
+def test_job_failure_unavailable_device_and_bad_option(hub: FakeAiHub, tmp_path: Path, tiny_tflite: Path) -> None:
     suite = _one_row_suite(tmp_path)
     hub.fail_devices = {S24: "Failed to compile model: Op GELU is not supported by the QNN delegate"}
-    assert _run(suite, tmp_path, block_tflite) == 1
+    assert _run(suite, tmp_path, tiny_tflite) == 1
     job = _jobs(tmp_path).jobs[0]
     assert job.status == "failed" and job.result.error.kind == "compile"
     assert "Op GELU is not supported" in job.result.error.message and job.result.extra["aihub"]["hub_job_id"]
@@ -167,7 +149,7 @@ def test_job_failure_unavailable_device_and_bad_option(hub: FakeAiHub, tmp_path:
     hub.fail_devices = {}
     hub.unavailable_devices = {S24}
     before = len(hub.jobs)
-    assert _run(suite, tmp_path, block_tflite, "--retries", "1") == 1
+    assert _run(suite, tmp_path, tiny_tflite, "--retries", "1") == 1
     run = _jobs(tmp_path, Store(f"sqlite:///{tmp_path}/x.db").list_runs()[0]["id"])
     job = run.jobs[0]
     assert job.result.error.kind == "device" and job.result.error.transient and "unavailable" in job.result.error.message
@@ -175,24 +157,24 @@ def test_job_failure_unavailable_device_and_bad_option(hub: FakeAiHub, tmp_path:
 
     # an option the Hub rejects (a compute unit it does not know): the stand-in answers 400 as the Hub does
     hub.unavailable_devices = set()
-    assert _run(suite, tmp_path, block_tflite, "--set", "options.extra.aihub_options=--compute_unit tpu") == 1
+    assert _run(suite, tmp_path, tiny_tflite, "--set", "options.extra.aihub_options=--compute_unit tpu") == 1
     job = _jobs(tmp_path, Store(f"sqlite:///{tmp_path}/x.db").list_runs()[0]["id"]).jobs[0]
     assert job.result.error.kind == "input" and "Invalid value 'tpu'" in job.result.error.message
 
     # an unknown device name: exit 2 before any job, naming the Hub's devices
-    assert _run(suite, tmp_path, block_tflite, device="aihub:Galaxy S99") == 2
+    assert _run(suite, tmp_path, tiny_tflite, device="aihub:Galaxy S99") == 2
     # a device picked by chipset attribute: the run names the device it picked
-    assert _run(suite, tmp_path, block_tflite, device="aihub:chipset:qualcomm-snapdragon-8gen2") == 0
+    assert _run(suite, tmp_path, tiny_tflite, device="aihub:chipset:qualcomm-snapdragon-8gen2") == 0
     run = _jobs(tmp_path, Store(f"sqlite:///{tmp_path}/x.db").list_runs()[0]["id"])
     assert run.jobs[0].device_id == "aihub:Samsung Galaxy S23 (Family)" and run.jobs[0].status == "ok"
-    assert _run(suite, tmp_path, block_tflite, device="aihub:chipset:qualcomm-snapdragon-999") == 2
+    assert _run(suite, tmp_path, tiny_tflite, device="aihub:chipset:qualcomm-snapdragon-999") == 2
 
 
-def test_timeout_then_resume_waits_for_the_same_hub_job(hub: FakeAiHub, tmp_path: Path, block_tflite: Path,
+def test_timeout_then_resume_waits_for_the_same_hub_job(hub: FakeAiHub, tmp_path: Path, tiny_tflite: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     suite = _one_row_suite(tmp_path)
     hub.hang_devices = {S24}
-    assert _run(suite, tmp_path, block_tflite, "--set", "measure.timeout_seconds=0.3", "--json") == 1
+    assert _run(suite, tmp_path, tiny_tflite, "--set", "measure.timeout_seconds=0.3", "--json") == 1
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     job = _jobs(tmp_path, first["run_id"]).jobs[0]
     assert job.result.error.kind == "timeout" and "--resume" in job.result.error.message
@@ -208,7 +190,7 @@ def test_timeout_then_resume_waits_for_the_same_hub_job(hub: FakeAiHub, tmp_path
     assert job.result.extra["aihub"]["hub_job_id"] in hub_ids
 
 
-def test_ctrl_c_loses_no_submitted_job(hub: FakeAiHub, tmp_path: Path, block_tflite: Path) -> None:
+def test_ctrl_c_loses_no_submitted_job(hub: FakeAiHub, tmp_path: Path, tiny_tflite: Path) -> None:
     """SIGINT while the five Hub jobs are queued: the run is interrupted (exit 130), and --resume finishes it
     from the recorded Hub job ids without submitting anything again."""
     import signal
@@ -216,7 +198,7 @@ def test_ctrl_c_loses_no_submitted_job(hub: FakeAiHub, tmp_path: Path, block_tfl
 
     hub.hang_devices = {S24}
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(SMOKE), "--device", f"aihub:{S24}",
-                             "--set", f"options.extra.graph={block_tflite}", "--store", f"sqlite:///{tmp_path}/x.db",
+                             "--set", f"options.extra.graph={tiny_tflite}", "--store", f"sqlite:///{tmp_path}/x.db",
                              "--cache", str(tmp_path / "cache"), "--no-report", "--json"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -245,14 +227,14 @@ def test_ctrl_c_loses_no_submitted_job(hub: FakeAiHub, tmp_path: Path, block_tfl
     assert {j.result.extra["aihub"]["hub_job_id"] for j in ok} == submitted
 
 
-def test_http_5xx_is_retried_and_an_expired_token_stops_the_run(hub: FakeAiHub, tmp_path: Path, block_tflite: Path,
+def test_http_5xx_is_retried_and_an_expired_token_stops_the_run(hub: FakeAiHub, tmp_path: Path, tiny_tflite: Path,
                                                                 capsys: pytest.CaptureFixture) -> None:
     suite = _one_row_suite(tmp_path)
     hub.http_5xx = 1  # the next API request answers 503: the client retries it
-    assert _run(suite, tmp_path, block_tflite) == 0
+    assert _run(suite, tmp_path, tiny_tflite) == 0
     assert hub.answered_5xx == 1 and _jobs(tmp_path).jobs[0].status == "ok"
     capsys.readouterr()
     hub.token_expired = True
-    assert _run(suite, tmp_path, block_tflite) == 2
+    assert _run(suite, tmp_path, tiny_tflite) == 2
     err = capsys.readouterr().err
     assert "authenticate" in err and "qai-hub configure" in err and TOKEN not in err

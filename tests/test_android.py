@@ -41,13 +41,9 @@ def _sigint_default() -> None:
 try:
     from tests.fakes.adb_server import FakeAdbServer, FakeDevice
     from tests.fakes.benchmark_model_standin import FAULT_FILE_NAME, write_standin
-    from tests.fakes.tiny_block import BLOCK_SRC as _BLOCK_SRC
-    from tests.fakes.tiny_block import BROADCAST_SRC as _BROADCAST_SRC
 except ModuleNotFoundError:  # pytest's default import mode puts tests/, not the repo root, on sys.path
     from fakes.adb_server import FakeAdbServer, FakeDevice  # type: ignore[no-redef]
     from fakes.benchmark_model_standin import FAULT_FILE_NAME, write_standin  # type: ignore[no-redef]
-    from fakes.tiny_block import BLOCK_SRC as _BLOCK_SRC  # type: ignore[no-redef]
-    from fakes.tiny_block import BROADCAST_SRC as _BROADCAST_SRC  # type: ignore[no-redef]
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "suites" / "smoke.yaml"
@@ -60,37 +56,6 @@ def _harmless_adb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADBUTILS_ADB_PATH", shutil.which("true") or "/bin/true")
     monkeypatch.delenv("ANDROID_ADB_SERVER_HOST", raising=False)
     monkeypatch.delenv("ANDROID_ADB_SERVER_PORT", raising=False)
-
-
-def _block_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory, src: str, name: str) -> Path:
-    key = hashlib.sha256(src.encode()).hexdigest()[:12]
-    cache = getattr(pytestconfig, "cache", None)
-    folder = Path(cache.mkdir("android_tflite")) if cache is not None else tmp_path_factory.mktemp("tflite")
-    out = folder / f"{name}-{key}.tflite"
-    if not out.is_file():
-        code = (src + "import litert_torch, sys\ntorch.manual_seed(0)\n"
-                "litert_torch.convert(Block().eval(), (torch.randn(1, 8, 8, 8),)).export(sys.argv[1])\n")
-        subprocess.run([sys.executable, "-c", code, str(out) + ".tmp"], check=True, capture_output=True, timeout=300)
-        os.replace(str(out) + ".tmp", out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny .tflite made with litert-torch (cached across sessions in pytest's cache dir, if enabled);
-    GPU-clean: the stand-in runs it wholly on LiteRT's GPU accelerator."""
-    return _block_tflite(pytestconfig, tmp_path_factory, _BLOCK_SRC, "block")
-
-
-@pytest.fixture(scope="session")
-def broadcast_tflite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny .tflite LiteRT's GPU engine does not take wholly (a BROADCAST_TO)."""
-    return _block_tflite(pytestconfig, tmp_path_factory, _BROADCAST_SRC, "bcast")
-
-
-@pytest.fixture(scope="session")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_standin(tmp_path_factory.mktemp("standin") / "benchmark_model")
 
 
 def _farm(path: Path, **android) -> Path:

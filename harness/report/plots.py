@@ -39,11 +39,7 @@ def latency_bars(df: pd.DataFrame, title: str = "UNet iteration latency per ladd
     if series:
         ax.legend(fontsize="x-small" if len(series) > 3 else "small")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def e2e_breakdown_bars(df: pd.DataFrame, reference_s: float | None = None,
@@ -78,11 +74,7 @@ def e2e_breakdown_bars(df: pd.DataFrame, reference_s: float | None = None,
     ax.set_ylim(0, max([reference_s * 1.15] + [b * 1.1 for b in bottoms]))
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def _series(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -129,17 +121,9 @@ def memory_bars(df: pd.DataFrame, title: str = "Memory per row") -> bytes:
         ax.set_xticklabels(list(rows["label"]), rotation=15, ha="right")
         ax.set_ylabel("MB (2^20 bytes)")
         ax.set_title(f"{title}: {_series_title(device, comb)}", fontsize="medium")
-        handles, labels = ax.get_legend_handles_labels()
-        by_label = dict(zip(labels, handles))
-        if by_label:
-            ax.legend(by_label.values(), by_label.keys(), fontsize="small")
-        ax.grid(axis="y", alpha=0.3)
+        _legend_once(ax)
         ax.margins(y=0.15)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def sample_strips(df: pd.DataFrame, samples: dict[tuple[str, str, str], list[float]],
@@ -171,11 +155,21 @@ def sample_strips(df: pd.DataFrame, samples: dict[tuple[str, str, str], list[flo
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.set_ylabel("latency (ms)")
         ax.set_title(f"{title}: {_series_title(device, comb)}", fontsize="medium")
-        handles, labels = ax.get_legend_handles_labels()
-        by_label = dict(zip(labels, handles))
-        if by_label:
-            ax.legend(by_label.values(), by_label.keys(), fontsize="small")
-        ax.grid(axis="y", alpha=0.3)
+        _legend_once(ax)
+    return _png(fig)
+
+
+def _legend_once(ax) -> None:
+    """A panel's legend with each label once (bars and dots repeat theirs per row), and a light grid."""
+    handles, labels = ax.get_legend_handles_labels()
+    by_label = dict(zip(labels, handles))
+    if by_label:
+        ax.legend(by_label.values(), by_label.keys(), fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _png(fig) -> bytes:
+    """The figure as PNG bytes (closed afterwards)."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

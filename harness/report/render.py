@@ -12,6 +12,7 @@ import pandas as pd
 
 from harness import standin
 from harness.compare import DEFAULT_CV_MAX
+from harness.protocol import json_safe
 from harness.report import e2e as e2e_report
 from harness.report.plots import latency_bars, memory_bars, sample_strips
 from harness.report.table1 import (device_stand_in, failure_note, markdown_note, pivot, pivot_rows, print_note,
@@ -302,15 +303,6 @@ _env = jinja2.Environment(
 )
 
 
-def _json_safe(value):
-    """A value JSON (and a browser's JSON.parse) takes: NaN and infinities as null, tuples as lists."""
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def raw_data(run: RunRecord) -> dict:
@@ -323,7 +315,7 @@ def raw_data(run: RunRecord) -> dict:
     meta = {"id": run.id, "suite_name": run.suite_name, "status": run.status, "started_at": run.started_at,
             "ended_at": run.ended_at, "git_commit": run.git_commit, "host": run.host, "run_group": run.run_group,
             "tags": run.tags, "suite": run.suite}
-    return _json_safe({"format": "harness-run", "format_version": 1, "run": meta, "devices": run.devices,
+    return json_safe({"format": "harness-run", "format_version": 1, "run": meta, "devices": run.devices,
                        "jobs": jobs})
 
 
