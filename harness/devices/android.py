@@ -28,7 +28,7 @@ An `e2e` job runs steps 2-4 three times in one device session, for the text enco
 VAE decoder .tflite (`options.extra.graphs.{text_encoder,unet,vae_decoder}`, else
 `ensure_artifact(..., component=...)`), and composes the three medians with the host's measured
 scheduler cost (`harness.workloads.e2e.measure_scheduler_ms`) into one result
-(`harness.report.e2e.composed_components`; README "Android", *End-to-end on a phone*).
+(`harness.composition.composed_components`; README "Android", *End-to-end on a phone*).
 
 Every string that reaches the device shell goes through `shlex.quote`.
 
@@ -1398,7 +1398,7 @@ class AndroidDevice(Device):
         """Text encoder, UNet and VAE decoder, each one benchmark_model run (`_bench`) in this device session,
         composed with the host's measured scheduler cost: text + steps x (UNet + scheduler) + decoder."""
         from harness.models.configs import get_model_config
-        from harness.report.e2e import CompositionError, composed_components
+        from harness.composition import CompositionError, composed_components
         from harness.workloads.common import InputError
         from harness.workloads.e2e import measure_scheduler_ms, parse_args
 

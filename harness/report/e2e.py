@@ -14,7 +14,6 @@ Pure: a RunRecord in, a pandas DataFrame out (`e2e_table`); the renderers format
 """
 from __future__ import annotations
 
-import math
 import os
 import statistics
 from pathlib import Path
@@ -23,12 +22,14 @@ from typing import Any
 import pandas as pd
 
 from harness import standin
+from harness.composition import (COMPOSED_LABEL, CompositionError, compose_e2e, composed_components,  # noqa: F401
+                                 host_scheduler_ms_per_step)
+from harness.composition import flatten as _flatten
 from harness.report.table1 import failure_note, markdown_note, print_note
 from harness.store import RunRecord
 from harness.variants import LADDER_LABELS
 
 MB = 1024 * 1024
-COMPOSED_LABEL = "composed from on-device component runs"
 # The paper's headline: SD 1.4, 512x512, 20 iterations, Samsung S23 Ultra GPU (arXiv 2304.11267).
 PAPER_REFERENCE_S = 11.5
 PAPER_REFERENCE_LABEL = "Paper: S23 Ultra (arXiv 2304.11267)"
@@ -45,70 +46,7 @@ SEGMENTS = [("text_ms", "text encoder"), ("unet_total_ms", "UNet"), ("scheduler_
             ("decoder_ms", "VAE decoder"), ("other_ms", "other")]
 
 
-class CompositionError(ValueError):
-    """Component figures that cannot be composed (negative, missing, not finite, steps < 1)."""
-
-
-# ------------------------------------------------------------------------------------ composition
-
-def _check_ms(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise CompositionError(f"{name} must be a finite number of milliseconds >= 0, got {value!r}")
-    return float(value)
-
-
-def compose_e2e(text_ms: float, unet_ms: float, decoder_ms: float, scheduler_ms: float, steps: int) -> float:
-    """End-to-end ms composed from separately measured components:
-    text_ms + steps x (unet_ms + scheduler_ms) + decoder_ms.
-
-    unet_ms: one UNet iteration (batch 2, guidance) measured on the device; scheduler_ms: the
-    per-step non-UNet cost (input scaling, guidance, scheduler.step) measured on the host
-    (`host_scheduler_ms_per_step`); both are per step. Label the result COMPOSED_LABEL.
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise CompositionError(f"steps must be an integer >= 1, got {steps!r}")
-    text = _check_ms("text_ms", text_ms)
-    unet = _check_ms("unet_ms", unet_ms)
-    decoder = _check_ms("decoder_ms", decoder_ms)
-    sched = _check_ms("scheduler_ms", scheduler_ms)
-    return text + steps * (unet + sched) + decoder
-
-
-def composed_components(text_ms: float, unet_ms: float, decoder_ms: float, scheduler_ms: float, steps: int,
-                        sources: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JobResult.components_ms of a composed e2e result (per-step unet_ms and scheduler_ms).
-    `sources`: where each figure came from (artifact names, host run id), kept for the record."""
-    total = compose_e2e(text_ms, unet_ms, decoder_ms, scheduler_ms, steps)
-    out: dict[str, Any] = {
-        "method": "composed", "label": COMPOSED_LABEL, "steps": steps, "unet_evals": steps,
-        "text_encoder_ms": float(text_ms), "unet_ms": float(unet_ms), "scheduler_ms": float(scheduler_ms),
-        "decoder_ms": float(decoder_ms), "total_ms": total,
-    }
-    if sources:
-        out["sources"] = dict(sources)
-    return out
-
-
-def host_scheduler_ms_per_step(components_ms: dict[str, Any]) -> float:
-    """The median per-step scheduler cost of a measured e2e result (what compose_e2e takes)."""
-    value = components_ms.get("scheduler_ms")
-    if value is None:
-        raise CompositionError("components_ms has no scheduler_ms; give the result of a host e2e run")
-    flat = list(_flatten(value))
-    if not flat:
-        raise CompositionError("components_ms.scheduler_ms is empty; the host e2e run timed no image")
-    return float(statistics.median(flat))
-
-
 # ------------------------------------------------------------------------------------ the table
-
-def _flatten(value: Any):
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _flatten(v)
-    elif value is not None:
-        yield float(value)
-
 
 def _median(values: list[float]) -> float | None:
     return float(statistics.median(values)) if values else None

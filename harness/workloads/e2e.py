@@ -118,7 +118,7 @@ def measure_scheduler_ms(scheduler: str, steps: int, latent_shape: tuple[int, ..
     random fp32 tensors of `latent_shape` ([1, C, H/8, W/8]) on the CPU. One untimed warm-up loop,
     then `repeats` loops of `steps` steps (each a fresh scheduler with `set_timesteps(steps)`); the
     median over every timed step. Devices that time the UNet apart (Android) compose with it
-    (`harness.report.e2e.compose_e2e`). Cached per arguments within this process."""
+    (`harness.composition.compose_e2e`). Cached per arguments within this process."""
     from harness.models.pipeline import PipelineError
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
