@@ -268,9 +268,7 @@ def cmd_devices(args) -> int:
     except DeviceError as exc:
         raise InputError(str(exc)) from None
     if args.aihub and args.format != "json":
-        from harness.devices.aihub import print_devices
-
-        return print_devices(infos)
+        return _print_aihub_devices(infos)
     if args.format == "json":
         print(json.dumps([i.to_dict() for i in infos], indent=2))
         return EXIT_OK
@@ -283,6 +281,37 @@ def cmd_devices(args) -> int:
 
 
 _DEVICE_DROP_ORDER = ("RAM", "OS", "SoC", "GPU", "model")  # from a devices table too wide for the console
+
+
+def _print_aihub_devices(infos) -> int:
+    """`harness devices --aihub`: the Hub's devices (id, OS, chipset, attributes) fitted to the console like
+    `harness devices` (the id is never cut; attributes go first when it is narrow), notes under the table."""
+    from rich.console import Console
+
+    from harness.report.fit import fit_table
+
+    console = Console()
+    rows = [[i.id, i.os_version, i.soc, ", ".join(a for a in i.extra.get("attributes", [])
+                                                    if not a.startswith(("chipset:", "os:")))]
+            for i in infos if not i.note]
+    table, dropped = fit_table(console, "Qualcomm AI Hub devices (use as --device 'aihub:NAME')",
+                               ["id", "OS", "chipset", "attributes"], rows, ("attributes", "OS"),
+                               left=("OS", "chipset", "attributes"))
+    console.print(table)
+    if dropped:
+        console.print(f"not shown at this width: {', '.join(dropped)} (a wider terminal, or --format json, "
+                      "shows them)", markup=False, highlight=False)
+    for line in _stand_in_lines(infos):
+        console.print(line, markup=False, highlight=False)
+    for i in (i for i in infos if i.note):
+        console.print(f"note: {i.hint or i.state}", markup=False, highlight=False)
+    return EXIT_OK
+
+
+def _stand_in_lines(infos) -> list[str]:
+    """Devices that are not what they say (fake phones, an API stand-in): one line each under a device table."""
+    return [f"stand-in: {i.id}: {', '.join(i.stand_in)} (not a real device's figures)"
+            for i in infos if not i.note and i.stand_in]
 
 
 def devices_table(infos, console):
@@ -308,6 +337,7 @@ def devices_table(infos, console):
     lines = [f"not shown at this width: {', '.join(dropped)} (a wider terminal, or --format json, shows them)"] \
         if dropped else []
     lines += [f"{n}. {i.id} ({i.state}): {i.hint}" for n, i in enumerate(hints, 1)]
+    lines += _stand_in_lines(infos)
     lines += [f"note: {i.hint or i.name + ': ' + i.state}" for i in infos if i.note]
     return table, lines
 

@@ -92,6 +92,6 @@ def marked(text: str, stand_in: Iterable[str] | str | None) -> str:
 
 
 NOTE = ("Stand-in: a table titled [stand-in: ...] holds rows that did not run on a real phone, tool or GPU (a fake "
-        "phone on the test suite's adb server, the benchmark_model stand-in, the iOS API stand-in, SwiftShader's CPU "
-        "emulation of a GPU; the CSV's stand_in column names each row's): they check the plumbing, and their latency "
-        "and memory are this host's, not a phone's.")
+        "phone on the test suite's adb server, the benchmark_model stand-in, the iOS API stand-in, an AI Hub API "
+        "stand-in, SwiftShader's CPU emulation of a GPU; the CSV's stand_in column names each row's): they check the "
+        "plumbing, and their latency and memory are not a phone's (this host's, or a stand-in's fixed figures).")

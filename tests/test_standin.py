@@ -98,7 +98,7 @@ def test_a_swiftshader_row_and_a_real_row_in_the_reports(tmp_path: Path, fmt: st
         assert [r["stand_in"] for r in csv.DictReader(io.StringIO(real))] == [""]
     else:
         assert f"host (Xeon) [stand-in: {standin.EMULATED_GPU}]" in emulated
-        assert "their latency and memory are this host" in emulated
+        assert "their latency and memory are not a phone" in emulated
 
 
 def test_an_old_store_gets_the_column(tmp_path: Path) -> None:

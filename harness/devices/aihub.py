@@ -501,22 +501,3 @@ def _qai_hub_version() -> str:
         return str(qai_hub.__version__)
     except Exception:  # noqa: BLE001
         return ""
-
-
-def print_devices(infos: list[DeviceInfo]) -> int:
-    """`harness devices --aihub`: the Hub's devices with their attributes (notes under the table)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="Qualcomm AI Hub devices (use as --device 'aihub:NAME')")
-    for col in ("id", "OS", "chipset", "attributes"):
-        table.add_column(col)
-    for i in infos:
-        if not i.note:
-            attrs = [a for a in i.extra.get("attributes", []) if not a.startswith(("chipset:", "os:"))]
-            table.add_row(i.id, i.os_version, i.soc, ", ".join(attrs))
-    console = Console()
-    console.print(table)
-    for i in (i for i in infos if i.note):
-        console.print(f"note: {i.hint or i.state}", markup=False, highlight=False)
-    return 0
