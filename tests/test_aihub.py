@@ -131,6 +131,14 @@ def test_devices_listing_with_client_ini_and_without_credentials(tmp_path: Path,
         # plain `harness devices` lists them too when a token is configured
         assert main(["devices", "--json"]) == 0
         assert f"aihub:{S24}" in {d["id"] for d in json.loads(capsys.readouterr().out)}
+        # the table in 80 columns: every id and chipset whole, on one line; the stand-in named under it
+        monkeypatch.setenv("COLUMNS", "80")
+        assert main(["devices", "--aihub"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert all(len(line) <= 80 for line in lines)
+        row = next(line for line in lines if f"aihub:{S24}" in line)
+        assert "qualcomm-snapdragon-8gen3" in row
+        assert any(line.startswith(f"stand-in: aihub:{S24}: AI Hub API stand-in") for line in lines)
         # a rejected (expired) token: a note naming the fix, the token never printed
         srv.token_expired = True
         assert main(["devices", "--aihub"]) == 0
