@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness import resources
 from harness.models.configs import MODELS
 from harness.protocol import CheckPolicy, JobSpec, MeasurePolicy, ModelRef, RuntimeOptions
 from harness.variants import LADDER, Flags
@@ -333,9 +334,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> list[tuple[tuple[str, .
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
     path = Path(path)
     if not path.is_file():
-        known = sorted(p.name for p in Path("suites").glob("*.yaml")) if Path("suites").is_dir() else []
-        hint = f" (suites here: {', '.join(known)})" if known else ""
-        raise SuiteError(f"suite file {str(path)!r} not found{hint}")
+        builtin = resources.builtin_suite(str(path))  # `harness run smoke`: a built-in suite by name
+        if builtin is None:
+            here = Path("suites")
+            known = sorted(p.name for p in here.glob("*.yaml")) \
+                if here.is_dir() and here.resolve() != resources.suites_dir().resolve() else []
+            hint = f" (suites here: {', '.join(known)})" if known else ""
+            raise SuiteError(f"suite file {str(path)!r} not found{hint}; built-in suites, by name: "
+                             f"{', '.join(resources.builtin_suites())} (e.g. `harness run smoke`)")
+        path = builtin
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -17,7 +17,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without install
+_CHECKOUT = Path(__file__).resolve().parents[2]
+if (_CHECKOUT / "harness" / "__init__.py").is_file():  # run from a checkout without install (a wheel: harness is installed)
+    sys.path.insert(0, str(_CHECKOUT))
 
 from harness.protocol import JobResult, JobSpec, MemoryFigures, parse_spec, write_json_atomic  # noqa: E402
 from harness.workloads import get_workload  # noqa: E402

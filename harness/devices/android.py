@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness import standin
+from harness.resources import agent_path
 from harness.devices.android_parse import (
     THERMAL_ZONES_SHELL_CMD,
     BenchmarkModelOutput,
@@ -88,7 +89,7 @@ from harness.devices.base import (
 from harness.protocol import JobResult, JobSpec, MemoryFigures, write_json_atomic
 from harness.runtimes import UnknownRuntimeError, get_runtime, runtimes_of
 
-AGENT_SCRIPT = Path(__file__).resolve().parents[2] / "device_agents" / "android" / "run_job.sh"
+AGENT_SCRIPT = agent_path("android", "run_job.sh")  # harness.resources
 DEFAULT_DEVICE_DIR = "/data/local/tmp/harness"
 DEFAULT_ADB_PORT = 5037
 THERMAL_DIR = "/sys/class/thermal"

@@ -19,9 +19,10 @@ from pathlib import Path
 import psutil
 
 from harness.devices.base import Device, DeviceContext, DeviceInfo, DeviceKind, ProgressFn
+from harness.resources import agent_path
 from harness.protocol import JobResult, JobSpec, ProtocolError, error_tail, parse_result, write_json_atomic
 
-AGENT = Path(__file__).resolve().parents[2] / "device_agents" / "host" / "agent.py"
+AGENT = agent_path("host", "agent.py")  # harness.resources: a checkout's device_agents/ or the wheel's
 
 
 def _cpu_name() -> str:
