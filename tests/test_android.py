@@ -21,7 +21,7 @@ import yaml
 
 from harness.cli import main
 from harness.devices.android import (
-    AGENT_SCRIPT, AndroidConfigError, Cooldown, _JobFailure, benchmark_flags, check_benchmark_model,
+    AGENT_SCRIPT, AndroidConfigError, Cooldown, JobFailure, benchmark_flags, check_benchmark_model,
     device_state, exact_samples_ms, parse_adb_server, runtime_of, settings_for, unit_of, unit_ran,
 )
 from harness.devices.android_parse import DelegateApplication, RunStats
@@ -105,9 +105,9 @@ def test_flags_from_options_and_measure() -> None:
     assert "--result_file_path=/d/r.pb" in args and "--gpu_backend=cl" not in args
     assert set(missing) == {"warmup_min_secs", "num_threads", "gpu_backend", "gpu_precision_loss_allowed",
                             "run_delay", "enable_op_profiling", "report_peak_memory_footprint", "use_xnnpack"}
-    with pytest.raises(_JobFailure, match="no --use_gpu flag"):
+    with pytest.raises(JobFailure, match="no --use_gpu flag"):
         benchmark_flags(spec, "/d/m.tflite", supported={"graph", "num_runs"})
-    with pytest.raises(_JobFailure, match="gpu_backend must be one of cl, gl"):
+    with pytest.raises(JobFailure, match="gpu_backend must be one of cl, gl"):
         benchmark_flags(_spec(options={"runtime": "litert-gpu", "extra": {"gpu_backend": "vulkan"}}), "g",
                         supported=None)
 
@@ -133,9 +133,9 @@ def test_gpu_rows_require_full_delegation_unless_cpu_fallback_is_allowed() -> No
                                              "extra": {"allow_cpu_fallback": True, "precision": "fp32"}}), "g",
                               supported=compiled)
     assert {"--use_cpu=true", "--require_full_delegation=false", "--gpu-precision=fp32"} <= set(args)
-    with pytest.raises(_JobFailure, match="one of opencl, webgpu, opengl, gl for LiteRT 2.x"):
+    with pytest.raises(JobFailure, match="one of opencl, webgpu, opengl, gl for LiteRT 2.x"):
         benchmark_flags(_spec(options={"runtime": "litert-gpu", "extra": {"gpu_backend": "cl"}}), "g", supported=compiled)
-    with pytest.raises(_JobFailure, match="options.extra.allow_cpu_fallback"):
+    with pytest.raises(JobFailure, match="options.extra.allow_cpu_fallback"):
         benchmark_flags(_spec(options={"runtime": "litert-gpu", "extra": {"allow_cpu_fallback": "perhaps"}}), "g",
                         supported=compiled)
 
@@ -145,7 +145,7 @@ def test_runtime_mapping() -> None:
     assert runtime_of(_spec(options={"runtime": "torch", "accelerator": "cpu"})) == ("litert-cpu", False)
     assert runtime_of(_spec(options={"runtime": "litert-cpu"})) == ("litert-cpu", False)
     assert runtime_of(_spec(options={"runtime": "litert-cpu", "extra": {"use_gpu": True}})) == ("litert-gpu", True)
-    with pytest.raises(_JobFailure, match=r"'coreml' does not run on android devices \(it runs on: ios\)"):
+    with pytest.raises(JobFailure, match=r"'coreml' does not run on android devices \(it runs on: ios\)"):
         runtime_of(_spec(options={"runtime": "coreml"}))
 
 
@@ -155,9 +155,9 @@ def test_compute_units_map_to_benchmark_model_delegate_flags(tmp_path: Path) -> 
     args, _ = benchmark_flags(nnapi, "/d/m.tflite", supported=None)
     assert {"--use_gpu=false", "--use_nnapi=true", "--nnapi_allow_fp16=true", "--nnapi_accelerator_name=qti-dsp"} <= set(args)
     assert unit_of(nnapi).label == "nnapi:qti-dsp" and runtime_of(nnapi) == ("litert-nnapi", False)
-    with pytest.raises(_JobFailure, match="no --use_nnapi flag"):
+    with pytest.raises(JobFailure, match="no --use_nnapi flag"):
         benchmark_flags(nnapi, "/d/m.tflite", supported={"graph", "num_runs", "use_gpu"})
-    with pytest.raises(_JobFailure, match="not an NNAPI device name"):
+    with pytest.raises(JobFailure, match="not an NNAPI device name"):
         unit_of(_spec(options={"runtime": "litert-nnapi", "extra": {"nnapi_accelerator_name": "x; rm -rf /"}}))
     # an external (vendor NPU) delegate: a host file is pushed under device_dir/lib, a phone path used as is
     lib = tmp_path / "libQnnTFLiteDelegate.so"
@@ -171,11 +171,11 @@ def test_compute_units_map_to_benchmark_model_delegate_flags(tmp_path: Path) -> 
     assert "--external_delegate_options=backend_type:htp" in args and "--use_gpu=false" in args
     on_phone = _spec(options={"runtime": "litert-delegate", "extra": {"external_delegate_path": "/vendor/lib64/libX.so"}})
     assert unit_of(on_phone).library_host is None and unit_of(on_phone).label == "delegate:libX.so"
-    with pytest.raises(_JobFailure, match="needs the vendor delegate library"):
+    with pytest.raises(JobFailure, match="needs the vendor delegate library"):
         unit_of(_spec(options={"runtime": "litert-delegate"}))
-    with pytest.raises(_JobFailure, match="neither a file on this host nor an absolute path"):
+    with pytest.raises(JobFailure, match="neither a file on this host nor an absolute path"):
         unit_of(_spec(options={"runtime": "litert-delegate", "extra": {"external_delegate_path": "rel/lib.so"}}))
-    with pytest.raises(_JobFailure, match="unknown runtime 'tpu'; known runtimes: torch, litert-cpu, litert-gpu"):
+    with pytest.raises(JobFailure, match="unknown runtime 'tpu'; known runtimes: torch, litert-cpu, litert-gpu"):
         unit_of(_spec(options={"runtime": "tpu"}))
 
 

@@ -23,7 +23,7 @@ import pytest
 from harness.cli import main
 from harness.devices.base import DeviceContext
 from harness.devices.ios import (
-    AGENT_MARK, DEFAULT_BUNDLE_ID, JOBS_DIR, IOSConfigError, _JobFailure, check_runtime, compute_units_of,
+    AGENT_MARK, DEFAULT_BUNDLE_ID, JOBS_DIR, IOSConfigError, JobFailure, check_runtime, compute_units_of,
     device_spec, ipa_info, settings_for, tree_sha256, tree_size,
 )
 from harness.protocol import JobResult, JobSpec, RuntimeOptions, parse_result, parse_spec
@@ -393,7 +393,7 @@ def test_device_spec_and_runtime_mapping(mlpackage: Path) -> None:
     assert compute_units_of(spec.model_copy(update={"options": RuntimeOptions(compute_units="all")})) == "all"
     for options, words in [(RuntimeOptions(compute_units="gpu"), "not Core ML's"),
                            (RuntimeOptions(runtime="litert-gpu"), "does not run on ios devices")]:
-        with pytest.raises(_JobFailure, match=words):
+        with pytest.raises(JobFailure, match=words):
             s = spec.model_copy(update={"options": options})
             check_runtime(s)
             compute_units_of(s)

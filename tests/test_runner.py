@@ -29,3 +29,21 @@ def test_farm_aliases_and_pools():
     with pytest.raises(UnknownDeviceError, match="unknown device pool 'mid'; pools in the farm file: flagship"):
         expand_device_ids(["pool:mid"], farm)
     assert expand_device_ids(["host"], None) == ["host"]
+
+
+def test_one_export_failure_mapping_for_every_device_kind():
+    """Android and iOS map a failed export the same way (they disagreed: a reference mismatch was
+    `reference_mismatch` on Android and `export` on iOS)."""
+    from harness.devices.base import export_failure
+    from harness.export import ExportError
+
+    check = export_failure(ExportError("rel. error 0.3 > 0.05", variant="v", kind="check", detail="max |d| 0.3"),
+                           "variant 'v'", "Core ML")
+    assert (check.kind, check.detail) == ("reference_mismatch", "max |d| 0.3")
+    assert "exporting variant 'v' to Core ML failed: ExportError: rel. error 0.3" in check.message
+    assert export_failure(ExportError("bad flag", kind="input"), "v", ".tflite").kind == "input"
+    try:
+        raise RuntimeError("converter crashed")
+    except RuntimeError as exc:
+        crash = export_failure(exc, "v", ".tflite")
+    assert crash.kind == "export" and "converter crashed" in crash.detail  # the traceback as detail

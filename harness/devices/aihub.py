@@ -253,7 +253,7 @@ class AiHubDevice(Device):
             raise _Failure(kind, str(err), transient=transient) from None
 
     def _artifact(self, spec: JobSpec) -> tuple[Path, dict[str, Any]]:
-        from harness.devices.android import _JobFailure, check_tflite, given_graph
+        from harness.devices.android import JobFailure, check_tflite, given_graph
 
         try:
             where, graph = given_graph(spec)
@@ -261,7 +261,7 @@ class AiHubDevice(Device):
                 path = Path(graph).expanduser()
                 check_tflite(path, where)
                 return path, {"source": "graph"}  # weights/planned tensors: from the export's meta only, as on Android
-        except _JobFailure as f:
+        except JobFailure as f:
             raise _Failure(f.kind, f.message) from None
         from harness.export import ensure_artifact
         from harness.variants import Flags

@@ -84,7 +84,7 @@ from harness.devices.android_parse import (
 )
 from harness.devices.base import (
     Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceKind,
-    DeviceUnavailableError, ProgressFn,
+    DeviceUnavailableError, JobFailure, Artifact, ProgressFn, export_failure,
 )
 from harness.protocol import JobResult, JobSpec, MemoryFigures, write_json_atomic
 from harness.runtimes import UnknownRuntimeError, get_runtime, runtimes_of
@@ -146,16 +146,6 @@ _PROTO_MARK = "@@harness-result-proto"
 
 class AndroidConfigError(DeviceError):
     """Bad Android settings (farm.yaml, --adb, options.extra); the message names the fix."""
-
-
-class _JobFailure(Exception):
-    """A failure that becomes the job's JobResult (not a device drop)."""
-
-    def __init__(self, kind: str, message: str, detail: str | None = None, transient: bool = False,
-                 extra: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.kind, self.message, self.detail, self.transient = kind, message, detail, transient
-        self.extra = extra or {}
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -390,16 +380,16 @@ def _bool(name: str, value: Any) -> bool:
         return value.lower() in ("true", "1", "yes")
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise _JobFailure("input", f"options.extra.{name} must be true or false, got {value!r}")
+    raise JobFailure("input", f"options.extra.{name} must be true or false, got {value!r}")
 
 
 def _number(name: str, value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise _JobFailure("input", f"options.extra.{name} must be a number, got {value!r}") from None
+        raise JobFailure("input", f"options.extra.{name} must be a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise _JobFailure("input", f"options.extra.{name} must be finite, got {value!r}")
+        raise JobFailure("input", f"options.extra.{name} must be finite, got {value!r}")
     return number
 
 
@@ -428,28 +418,28 @@ class ComputeUnit:
 
 
 def unit_of(spec: JobSpec, device_dir: str = "") -> ComputeUnit:
-    """The compute unit of a job (README "Android", *Compute units*). Raises _JobFailure (input) for a
+    """The compute unit of a job (README "Android", *Compute units*). Raises JobFailure (input) for a
     runtime Android lacks or a bad option."""
     runtime = spec.options.runtime
     extra = spec.options.extra
     try:
         get_runtime(runtime).on("android")
     except UnknownRuntimeError as exc:
-        raise _JobFailure("input", str(exc)) from None
+        raise JobFailure("input", str(exc)) from None
     if runtime == "litert-nnapi":
         accel = extra.get("nnapi_accelerator_name")
         flags: list[tuple[str, Any]] = [("use_gpu", False), ("use_nnapi", True),
                                         ("nnapi_allow_fp16", spec.options.dtype != "fp32")]
         if accel is not None:
             if not re.fullmatch(r"[A-Za-z0-9_.:-]+", str(accel)):
-                raise _JobFailure("input", f"options.extra.nnapi_accelerator_name {accel!r} is not an NNAPI device "
+                raise JobFailure("input", f"options.extra.nnapi_accelerator_name {accel!r} is not an NNAPI device "
                                   "name (e.g. qti-dsp, google-edgetpu; `adb shell dumpsys nnapi` lists them)")
             flags.append(("nnapi_accelerator_name", str(accel)))
         return ComputeUnit(runtime, f"nnapi:{accel}" if accel else "nnapi", tuple(flags), expect_delegate="NNAPI")
     if runtime == "litert-delegate":
         lib = extra.get("external_delegate_path")
         if not lib:
-            raise _JobFailure("input", "runtime litert-delegate needs the vendor delegate library: --set "
+            raise JobFailure("input", "runtime litert-delegate needs the vendor delegate library: --set "
                               "options.extra.external_delegate_path=PATH (a .so on this host, pushed to the phone, "
                               "or an absolute path on the phone, e.g. /vendor/lib64/libQnnTFLiteDelegate.so)")
         local = Path(str(lib)).expanduser()
@@ -458,7 +448,7 @@ def unit_of(spec: JobSpec, device_dir: str = "") -> ComputeUnit:
         elif str(lib).startswith("/"):
             host, device = None, str(lib)
         else:
-            raise _JobFailure("input", f"options.extra.external_delegate_path {str(lib)!r} is neither a file on this "
+            raise JobFailure("input", f"options.extra.external_delegate_path {str(lib)!r} is neither a file on this "
                               "host nor an absolute path on the phone")
         flags = [("use_gpu", False), ("external_delegate_path", device)]
         opts = extra.get("external_delegate_options")
@@ -534,7 +524,7 @@ def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
     """The benchmark_model arguments of a job, and the requested flags this binary lacks.
 
     `supported` is the set of flag names the binary's --help lists (None: unknown, every standard
-    flag is passed and `result_file_path` is left out). Raises _JobFailure for bad option values,
+    flag is passed and `result_file_path` is left out). Raises JobFailure for bad option values,
     and when the GPU is wanted but the binary has no --use_gpu.
     """
     extra = spec.options.extra
@@ -558,13 +548,13 @@ def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
         try:
             gpu_opts = get_runtime("litert-gpu").parse_options(extra)
         except ValueError as exc:
-            raise _JobFailure("input", str(exc)) from None
+            raise JobFailure("input", str(exc)) from None
         backend = extra.get("gpu_backend")
         if backend is not None:
             known = ("opencl", "webgpu", "opengl", "gl") if compiled else ("cl", "gl")
             if str(backend) not in known:
                 tool = "LiteRT 2.x's CompiledModel benchmark_model" if compiled else "this benchmark_model"
-                raise _JobFailure("input", f"options.extra.gpu_backend must be one of {', '.join(known)} for {tool}, "
+                raise JobFailure("input", f"options.extra.gpu_backend must be one of {', '.join(known)} for {tool}, "
                                   f"got {backend!r}")
             if not (compiled and str(backend) == "opencl"):  # the CompiledModel tool's default is OpenCL
                 wanted.append(("gpu_backend", str(backend)))
@@ -590,20 +580,20 @@ def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
         wanted.append(("result_file_path", result_file))
     user_flags = extra.get("flags") or {}
     if not isinstance(user_flags, dict):
-        raise _JobFailure("input", "options.extra.flags must map benchmark_model flag names to values")
+        raise JobFailure("input", "options.extra.flags must map benchmark_model flag names to values")
     for name, value in user_flags.items():
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(name)):
-            raise _JobFailure("input", f"options.extra.flags: {name!r} is not a benchmark_model flag name")
+            raise JobFailure("input", f"options.extra.flags: {name!r} is not a benchmark_model flag name")
         wanted = [(n, v) for n, v in wanted if n != name] + [(str(name), value)]
     args: list[str] = []
     missing: list[str] = []
     for name, value in wanted:
         if supported is not None and name not in supported:
             if name == "use_gpu" and value is True:
-                raise _JobFailure("input", "this benchmark_model has no --use_gpu flag (built without the GPU "
+                raise JobFailure("input", "this benchmark_model has no --use_gpu flag (built without the GPU "
                                   "delegate); use a build with GPU support, or runtime litert-cpu")
             if name in ("use_nnapi", "external_delegate_path"):
-                raise _JobFailure("input", f"this benchmark_model has no --{name} flag, so runtime {unit.runtime} "
+                raise JobFailure("input", f"this benchmark_model has no --{name} flag, so runtime {unit.runtime} "
                                   "cannot reach its unit; use a full build of LiteRT's benchmark_model (README "
                                   "'Android'), or runtime litert-gpu / litert-cpu")
             missing.append(name)
@@ -691,15 +681,15 @@ def given_graph(spec: JobSpec, component: str = "unet") -> tuple[str, str | None
     graphs = extra.get("graphs")
     if graphs is not None:
         if not isinstance(graphs, dict):
-            raise _JobFailure("input", f"options.extra.graphs must map {', '.join(E2E_COMPONENTS)} to host .tflite "
+            raise JobFailure("input", f"options.extra.graphs must map {', '.join(E2E_COMPONENTS)} to host .tflite "
                               f"paths, got {graphs!r}; {GRAPHS_HINT}")
         unknown = sorted(set(map(str, graphs)) - set(E2E_COMPONENTS))
         if unknown:
-            raise _JobFailure("input", f"options.extra.graphs: unknown component(s) {', '.join(unknown)}; known: "
+            raise JobFailure("input", f"options.extra.graphs: unknown component(s) {', '.join(unknown)}; known: "
                               f"{', '.join(E2E_COMPONENTS)}")
         missing = [c for c in E2E_COMPONENTS if not graphs.get(c)]
         if missing:
-            raise _JobFailure("input", f"options.extra.graphs lacks {', '.join(missing)}: when any graph is given, "
+            raise JobFailure("input", f"options.extra.graphs lacks {', '.join(missing)}: when any graph is given, "
                               f"all three are required; {GRAPHS_HINT}")
         if component == "unet" and extra.get("graph") and spec.workload != "e2e":
             return "options.extra.graph", str(extra["graph"])
@@ -713,17 +703,17 @@ TFLITE_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of a .tflite (byte
 
 
 def check_tflite(path: Path, where: str) -> None:
-    """Raise an input _JobFailure unless `path` is a readable file with the .tflite identifier."""
+    """Raise an input JobFailure unless `path` is a readable file with the .tflite identifier."""
     if not path.is_file():
-        raise _JobFailure("input", f"{where} {str(path)!r} is not a file; give the host path of a .tflite, or "
+        raise JobFailure("input", f"{where} {str(path)!r} is not a file; give the host path of a .tflite, or "
                           "leave it out to export the variant")
     try:
         with path.open("rb") as fh:
             head = fh.read(8)
     except OSError as exc:
-        raise _JobFailure("input", f"{where} {str(path)!r} cannot be read: {exc}") from None
+        raise JobFailure("input", f"{where} {str(path)!r} cannot be read: {exc}") from None
     if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
-        raise _JobFailure("input", f"{where} {str(path)!r} is not a .tflite model (no {TFLITE_IDENTIFIER.decode()} "
+        raise JobFailure("input", f"{where} {str(path)!r} is not a .tflite model (no {TFLITE_IDENTIFIER.decode()} "
                           "flatbuffer identifier at byte 4); give a LiteRT .tflite file")
 
 
@@ -739,7 +729,7 @@ def component_ms(result: JobResult) -> tuple[float, str]:
         return float(statistics.median(result.samples_ms)), "median"
     if summary.get("avg") is not None:
         return float(summary["avg"]), "avg (this benchmark_model prints no median)"
-    raise _JobFailure("parse", "benchmark_model printed no timed-run statistics to compose from")
+    raise JobFailure("parse", "benchmark_model printed no timed-run statistics to compose from")
 
 
 def _tail(text: str, limit: int = _STDERR_TAIL_CHARS) -> str:
@@ -767,7 +757,7 @@ def _component_records(results: dict[str, JobResult]) -> dict[str, dict[str, Any
         else:
             try:
                 rec["ms"], rec["statistic"] = component_ms(res)
-            except _JobFailure as exc:
+            except JobFailure as exc:
                 rec["ms"], rec["statistic"] = None, exc.message
         out[component] = rec
     return out
@@ -921,16 +911,6 @@ class AndroidKind(DeviceKind):
 
 # ------------------------------------------------------------------------------------ the device
 
-@dataclass
-class _Artifact:
-    local: Path
-    sha256: str
-    size_bytes: int
-    key: str | None
-    source: str  # "export" | "graph"
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
 class AndroidDevice(Device):
     kind = "android"
 
@@ -953,7 +933,7 @@ class AndroidDevice(Device):
         self.files_skipped = 0
         self._md5_cache: dict[tuple[str, int, int], str] = {}
         self._sha_cache: dict[tuple[str, int, int], str] = {}
-        self._artifacts: dict[str, _Artifact | _JobFailure] = {}
+        self._artifacts: dict[str, Artifact | JobFailure] = {}
         self._supported_flags: set[str] | None = None
         self._probed = False
         self._dropped = False
@@ -1045,7 +1025,7 @@ class AndroidDevice(Device):
                f"set -- $(md5sum < \"$f\" 2>/dev/null); echo \"${{1:-?}}\"; else echo missing; fi; done")
         res = self._sh(cmd, "checking md5 sums on the device")
         if res.returncode == 3:
-            raise _JobFailure("device", f"cannot create {self.settings.device_dir} on {self.id}: "
+            raise JobFailure("device", f"cannot create {self.settings.device_dir} on {self.id}: "
                               f"{(res.stderr or res.stdout).strip()}; set device_dir in farm.yaml to a writable "
                               "directory (default /data/local/tmp/harness)")
         lines = res.stdout.splitlines()
@@ -1063,7 +1043,7 @@ class AndroidDevice(Device):
         except AdbError as exc:
             if str(exc).strip() == "FAIL":
                 size = local.stat().st_size
-                raise _JobFailure(
+                raise JobFailure(
                     "disk_full",
                     f"the device refused {local.name} ({size:,} bytes) at {remote} (adb sync FAIL): its disk is "
                     f"most likely full ('No space left on device'), or the directory is not writable. Free space "
@@ -1095,13 +1075,13 @@ class AndroidDevice(Device):
     def _benchmark_local(self) -> Path:
         path = self.settings.benchmark_model
         if not path:
-            raise _JobFailure("input", f"no benchmark_model for {self.id}. {BENCHMARK_MODEL_HELP}")
+            raise JobFailure("input", f"no benchmark_model for {self.id}. {BENCHMARK_MODEL_HELP}")
         local = Path(path)
         if not local.is_file():
-            raise _JobFailure("input", f"benchmark_model {path!r} is not a file. {BENCHMARK_MODEL_HELP}")
+            raise JobFailure("input", f"benchmark_model {path!r} is not a file. {BENCHMARK_MODEL_HELP}")
         return local
 
-    def _artifact(self, spec: JobSpec, component: str = "unet") -> _Artifact:
+    def _artifact(self, spec: JobSpec, component: str = "unet") -> Artifact:
         """The .tflite of one component: the user's (options.extra.graphs.COMPONENT, or .graph for the
         UNet) or the export cache's. An e2e job asks for each of E2E_COMPONENTS."""
         e2e = spec.workload == "e2e"
@@ -1109,28 +1089,28 @@ class AndroidDevice(Device):
         key = (f"graph:{graph}" if graph else
                f"export:{spec.model.model_dump_json()}:{spec.flags}:{spec.options.dtype}" + (f":{component}" if e2e else ""))
         cached = self._artifacts.get(key)
-        if isinstance(cached, _JobFailure):
+        if isinstance(cached, JobFailure):
             raise cached
         if cached is not None and cached.local.is_file():
             return cached
         try:
             art = self._resolve_artifact(spec, graph, where, component if e2e else None)
-        except _JobFailure as failure:
+        except JobFailure as failure:
             self._artifacts[key] = failure
             raise
         self._artifacts[key] = art
         return art
 
     def _resolve_artifact(self, spec: JobSpec, graph: Any, where: str = "options.extra.graph",
-                          component: str | None = None) -> _Artifact:
+                          component: str | None = None) -> Artifact:
         if graph:
             local = Path(str(graph)).expanduser()
             check_tflite(local, where)
-            return _Artifact(local, self._file_hash(local, "sha256"), local.stat().st_size, None, "graph")
+            return Artifact(local, self._file_hash(local, "sha256"), local.stat().st_size, "graph")
         try:
             from harness.export import ensure_artifact
         except ImportError as exc:
-            raise _JobFailure("input", f"cannot export variant {spec.variant!r} to .tflite: harness.export is not "
+            raise JobFailure("input", f"cannot export variant {spec.variant!r} to .tflite: harness.export is not "
                               f"available ({exc}); give a .tflite with --set options.extra.graph=PATH") from None
         from harness.variants import Flags
 
@@ -1140,26 +1120,22 @@ class AndroidDevice(Device):
                                   cache_dir=self.ctx.cache_dir, progress=None, variant=spec.variant,
                                   component=component or "unet")
         except Exception as exc:  # noqa: BLE001 - a converter failure fails this variant only
-            kind = getattr(exc, "kind", "")
-            kind = {"input": "input", "check": "reference_mismatch"}.get(kind, "export")
-            detail = getattr(exc, "detail", None) or traceback.format_exc()
-            raise _JobFailure(kind, f"exporting {what} to .tflite failed: {exc}",
-                              detail=_tail(str(detail))) from None
+            raise export_failure(exc, what, ".tflite") from None
         meta = dict(getattr(art, "meta", None) or {})
         meta["cached"] = bool(getattr(art, "cached", False))
-        return _Artifact(Path(art.path), str(art.sha256), int(art.size_bytes), str(getattr(art, "key", "") or ""),
-                         "export", meta)
+        return Artifact(Path(art.path), str(art.sha256), int(art.size_bytes), "export", meta,
+                        key=str(getattr(art, "key", "") or ""))
 
-    def _remote_model(self, art: _Artifact) -> str:
+    def _remote_model(self, art: Artifact) -> str:
         return f"{self.settings.device_dir}/models/{art.sha256[:16]}.tflite"
 
-    def _files_for(self, arts: list[_Artifact], specs: list[JobSpec] = ()) -> list[tuple[Path, str, int]]:
+    def _files_for(self, arts: list[Artifact], specs: list[JobSpec] = ()) -> list[tuple[Path, str, int]]:
         files = [(self._benchmark_local(), self.remote_bin, 0o755), (AGENT_SCRIPT, self.remote_agent, 0o755)]
         seen: set[str] = set()
         for spec in specs:  # an external delegate library given as a host file goes to the phone too
             try:
                 unit = unit_of(spec, self.settings.device_dir)
-            except _JobFailure:
+            except JobFailure:
                 continue
             if unit.library_host and unit.library_device not in seen:
                 seen.add(unit.library_device)
@@ -1185,17 +1161,17 @@ class AndroidDevice(Device):
     def prepare(self, specs: list[JobSpec]) -> None:
         """Push the binary, the agent and every artifact the jobs need (md5-skipped). Problems are
         kept for run_job, which repeats what it needs and turns them into job failures."""
-        arts: list[_Artifact] = []
+        arts: list[Artifact] = []
         for spec in specs:
             for component in (E2E_COMPONENTS if spec.workload == "e2e" else ("unet",)):
                 try:
                     arts.append(self._artifact(spec, component))
-                except _JobFailure:
+                except JobFailure:
                     continue
         try:
             self.prepare_push = self._sync_files(self._files_for(arts, specs), None)
             self._probe_flags()
-        except (_JobFailure, DeviceError) as exc:
+        except (JobFailure, DeviceError) as exc:
             self.prepare_note = f"prepare: {exc}"
             if isinstance(exc, DeviceDisconnectedError):
                 self._dropped = True  # the first job waits for the device to come back
@@ -1211,7 +1187,7 @@ class AndroidDevice(Device):
             raise
         except DeviceUnavailableError as exc:
             return JobResult.failure(spec.job_id, "device", str(exc), started_at=started, ended_at=time.time())
-        except _JobFailure as f:
+        except JobFailure as f:
             extra = {"push": {"bytes_pushed_total": self.bytes_pushed}, **f.extra}
             return JobResult.failure(spec.job_id, f.kind, f.message, detail=f.detail, transient=f.transient,
                                      started_at=started, ended_at=time.time(), extra=extra)
@@ -1235,7 +1211,7 @@ class AndroidDevice(Device):
         self._probe_flags()
         return self._bench(spec, workdir, art, push, progress, started)
 
-    def _bench(self, spec: JobSpec, workdir: Path, art: _Artifact, push: dict[str, Any],
+    def _bench(self, spec: JobSpec, workdir: Path, art: Artifact, push: dict[str, Any],
                progress: ProgressFn | None, started: float, component: str | None = None) -> JobResult:
         """One benchmark_model run of `art` under the job's flags and measure policy: cooldown, run_job.sh,
         collect, parse. `component` (e2e): the run's own device directory and local `device/COMPONENT/`."""
@@ -1250,12 +1226,12 @@ class AndroidDevice(Device):
             try:
                 affinity = _check_affinity("options.extra", spec.options.extra["affinity"])
             except AndroidConfigError as exc:
-                raise _JobFailure("input", str(exc)) from None
+                raise JobFailure("input", str(exc)) from None
         interval = self.settings.meminfo_interval_s
         if "meminfo_interval_s" in spec.options.extra:
             interval = _number("meminfo_interval_s", spec.options.extra["meminfo_interval_s"])
             if interval <= 0:
-                raise _JobFailure("input", "options.extra.meminfo_interval_s must be > 0")
+                raise JobFailure("input", "options.extra.meminfo_interval_s must be > 0")
 
         if self._stale_possible:
             self._cleanup_stale()
@@ -1342,7 +1318,7 @@ class AndroidDevice(Device):
         return self._result(spec, parsed, files, art, extra, before, after, started, ended, unit,
                             fail_kw["stand_in"])
 
-    def _result(self, spec: JobSpec, parsed: BenchmarkModelOutput, files: dict[str, str | None], art: _Artifact,
+    def _result(self, spec: JobSpec, parsed: BenchmarkModelOutput, files: dict[str, str | None], art: Artifact,
                 extra: dict[str, Any], before: dict, after: dict, started: float, ended: float,
                 unit: ComputeUnit, stand_in: list[str] | None = None) -> JobResult:
         gpu_samples: list[dict[str, Any]] = []
@@ -1407,12 +1383,12 @@ class AndroidDevice(Device):
             cfg = get_model_config(spec.model.name)
             args = parse_args(spec, cfg.image_size, cfg.vae_scale_factor)
         except InputError as exc:
-            raise _JobFailure("input", str(exc)) from None
+            raise JobFailure("input", str(exc)) from None
         except (KeyError, ValueError) as exc:
-            raise _JobFailure("input", f"e2e on Android: model {spec.model.name!r}: {exc}") from None
+            raise JobFailure("input", f"e2e on Android: model {spec.model.name!r}: {exc}") from None
         f = cfg.vae_scale_factor
         latent_shape = (1, int(cfg.unet["in_channels"]), args["height"] // f, args["width"] // f)
-        arts: dict[str, _Artifact] = {}
+        arts: dict[str, Artifact] = {}
         for component in E2E_COMPONENTS:
             arts[component] = self._artifact(spec, component)
         push = self._sync_files(self._files_for(list(arts.values()), [spec]), progress)
@@ -1425,8 +1401,8 @@ class AndroidDevice(Device):
             try:
                 res = self._bench(spec, workdir, arts[component], push if not results else {}, sub, time.time(),
                                   component)
-            except _JobFailure as failure:
-                raise _JobFailure(failure.kind, f"e2e component {component}: {failure.message}", failure.detail,
+            except JobFailure as failure:
+                raise JobFailure(failure.kind, f"e2e component {component}: {failure.message}", failure.detail,
                                   failure.transient, {**failure.extra, "failed_component": component}) from None
             results[component] = res
             if res.status != "ok":
@@ -1446,13 +1422,13 @@ class AndroidDevice(Device):
         try:
             scheduler_ms = measure_scheduler_ms(args["scheduler"], args["steps"], latent_shape, args["guidance_scale"])
         except InputError as exc:
-            raise _JobFailure("input", str(exc)) from None
+            raise JobFailure("input", str(exc)) from None
         ms: dict[str, tuple[float, str]] = {}
         for component, res in results.items():
             try:
                 ms[component] = component_ms(res)
-            except _JobFailure as failure:
-                raise _JobFailure(failure.kind, f"e2e component {component}: {failure.message}",
+            except JobFailure as failure:
+                raise JobFailure(failure.kind, f"e2e component {component}: {failure.message}",
                                   extra={"failed_component": component,
                                          "components": _component_records(results)}) from None
         sources = {c: {"sha256": arts[c].sha256, "source": arts[c].source, "statistic": ms[c][1]}
@@ -1463,7 +1439,7 @@ class AndroidDevice(Device):
             components = composed_components(ms["text_encoder"][0], ms["unet"][0], ms["vae_decoder"][0],
                                              scheduler_ms, args["steps"], sources=sources)
         except CompositionError as exc:
-            raise _JobFailure("parse", f"e2e composition: {exc}") from None
+            raise JobFailure("parse", f"e2e composition: {exc}") from None
 
         memory, peak_of = _largest_peaks(results)
         unet = results["unet"]
@@ -1530,7 +1506,7 @@ class AndroidDevice(Device):
             try:
                 policy = _cooldown_from("options.extra.cooldown", spec.options.extra["cooldown"], policy)
             except AndroidConfigError as exc:
-                raise _JobFailure("input", str(exc)) from None
+                raise JobFailure("input", str(exc)) from None
         if not policy.thermal:
             pause = policy.timeout_s if policy.timeout_s is not None else spec.measure.cooldown_seconds
             if pause and pause > 0:
@@ -1566,7 +1542,7 @@ class AndroidDevice(Device):
                   f"> {q(out + '/agent.log')} 2>&1 < /dev/null & echo $! > {q(out + '/agent.pid')}; echo launched")
         res = self._sh(launch, "starting the device agent")
         if res.returncode != 0 or "launched" not in res.stdout:
-            raise _JobFailure("device", f"could not start {self.remote_agent} on {self.id}: "
+            raise JobFailure("device", f"could not start {self.remote_agent} on {self.id}: "
                               f"{(res.stderr or res.stdout).strip()}")
         self._current_out = out
         t0 = time.monotonic()
@@ -1634,7 +1610,7 @@ class AndroidDevice(Device):
             return
         try:
             self._kill(out)
-        except (DeviceError, _JobFailure):
+        except (DeviceError, JobFailure):
             pass
 
     def close(self) -> None:

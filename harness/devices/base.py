@@ -7,6 +7,7 @@ controller runs on. The controller talks to a device only through this interface
 from __future__ import annotations
 
 import importlib
+import traceback
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,38 @@ class DeviceUnavailableError(DeviceError):
 
 class DeviceDisconnectedError(DeviceError):
     """The device went away in the middle of an operation; the job may be retried."""
+
+
+class JobFailure(Exception):
+    """A failure that becomes the job's JobResult (not a device drop): kind (JobError.kind), message, detail
+    (e.g. the tool's stderr), transient (the runner may retry it), extra (diagnostics kept on the result)."""
+
+    def __init__(self, kind: str, message: str, detail: str | None = None, transient: bool = False,
+                 extra: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.kind, self.message, self.detail, self.transient = kind, message, detail, transient
+        self.extra = extra or {}
+
+
+@dataclass
+class Artifact:
+    """What a device runs for one job: a host file (.tflite) or folder (.mlpackage), its sha256 and size, and
+    where it came from: "export" (the export cache; `meta` is the cache's record, `key` its cache key),
+    "graph"/"path" (given by the user)."""
+    local: Path
+    sha256: str
+    size_bytes: int
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+
+
+def export_failure(exc: Exception, what: str, fmt_label: str) -> JobFailure:
+    """One mapping, for every device kind, of a failed export (harness.export.ExportError.kind) to the job's
+    error: `input` stays input, a reference check that failed is `reference_mismatch`, the rest `export`."""
+    kind = {"input": "input", "check": "reference_mismatch"}.get(getattr(exc, "kind", "") or "", "export")
+    detail = getattr(exc, "detail", None) or traceback.format_exc()
+    return JobFailure(kind, f"exporting {what} to {fmt_label} failed: {type(exc).__name__}: {exc}", detail=str(detail))
 
 
 @dataclass

@@ -50,14 +50,14 @@ import re
 import time
 import traceback
 import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from harness import standin
 from harness.devices.base import (
     Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceKind,
-    DeviceUnavailableError, ProgressFn,
+    DeviceUnavailableError, JobFailure, Artifact, ProgressFn, export_failure,
 )
 from harness.protocol import JobResult, JobSpec, ProtocolError, error_tail, parse_result, write_json_atomic
 
@@ -106,14 +106,6 @@ OPTION_KEYS = ("mlpackage", "mlpackages", "compute_units")
 
 class IOSConfigError(DeviceError):
     """Bad iOS settings (farm.yaml `ios:`, --ios-agent, options.extra); the message names the fix."""
-
-
-class _JobFailure(Exception):
-    """A failure that becomes the job's JobResult (not a device drop)."""
-
-    def __init__(self, kind: str, message: str, detail: str | None = None, transient: bool = False):
-        super().__init__(message)
-        self.kind, self.message, self.detail, self.transient = kind, message, detail, transient
 
 
 # ------------------------------------------------------------------------------------ the service layer
@@ -295,7 +287,7 @@ def tree_size(path: Path) -> int:
 def compute_units_of(spec: JobSpec) -> str:
     units = spec.options.extra.get("compute_units") or spec.options.compute_units or DEFAULT_COMPUTE_UNITS
     if units not in COMPUTE_UNITS:
-        raise _JobFailure("input", f"compute units {units!r} are not Core ML's; use one of {', '.join(COMPUTE_UNITS)}")
+        raise JobFailure("input", f"compute units {units!r} are not Core ML's; use one of {', '.join(COMPUTE_UNITS)}")
     return str(units)
 
 
@@ -307,7 +299,7 @@ def check_runtime(spec: JobSpec) -> None:
     try:
         get_runtime(spec.options.runtime).on("ios")
     except UnknownRuntimeError as exc:
-        raise _JobFailure("input", f"{exc} (or leave the suite's torch, which means Core ML on a phone)") from None
+        raise JobFailure("input", f"{exc} (or leave the suite's torch, which means Core ML on a phone)") from None
 
 
 def device_spec(spec: JobSpec, model_paths: dict[str, str], heartbeat_s: float,
@@ -474,13 +466,8 @@ class IOSKind(DeviceKind):
 
 # ------------------------------------------------------------------------------------ the device
 
-@dataclass
-class _Artifact:
-    local: Path
-    sha256: str
-    size_bytes: int
-    source: str  # "export" | "path"
-    meta: dict[str, Any] = field(default_factory=dict)
+class _Artifact(Artifact):
+    """An .mlpackage folder (source "export" or "path") and where it goes on the phone."""
 
     @property
     def remote(self) -> str:  # AFC path
@@ -517,7 +504,7 @@ class IOSDevice(Device):
         self.prepare_note: str | None = None
         self.agent_report: dict[str, Any] | None = None
         self._agent_checked = False
-        self._artifacts: dict[str, _Artifact | _JobFailure] = {}
+        self._artifacts: dict[str, _Artifact | JobFailure] = {}
         self._in_flight = False  # the app was launched and not yet seen to end: cancel() kills it
 
     # ---- plumbing
@@ -590,9 +577,9 @@ class IOSDevice(Device):
             afc = await self._op("opening the agent's container (house_arrest)",
                                  self.pmd.HouseArrestService.create(lockdown, self.bundle_id, documents_only=False))
         except self.pmd.exc.AppNotInstalledError:
-            raise _JobFailure("input", f"the agent app {self.bundle_id} is not installed on {self.id}; {AGENT_HINT}") from None
+            raise JobFailure("input", f"the agent app {self.bundle_id} is not installed on {self.id}; {AGENT_HINT}") from None
         except self.pmd.exc.PyMobileDevice3Exception as exc:
-            raise _JobFailure("device", f"house_arrest refused the container of {self.bundle_id} on {self.id}: {exc}. "
+            raise JobFailure("device", f"house_arrest refused the container of {self.bundle_id} on {self.id}: {exc}. "
                               "Only a development-signed app's container can be opened: sign the agent with a "
                               "development profile (README 'iOS')") from None
         async with afc:
@@ -615,19 +602,19 @@ class IOSDevice(Device):
             installed = self.bundle_id in apps
             if not s.agent:
                 if not installed:
-                    raise _JobFailure("input", f"the agent app {self.bundle_id} is not installed on {self.id} and no "
+                    raise JobFailure("input", f"the agent app {self.bundle_id} is not installed on {self.id} and no "
                                       f"IPA was given; {AGENT_HINT}")
                 return {"installed": False, "note": "no --ios-agent: using the app already on the phone",
                         "version": apps[self.bundle_id].get("CFBundleVersion")}
             ipa = Path(s.agent)
             if not ipa.is_file():
-                raise _JobFailure("input", f"--ios-agent {str(ipa)!r} is not a file; {AGENT_HINT}")
+                raise JobFailure("input", f"--ios-agent {str(ipa)!r} is not a file; {AGENT_HINT}")
             try:
                 bundle = ipa_info(ipa)["CFBundleIdentifier"]
             except IOSConfigError as exc:
-                raise _JobFailure("input", str(exc)) from None
+                raise JobFailure("input", str(exc)) from None
             if bundle != self.bundle_id:
-                raise _JobFailure("input", f"{ipa} holds {bundle}, but this device is set up for {self.bundle_id} "
+                raise JobFailure("input", f"{ipa} holds {bundle}, but this device is set up for {self.bundle_id} "
                                   "(farm.yaml ios.bundle_id): make them agree")
             sha = file_sha256(ipa)
             if installed:
@@ -639,7 +626,7 @@ class IOSDevice(Device):
                 await self._op(f"installing {ipa.name}", ip.install_from_local(ipa),
                                timeout=s.op_timeout_s + ipa.stat().st_size / 2e6)
             except self.pmd.exc.AppInstallError as exc:
-                raise _JobFailure("device", f"installing {ipa} on {self.id} failed: {exc}. Usual causes: the IPA is "
+                raise JobFailure("device", f"installing {ipa} on {self.id} failed: {exc}. Usual causes: the IPA is "
                                   "not signed for this phone (its UDID must be in the provisioning profile), or the "
                                   "signing certificate is not trusted on it (Settings > General > VPN & Device "
                                   "Management)") from None
@@ -657,13 +644,13 @@ class IOSDevice(Device):
             given = extra.get("mlpackage")
         key = f"path:{given}" if given else f"export:{spec.model.model_dump_json()}:{spec.flags}:{spec.options.dtype}:{component}"
         cached = self._artifacts.get(key)
-        if isinstance(cached, _JobFailure):
+        if isinstance(cached, JobFailure):
             raise cached
         if cached is not None and cached.local.exists():
             return cached
         try:
             art = self._resolve_artifact(spec, component, given)
-        except _JobFailure as failure:
+        except JobFailure as failure:
             self._artifacts[key] = failure
             raise
         self._artifacts[key] = art
@@ -673,18 +660,18 @@ class IOSDevice(Device):
         if given:
             local = Path(str(given)).expanduser()
             if not (local / "Manifest.json").is_file():
-                raise _JobFailure("input", f"options.extra.mlpackage{'s.' + component if component != 'unet' else ''} "
+                raise JobFailure("input", f"options.extra.mlpackage{'s.' + component if component != 'unet' else ''} "
                                   f"{str(given)!r} is not an .mlpackage directory (no Manifest.json)")
             return _Artifact(local, tree_sha256(local), tree_size(local), "path")
         if component != "unet":
-            raise _JobFailure("input", f"e2e on iOS needs the {component} as Core ML too, and harness.export builds "
+            raise JobFailure("input", f"e2e on iOS needs the {component} as Core ML too, and harness.export builds "
                               "the UNet only: give the three packages with --set options.extra.mlpackages."
                               "{text_encoder,unet,vae_decoder}=PATH (coremltools conversions of the pipeline's "
                               "components, README 'iOS')")
         try:
             from harness.export import ensure_artifact
         except ImportError as exc:
-            raise _JobFailure("input", f"cannot export variant {spec.variant!r} to Core ML: harness.export is not "
+            raise JobFailure("input", f"cannot export variant {spec.variant!r} to Core ML: harness.export is not "
                               f"available ({exc}); give an .mlpackage with --set options.extra.mlpackage=PATH") from None
         from harness.variants import Flags
 
@@ -692,9 +679,7 @@ class IOSDevice(Device):
             art = ensure_artifact(spec.model, Flags.from_dict(spec.flags), "coreml", dtype=spec.options.dtype,
                                   cache_dir=self.ctx.cache_dir, progress=None, variant=spec.variant)
         except Exception as exc:  # noqa: BLE001 - a converter failure fails this variant only
-            kind = "input" if getattr(exc, "kind", None) == "input" else "export"
-            raise _JobFailure(kind, f"exporting variant {spec.variant!r} to Core ML failed: {type(exc).__name__}: "
-                              f"{exc}", detail=getattr(exc, "detail", None) or traceback.format_exc()[-4000:]) from None
+            raise export_failure(exc, f"variant {spec.variant!r}", "Core ML") from None
         return _Artifact(Path(art.path), str(art.sha256), int(art.size_bytes), "export",
                          dict(getattr(art, "meta", None) or {}))
 
@@ -765,7 +750,7 @@ class IOSDevice(Device):
             try:
                 check_runtime(spec)
                 arts.extend(self._artifacts_for(spec).values())
-            except _JobFailure:
+            except JobFailure:
                 continue
 
         async def go() -> None:
@@ -777,7 +762,7 @@ class IOSDevice(Device):
 
         try:
             asyncio.run(go())
-        except (_JobFailure, DeviceError) as exc:
+        except (JobFailure, DeviceError) as exc:
             self.prepare_note = f"prepare: {exc}"
 
     def run_job(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None = None) -> JobResult:
@@ -790,7 +775,7 @@ class IOSDevice(Device):
             raise
         except DeviceUnavailableError as exc:
             return JobResult.failure(spec.job_id, "device", str(exc), started_at=started, ended_at=time.time())
-        except _JobFailure as f:
+        except JobFailure as f:
             return JobResult.failure(spec.job_id, f.kind, f.message, detail=f.detail, transient=f.transient,
                                      started_at=started, ended_at=time.time(),
                                      extra={"push": {"bytes_pushed_total": self.bytes_pushed}})
@@ -880,7 +865,7 @@ class IOSDevice(Device):
                     self._in_flight = False
                     if "lock" in text.lower():
                         raise DeviceUnavailableError(f"{self.id} refused to launch the agent: {text}. {LOCKED_HINT}") from None
-                    raise _JobFailure("device", f"{self.id} refused to launch {self.bundle_id}: {text or 'no pid'}. Is "
+                    raise JobFailure("device", f"{self.id} refused to launch {self.bundle_id}: {text or 'no pid'}. Is "
                                       "the phone unlocked, and is the developer certificate trusted (Settings > "
                                       "General > VPN & Device Management)?") from None
                 return await self._wait(afc, pc, pid, spec, job_dir, progress)
