@@ -211,11 +211,13 @@ def _notes(run: RunRecord, df: pd.DataFrame) -> list[str]:
 
 def terminal_console(stderr: bool = False):
     """The console a terminal report prints on: a terminal's own width (the tables fit it); piped (a file, a CI
-    log) 110 columns at least, so that the tables keep their full layout."""
+    log) 110 columns at least, so that the tables keep their full layout, unless $COLUMNS says otherwise."""
+    import os
+
     from rich.console import Console
 
     console = Console(stderr=stderr)
-    if not console.is_terminal and console.width < 110:
+    if not console.is_terminal and console.width < 110 and not os.environ.get("COLUMNS"):
         console = Console(stderr=stderr, width=110)
     return console
 
