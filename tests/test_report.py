@@ -149,11 +149,14 @@ def test_run_table_fits_an_80_column_terminal(tmp_path):
 
 
 def test_terminal_console_keeps_a_terminals_width(monkeypatch):
-    """An 80-column terminal gets an 80-column console (the tables fit it); piped output keeps 110 columns."""
+    """An 80-column terminal gets an 80-column console (the tables fit it); piped output keeps 110 columns
+    unless $COLUMNS asks for another width."""
     from harness.report.render import terminal_console
 
     monkeypatch.setenv("COLUMNS", "80")
     monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: treat the stream as a terminal
     assert terminal_console(stderr=True).width == 80
     monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    assert terminal_console(stderr=True).width == 80  # piped, but $COLUMNS is explicit
+    monkeypatch.delenv("COLUMNS")
     assert terminal_console(stderr=True).width == 110
