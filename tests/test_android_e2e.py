@@ -27,7 +27,7 @@ from tests.fakes.adb_server import FakeAdbServer, FakeDevice
 from tests.fakes.adbd import FakeAdbd
 from tests.fakes.benchmark_model_standin import FAULT_FILE_NAME
 from tests.fakes.tiny_block import BLOCK_SRC
-from tests.test_android import _farm, _harmless_adb, standin  # noqa: F401 - fixtures
+from tests.test_android import _farm, _harmless_adb  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 E2E_SMOKE = REPO / "suites" / "e2e_smoke.yaml"

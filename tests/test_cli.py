@@ -119,7 +119,7 @@ def test_readme_ci_recipe_captures_only_the_run_id(tmp_path):
     assert js.returncode == 0, js.stderr[-3000:]
     assert json.loads(js.stdout) == {"run_id": run_id, "status": "completed",
                                      "counts": {"jobs": 1, "ok": 0, "failed": 0, "skipped": 1, "retried": 0},
-                                     "failures": []}
+                                     "failures": [], "stand_in": {}}  # the host is no stand-in
     js2 = harness("run", "--resume", run_id, "--store", url, "--no-report", "--format", "json")  # --json's new name
     assert js2.returncode == 0 and json.loads(js2.stdout)["run_id"] == run_id
 
