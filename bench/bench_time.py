@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from harness import memory  # noqa: E402
@@ -52,7 +53,9 @@ def main() -> None:
         t0 = time.perf_counter()
         out = fn()
         t[name] = time.perf_counter() - t0
-        print(f"  {name:<10} {t[name]:8.1f} s", file=sys.stderr, flush=True)
+        rss = psutil.Process().memory_info().rss / 2**30
+        print(f"  {name:<10} {t[name]:8.1f} s  (RSS now {rss:.1f} GiB, load {os.getloadavg()[0]:.1f})",
+              file=sys.stderr, flush=True)
         return out
 
     print(f"{args.model} {args.variant}, load {os.getloadavg()[0]:.1f} at start", file=sys.stderr)

@@ -290,6 +290,9 @@ def cmd_run(args) -> int:
     from harness.store import new_run_id
     from harness.suite import Suite, SuiteError, expand, load_suite
 
+    if args.resume and (args.quick or args.overrides):
+        raise InputError("--resume RUN runs the rest of RUN with its stored suite; --quick and --set do not apply "
+                         "to it (start a new run to change the settings)")
     overrides = run_overrides(args)
     if args.weights:
         if not Path(args.weights).expanduser().is_dir():

@@ -116,3 +116,10 @@ def test_eta():
     assert eta_seconds([100.0], 0) == 0.0
     assert eta_seconds([10.0], 1, current_elapsed_s=99.0) == 0.0  # a slow last job: never negative
     assert format_eta(245) == "ETA 4m05s" and format_eta(3725) == "ETA 1h02m"
+
+
+def test_quick_with_resume_is_refused(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["run", "--resume", "x", "--quick", "--store", f"sqlite:///{tmp_path}/r.db"]) == 2
+    assert "--quick and --set do not apply" in capsys.readouterr().err
