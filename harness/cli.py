@@ -85,6 +85,18 @@ def _load_farm(path: Path | None) -> dict:
     return data
 
 
+# `harness run --quick`: the suite overrides it applies (before the user's --set), and what it skips.
+QUICK_OVERRIDES: tuple[str, ...] = ("measure.warmup_runs=0", "measure.iterations=2", "measure.min_seconds=0",
+                                    "measure.passes=[memory]")
+QUICK_HELP = ("no warmup runs (the untimed first run, which is also the reference check, still goes first), "
+              "2 timed iterations (min_seconds 0), no op-time pass; the memory columns stay")
+
+
+def run_overrides(args) -> list[str]:
+    """`harness run`'s suite overrides: --quick's first, then the user's --set (so a --set wins)."""
+    return [*(QUICK_OVERRIDES if getattr(args, "quick", False) else ()), *args.overrides]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -120,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device id (host, android:SERIAL, android, ios:UDID); repeatable; default: the suite's")
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a suite field, e.g. --set iterations=20 --set measure.warmup_runs=2")
+    p.add_argument("--quick", action="store_true",
+                   help="a quick look, not a measurement to compare: " + QUICK_HELP + "; a --set still wins")
     p.add_argument("--weights", metavar="DIR", help="local diffusers checkpoint for real weights (default random)")
     p.add_argument("--prompt", metavar="TEXT", help="e2e workload: the prompt (same as --set workload_args.prompt=TEXT)")
     p.add_argument("--report", metavar="PATH", type=Path, help="HTML report path (default reports/RUN_ID.html)")
@@ -364,7 +378,10 @@ def cmd_run(args) -> int:
     from harness.store import new_run_id
     from harness.suite import Suite, SuiteError, expand, load_suite
 
-    overrides = list(args.overrides)
+    if args.resume and (args.quick or args.overrides):
+        raise InputError("--resume RUN runs the rest of RUN with its stored suite; --quick and --set do not apply "
+                         "to it (start a new run to change the settings)")
+    overrides = run_overrides(args)
     if args.weights:
         if not Path(args.weights).expanduser().is_dir():
             raise InputError(f"--weights {args.weights!r}: no such directory; give a local diffusers checkpoint "
@@ -796,7 +813,8 @@ def _job_label(job) -> str:
 
 
 class RichProgress:
-    """A rich progress bar over the run's jobs, with the job in flight and its phase."""
+    """A rich progress bar over the run's jobs, with the job in flight, its phase and an ETA (the mean time
+    of the finished jobs times the jobs left; see harness.runner.eta_seconds)."""
 
     def __init__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -805,24 +823,48 @@ class RichProgress:
 
         # stderr: stdout holds only what scripts capture (the run id)
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), transient=False, console=Console(stderr=True))
+                             TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), transient=False,
+                             console=Console(stderr=True))
         self._task = None
+        self._total = 0
+        self._started: dict[int, float] = {}  # job index -> start time (monotonic)
+        self._durations: list[float] = []
+
+    def eta_text(self) -> str:
+        import time
+
+        from harness.runner import eta_seconds, format_eta
+
+        now = time.monotonic()
+        in_flight = sum(now - t for t in self._started.values())
+        remaining = self._total - len(self._durations)
+        return format_eta(eta_seconds(self._durations, remaining, in_flight, parallel=max(1, len(self._started))))
 
     def start(self, total_jobs: int) -> None:
+        self._total = total_jobs
         self._bar.start()
-        self._task = self._bar.add_task("starting", total=total_jobs)
+        self._task = self._bar.add_task("starting", total=total_jobs, eta=self.eta_text())
 
     def job_started(self, job) -> None:
-        self._bar.update(self._task, description=_job_label(job))
+        import time
+
+        self._started.setdefault(job.index, time.monotonic())  # a retry keeps the first attempt's start
+        self._bar.update(self._task, description=_job_label(job), eta=self.eta_text())
 
     def job_phase(self, job, phase: str, done: int, total: int) -> None:
         detail = f" {done}/{total}" if total > 1 else ""
-        self._bar.update(self._task, description=f"{_job_label(job)}: {phase}{detail}")
+        self._bar.update(self._task, description=f"{_job_label(job)}: {phase}{detail}", eta=self.eta_text())
 
     def job_finished(self, job, result) -> None:
+        import time
+
+        started = self._started.pop(job.index, None)
+        if started is not None:
+            self._durations.append(time.monotonic() - started)
         mark = "ok" if result.status == "ok" else f"FAILED ({result.error.kind})"
         self._bar.console.print(f"{_job_label(job)}: {mark}", markup=False)
         self._bar.advance(self._task)
+        self._bar.update(self._task, eta=self.eta_text())
 
     def stop(self) -> None:
         self._bar.stop()

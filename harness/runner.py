@@ -36,6 +36,27 @@ class Progress:
     def stop(self) -> None: ...
 
 
+def eta_seconds(finished_s: list[float], remaining: int, current_elapsed_s: float = 0.0,
+                parallel: int = 1) -> float | None:
+    """Seconds until the run ends: the mean duration of the finished jobs times the jobs left (the one
+    in flight counts, less what it has run), spread over `parallel` devices; None before any job has
+    finished (nothing to go by)."""
+    if not finished_s or remaining <= 0:
+        return 0.0 if remaining <= 0 else None
+    mean = sum(finished_s) / len(finished_s)
+    return max(0.0, mean * remaining - current_elapsed_s) / max(1, parallel)
+
+
+def format_eta(seconds: float | None) -> str:
+    """'ETA 4m05s', 'ETA 1h02m', or 'ETA --' when unknown."""
+    if seconds is None:
+        return "ETA --"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"ETA {s // 3600}h{s % 3600 // 60:02d}m"
+    return f"ETA {s // 60}m{s % 60:02d}s"
+
+
 def shard_devices(device_ids: list[str], shard: str | None) -> list[str]:
     """`--shard i/n`: the devices of shard i (1-based) of n, a deterministic partition by device.
 

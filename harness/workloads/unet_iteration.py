@@ -19,8 +19,15 @@ from harness.workloads.common import (InputError, record_check, Timer, cache_dir
 MIN_GRAPH_REPLAYS = 30
 
 
-def reference_output(spec: JobSpec, device: str, inputs, attention: str = "standard") -> "Any":
-    """The plain PyTorch (unpatched diffusers) output on these inputs, cached on disk by its key.
+def reference_output(spec: JobSpec, device: str, inputs, attention: str = "standard",
+                     model: "Any | None" = None) -> "Any":
+    """The plain PyTorch (unpatched diffusers) output on these inputs, cached on disk by its key
+    (model, weights, seed, dtype, device, torch version, attention kind): every row of a suite that
+    shares them (the whole ladder) computes it once and reads it after.
+
+    `model`: the unpatched UNet of this spec, already built by the caller (same model, weights, seed
+    and dtype, so the same function); on a cache miss the reference runs on it (moved to `device`)
+    instead of on a second build. Its attention processors may be replaced (relu): patch it afterwards.
 
     With `attention="relu"` the reference is the unpatched model whose attention modules run ReLU
     attention (`KernelAttnProcessor(attention="relu")`, everything else diffusers' own): ReLU attention
@@ -51,7 +58,9 @@ def reference_output(spec: JobSpec, device: str, inputs, attention: str = "stand
             return torch.load(path, map_location=device)
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
             path.unlink(missing_ok=True)
-    ref = build_unet(spec.model, spec.model.weights, spec.model.seed, spec.options.dtype).to(device)
+    ref = model if model is not None else build_unet(spec.model, spec.model.weights, spec.model.seed,
+                                                     spec.options.dtype)
+    ref = ref.to(device)
     if attention == "relu":
         from diffusers.models.attention_processor import Attention
 
@@ -108,20 +117,20 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     except (ModelLoadError, KeyError) as exc:
         raise InputError(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from exc
 
-    reference = None
-    if spec.check.enabled:
-        emit("reference", 0, 1)
-        try:
-            reference = reference_output(ref_spec, device, inputs, attention=flags.attention)
-        except (WeightsError, ModelLoadError) as exc:
-            raise InputError(str(exc)) from exc
-
     emit("build", 0, 1)
     t0 = time.perf_counter_ns()
     try:
         unet = build_unet(spec.model, spec.model.weights, spec.model.seed, run_dtype)
     except (WeightsError, ModelLoadError) as exc:
         raise InputError(str(exc)) from exc
+    build_ns = time.perf_counter_ns() - t0
+
+    reference = None
+    if spec.check.enabled:  # before patching: the unpatched model is the reference (cached across rows)
+        emit("reference", 0, 1)
+        reference = reference_output(ref_spec, device, inputs, attention=flags.attention, model=unet)
+
+    t0 = time.perf_counter_ns()
     coverage = flag_coverage(unet)
     replaced = apply_flags(unet, flags)
     if weight_only:
@@ -133,7 +142,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     if device == "cuda":
         unet = unet.to(memory_format=torch.channels_last)
         torch.cuda.synchronize()
-    result["init_ms"] = (time.perf_counter_ns() - t0) / 1e6
+    result["init_ms"] = (build_ns + time.perf_counter_ns() - t0) / 1e6  # build + patch + move (no reference)
     result["extra"]["replaced"] = replaced
     result["extra"]["accelerator"] = device
     if device == "cuda":
@@ -178,15 +187,18 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
         del eager_out, graph_out
     result["warmup_ms"], result["samples_ms"] = warmup, samples
 
-    emit("memory", 0, 3)
+    passes = spec.measure.passes
     mem = MemoryFigures(weight_bytes=memory.weight_bytes(unet))
-    mem.tensor_bytes_measured, mem.tensor_measure_method = memory.measure_peak_tensor_bytes(
-        step, device=device)
-    emit("memory", 1, 3)
-    mem.tensor_bytes_planned = memory.planned_tensor_bytes(step)
-    emit("memory", 2, 3)
-    result["op_times_ms"] = op_times(unet, step, device)
-    emit("memory", 3, 3)
+    if "memory" in passes:  # measured and planned tensor memory from one traced call
+        emit("memory", 0, 1)
+        (mem.tensor_bytes_measured, mem.tensor_measure_method,
+         mem.tensor_bytes_planned) = memory.measure_and_plan_tensor_bytes(step, device=device)
+        emit("memory", 1, 1)
+    if "op_times" in passes:
+        emit("op_times", 0, 1)
+        result["op_times_ms"] = op_times(unet, step, device)
+        emit("op_times", 1, 1)
+    result["extra"]["passes"] = list(passes)
     if device == "cuda":
         mem.gpu_bytes = torch.cuda.max_memory_allocated()
     result["memory"] = mem

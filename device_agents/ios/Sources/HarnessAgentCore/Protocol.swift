@@ -119,6 +119,8 @@ public struct MeasurePolicy: Codable, Equatable {
     public var max_seconds: Double
     public var cooldown_seconds: Double
     public var timeout_seconds: Double
+    // host torch passes ("memory", "op_times"); the iOS agent has none to skip
+    public var passes: [String]
 }
 
 public struct CheckPolicy: Codable, Equatable {
