@@ -48,7 +48,7 @@ def test_installed_wheel_runs_the_smoke_suite_by_name_elsewhere(installed: Path,
                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60, check=True)
     module, agent = where.stdout.split()
     assert Path(module).is_relative_to(installed) and Path(agent).is_relative_to(installed)
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "smoke", "--store",
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "smoke", "--quick", "--store",
                            f"sqlite:///{tmp_path}/r.db", "--no-report", "--format", "json"],
                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
