@@ -213,7 +213,9 @@ def test_settings_precedence_and_validation(tmp_path: Path) -> None:
     for bad, match in [({"android": {"afinity": "f"}}, "unknown key.*afinity"),
                        ({"android": {"affinity": "xyz"}}, "not a non-zero hex CPU mask"),
                        ({"android": {"device_dir": "relative/dir"}}, "must be an absolute directory"),
-                       ({"android": {"cooldown": {"max_temp": 3}}}, "unknown key.*max_temp")]:
+                       ({"android": {"cooldown": {"max_temp": 3}}}, "unknown key.*max_temp"),
+                       ({"android": {"poll_s": "soon"}}, r"android.poll_s: expected a number of seconds, got 'soon'"),
+                       ({"android": {"reconnect_timeout_s": 0}}, r"android.reconnect_timeout_s: must be > 0")]:
         with pytest.raises(AndroidConfigError, match=match):
             settings_for(DeviceContext(farm=bad))
     assert parse_adb_server("[::1]:5037") == ("::1", 5037)

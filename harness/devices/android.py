@@ -84,7 +84,7 @@ from harness.devices.android_parse import (
 )
 from harness.devices.base import (
     Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceKind,
-    DeviceUnavailableError, JobFailure, Artifact, ProgressFn, export_failure,
+    DeviceUnavailableError, JobFailure, Artifact, ProgressFn, export_failure, positive_seconds,
 )
 from harness.protocol import JobResult, JobSpec, MemoryFigures, write_json_atomic
 from harness.runtimes import UnknownRuntimeError, get_runtime, runtimes_of
@@ -323,13 +323,7 @@ def _merge(settings: AndroidSettings, section: str, data: dict[str, Any], base_d
         out = replace(out, cooldown=_cooldown_from(f"{section}.cooldown", values["cooldown"], out.cooldown))
     for key in ("meminfo_interval_s", "poll_s", "reconnect_timeout_s", "socket_timeout_s"):
         if key in values:
-            try:
-                value = float(values[key])
-            except (TypeError, ValueError):
-                raise AndroidConfigError(f"{section}.{key}: expected a number of seconds, got {values[key]!r}") from None
-            if value <= 0:
-                raise AndroidConfigError(f"{section}.{key}: must be > 0, got {value}")
-            out = replace(out, **{key: value})
+            out = replace(out, **{key: positive_seconds(f"{section}.{key}", values[key], AndroidConfigError)})
     return out
 
 

@@ -56,6 +56,17 @@ class Artifact:
     key: str | None = None
 
 
+def positive_seconds(where: str, value: Any, error: type[Exception]) -> float:
+    """A farm.yaml / options duration: a number of seconds > 0, else `error` naming `where` and the value."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise error(f"{where}: expected a number of seconds, got {value!r}") from None
+    if seconds <= 0:
+        raise error(f"{where}: must be > 0, got {seconds}")
+    return seconds
+
+
 def export_failure(exc: Exception, what: str, fmt_label: str) -> JobFailure:
     """One mapping, for every device kind, of a failed export (harness.export.ExportError.kind) to the job's
     error: `input` stays input, a reference check that failed is `reference_mismatch`, the rest `export`."""

@@ -57,7 +57,7 @@ from typing import Any, AsyncIterator
 from harness import standin
 from harness.devices.base import (
     Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceKind,
-    DeviceUnavailableError, JobFailure, Artifact, ProgressFn, export_failure,
+    DeviceUnavailableError, JobFailure, Artifact, ProgressFn, export_failure, positive_seconds,
 )
 from harness.protocol import JobResult, JobSpec, ProtocolError, error_tail, parse_result, write_json_atomic
 
@@ -221,13 +221,7 @@ def _merge(settings: IOSSettings, section: str, data: Any, base_dir: Path | None
         out = replace(out, bundle_id=str(values["bundle_id"]))
     for key in ("poll_s", "heartbeat_s", "heartbeat_timeout_s", "launch_timeout_s", "probe_timeout_s", "op_timeout_s"):
         if key in values:
-            try:
-                value = float(values[key])
-            except (TypeError, ValueError):
-                raise IOSConfigError(f"{section}.{key}: expected a number of seconds, got {values[key]!r}") from None
-            if value <= 0:
-                raise IOSConfigError(f"{section}.{key}: must be > 0, got {value}")
-            out = replace(out, **{key: value})
+            out = replace(out, **{key: positive_seconds(f"{section}.{key}", values[key], IOSConfigError)})
     return out
 
 
