@@ -19,7 +19,8 @@ import pytest
 from harness.cli import main
 from harness.devices.android import AGENT_SCRIPT
 from harness.devices.android_parse import parse_benchmark_model
-from harness.report.e2e import COMPOSED_LABEL, compose_e2e, e2e_table, html_context, markdown_lines
+from harness.composition import COMPOSED_LABEL, compose_e2e
+from harness.report.e2e import e2e_table, html_context, markdown_lines
 from harness.store import Store
 from harness.workloads.common import InputError
 from harness.workloads.e2e import measure_scheduler_ms

@@ -26,10 +26,10 @@ from harness.models.pipeline import (
 )
 from harness.models.unet import WeightsError
 from harness.protocol import JobResult, JobSpec, MemoryFigures
-from harness.report.e2e import (
-    COMPOSED_LABEL, PAPER_REFERENCE_S, CompositionError, compose_e2e, composed_components, e2e_table,
-    host_scheduler_ms_per_step,
+from harness.composition import (
+    COMPOSED_LABEL, CompositionError, compose_e2e, composed_components, host_scheduler_ms_per_step,
 )
+from harness.report.e2e import PAPER_REFERENCE_S, e2e_table
 from harness.variants import LADDER
 from harness.workloads.common import InputError
 from harness.workloads.e2e import parse_args

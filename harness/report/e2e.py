@@ -8,7 +8,7 @@ Pure: a RunRecord in, a pandas DataFrame out (`e2e_table`); the renderers format
   decoder_ms [image], prepare_ms, postprocess_ms, total_ms [image]. The row's figures are medians over
   the timed images.
 * composed (devices that measure the components in separate runs, e.g. Android): method="composed",
-  the `composed_components(...)` dict: scalar text_encoder_ms, unet_ms (per step), scheduler_ms (per
+  the `harness.composition.composed_components(...)` dict: scalar text_encoder_ms, unet_ms (per step), scheduler_ms (per
   step, the host's measured cost), decoder_ms, steps, total_ms = `compose_e2e(...)`. Such rows are
   labelled COMPOSED_LABEL wherever they appear.
 """
@@ -22,9 +22,7 @@ from typing import Any
 import pandas as pd
 
 from harness import standin
-from harness.composition import (COMPOSED_LABEL, CompositionError, compose_e2e, composed_components,  # noqa: F401
-                                 host_scheduler_ms_per_step)
-from harness.composition import flatten as _flatten
+from harness.composition import COMPOSED_LABEL, flatten
 from harness.report.table1 import failure_note, markdown_note, print_note
 from harness.store import RunRecord
 from harness.variants import LADDER_LABELS
@@ -81,9 +79,9 @@ def summarize_components(components: dict[str, Any], samples_ms: list[float]) ->
         return row
     unet = components.get("unet_ms") or []
     sched = components.get("scheduler_ms") or []
-    unet_images = [list(_flatten(u)) for u in unet] if unet and isinstance(unet[0], (list, tuple)) else [list(_flatten(unet))]
-    sched_images = ([list(_flatten(s)) for s in sched] if sched and isinstance(sched[0], (list, tuple))
-                    else [list(_flatten(sched))])
+    unet_images = [list(flatten(u)) for u in unet] if unet and isinstance(unet[0], (list, tuple)) else [list(flatten(unet))]
+    sched_images = ([list(flatten(s)) for s in sched] if sched and isinstance(sched[0], (list, tuple))
+                    else [list(flatten(sched))])
     totals = list(samples_ms) or _per_image(components.get("total_ms"))
     text, dec = _per_image(components.get("text_encoder_ms")), _per_image(components.get("decoder_ms"))
     others = []

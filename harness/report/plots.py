@@ -46,7 +46,8 @@ def e2e_breakdown_bars(df: pd.DataFrame, reference_s: float | None = None,
                        title: str = "End-to-end generation: where the time goes") -> bytes:
     """Stacked bars, one per device and ladder row (harness.report.e2e.e2e_table rows): text encoder,
     UNet, scheduler, decoder, other, in seconds; composed rows hatched; the paper's figure as a line."""
-    from harness.report.e2e import COMPOSED_LABEL, PAPER_REFERENCE_LABEL, PAPER_REFERENCE_S, SEGMENTS
+    from harness.composition import COMPOSED_LABEL
+    from harness.report.e2e import PAPER_REFERENCE_LABEL, PAPER_REFERENCE_S, SEGMENTS
 
     reference_s = PAPER_REFERENCE_S if reference_s is None else reference_s
     ok = df[df["total_s"].notna()].reset_index(drop=True)
