@@ -47,3 +47,32 @@ def test_one_export_failure_mapping_for_every_device_kind():
     except RuntimeError as exc:
         crash = export_failure(exc, "v", ".tflite")
     assert crash.kind == "export" and "converter crashed" in crash.detail  # the traceback as detail
+
+
+def test_memoized_artifact_reuses_a_file_and_remembers_a_failure(tmp_path):
+    """Android's and iOS's artifact memo (devices/base.memoized_artifact): one resolve per key while the file
+    exists; a failed resolve is raised again without resolving anew."""
+    from harness.devices.base import Artifact, JobFailure, memoized_artifact
+
+    memo: dict = {}
+    calls = []
+    f = tmp_path / "m.tflite"
+    f.write_bytes(b"x")
+
+    def resolve():
+        calls.append(1)
+        return Artifact(f, "0" * 64, 1, "graph")
+
+    assert memoized_artifact(memo, "k", resolve) is memoized_artifact(memo, "k", resolve) and len(calls) == 1
+    f.unlink()  # gone from the host: resolved again
+    memoized_artifact(memo, "k", lambda: (calls.append(1), Artifact(tmp_path, "1" * 64, 1, "graph"))[1])
+    assert len(calls) == 2
+
+    def fail():
+        calls.append(1)
+        raise JobFailure("export", "converter crashed")
+
+    for _ in range(2):
+        with pytest.raises(JobFailure, match="converter crashed"):
+            memoized_artifact(memo, "bad", fail)
+    assert len(calls) == 3  # the failure was resolved once

@@ -84,7 +84,7 @@ from harness.devices.android_parse import (
 )
 from harness.devices.base import (
     Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceKind,
-    DeviceUnavailableError, JobFailure, Artifact, ProgressFn, export_failure, positive_seconds,
+    DeviceUnavailableError, JobFailure, Artifact, ProgressFn, export_failure, memoized_artifact, positive_seconds,
 )
 from harness.protocol import JobResult, JobSpec, MemoryFigures, write_json_atomic
 from harness.runtimes import UnknownRuntimeError, get_runtime, runtimes_of
@@ -1082,18 +1082,8 @@ class AndroidDevice(Device):
         where, graph = given_graph(spec, component)
         key = (f"graph:{graph}" if graph else
                f"export:{spec.model.model_dump_json()}:{spec.flags}:{spec.options.dtype}" + (f":{component}" if e2e else ""))
-        cached = self._artifacts.get(key)
-        if isinstance(cached, JobFailure):
-            raise cached
-        if cached is not None and cached.local.is_file():
-            return cached
-        try:
-            art = self._resolve_artifact(spec, graph, where, component if e2e else None)
-        except JobFailure as failure:
-            self._artifacts[key] = failure
-            raise
-        self._artifacts[key] = art
-        return art
+        return memoized_artifact(self._artifacts, key,
+                                 lambda: self._resolve_artifact(spec, graph, where, component if e2e else None))
 
     def _resolve_artifact(self, spec: JobSpec, graph: Any, where: str = "options.extra.graph",
                           component: str | None = None) -> Artifact:

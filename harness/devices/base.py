@@ -56,6 +56,23 @@ class Artifact:
     key: str | None = None
 
 
+def memoized_artifact(memo: dict[str, Any], key: str, resolve: Callable[[], Artifact]) -> Artifact:
+    """A device's artifact for `key`, resolved once per session: a resolved one is reused while its file (or
+    .mlpackage folder) exists; a failure is remembered and raised again, so a variant that cannot be exported
+    fails each of its jobs at once instead of exporting again."""
+    cached = memo.get(key)
+    if isinstance(cached, JobFailure):
+        raise cached
+    if cached is not None and cached.local.exists():
+        return cached
+    try:
+        memo[key] = resolve()
+    except JobFailure as failure:
+        memo[key] = failure
+        raise
+    return memo[key]
+
+
 def positive_seconds(where: str, value: Any, error: type[Exception]) -> float:
     """A farm.yaml / options duration: a number of seconds > 0, else `error` naming `where` and the value."""
     try:

@@ -57,7 +57,7 @@ from typing import Any, AsyncIterator
 from harness import standin
 from harness.devices.base import (
     Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceKind,
-    DeviceUnavailableError, JobFailure, Artifact, ProgressFn, export_failure, positive_seconds,
+    DeviceUnavailableError, JobFailure, Artifact, ProgressFn, export_failure, memoized_artifact, positive_seconds,
 )
 from harness.protocol import JobResult, JobSpec, ProtocolError, error_tail, parse_result, write_json_atomic
 
@@ -637,18 +637,7 @@ class IOSDevice(Device):
         if component == "unet" and not given:
             given = extra.get("mlpackage")
         key = f"path:{given}" if given else f"export:{spec.model.model_dump_json()}:{spec.flags}:{spec.options.dtype}:{component}"
-        cached = self._artifacts.get(key)
-        if isinstance(cached, JobFailure):
-            raise cached
-        if cached is not None and cached.local.exists():
-            return cached
-        try:
-            art = self._resolve_artifact(spec, component, given)
-        except JobFailure as failure:
-            self._artifacts[key] = failure
-            raise
-        self._artifacts[key] = art
-        return art
+        return memoized_artifact(self._artifacts, key, lambda: self._resolve_artifact(spec, component, given))
 
     def _resolve_artifact(self, spec: JobSpec, component: str, given: Any) -> _Artifact:
         if given:
