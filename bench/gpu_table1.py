@@ -81,6 +81,7 @@ def harness_rows(iterations: int, variants: list[str] | None) -> list[dict]:
             row["err"] = check.rel_error
         row["replaced"] = extra.get("replaced")
         row["winograd_ran"] = extra.get("winograd_ran")
+        row["flash_ran"] = extra.get("flash_ran")
         row["op_times_ms"] = result.get("op_times_ms")
         row["graph_vs_eager_max_abs"] = extra.get("graph_vs_eager_max_abs")
         rows.append(row)
@@ -160,6 +161,10 @@ def render(rows: list[dict], gpu: str) -> str:
             lines.append(f"{r['row']}: {ran['winograd']} of {ran['winograd'] + ran['direct']} Winograd-eligible 3x3 convs "
                          f"ran Winograd; {ran['direct']} ran cuDNN, faster on their shapes (measured once per shape; "
                          f"HARNESS_WINOGRAD=always forces Winograd everywhere)")
+        if r.get("flash_ran"):
+            ran = ", ".join(f"{n} on {k}" for k, n in sorted(r["flash_ran"].items()))
+            lines.append(f"{r['row']}: flash attention shapes ran {ran} (the fastest per shape, measured once; "
+                         f"HARNESS_FLASH=triton|sdpa_flash|sdpa_cudnn forces one)")
     return "\n".join(lines)
 
 

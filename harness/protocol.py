@@ -135,9 +135,10 @@ class MeasurePolicy(_Strict):
     max_seconds: float = Field(600.0, gt=0)  # stop after this much timed work, even below `iterations`
     cooldown_seconds: float = Field(0.0, ge=0)  # pause before the job
     timeout_seconds: float = Field(3600.0, gt=0)  # the whole job, agent included
-    # Extra passes after the timed runs (torch runtime), each one more iteration: "memory" (the measured
-    # and planned tensor memory, one traced call), "op_times" (per-category op times, one hooked call).
-    # Leave one out and its figures stay empty; the latency samples are the same either way.
+    # Extra passes (torch runtime), each one more untimed iteration, run after the first run and before
+    # the timed runs (so they warm up as warmup runs do): "memory" (the measured and planned tensor
+    # memory, one traced call), "op_times" (per-category op times, one hooked call). Leave one out and
+    # its figures stay empty; the latency samples are the same either way.
     passes: list[Literal["memory", "op_times"]] = Field(default_factory=lambda: ["memory", "op_times"])
 
 

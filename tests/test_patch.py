@@ -155,3 +155,24 @@ def test_apply_flags_rejects_non_flags():
     with pytest.raises(TypeError, match="Flags"):
         apply_flags(torch.nn.Linear(2, 2), {"softmax": "naive"})
 
+
+
+def test_keep_channels_last_hands_back_channels_last_with_same_values(reference):
+    """The CUDA path's layout fix: diffusers' transformer blocks return their output without an NCHW copy."""
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    from harness.models.patch import keep_channels_last
+
+    _, inputs, expected = reference
+    unet = build_unet("tiny", seed=SEED)
+    assert keep_channels_last(unet) == sum(isinstance(m, Transformer2DModel) for m in unet.modules()) > 0
+    unet = unet.to(memory_format=torch.channels_last)
+    outs = []
+    block = next(m for m in unet.modules() if isinstance(m, Transformer2DModel))
+    handle = block.register_forward_hook(lambda _m, _i, out: outs.append(out[0]))
+    with torch.no_grad():
+        out = unet(inputs[0].contiguous(memory_format=torch.channels_last), *inputs[1:]).sample
+    handle.remove()
+    assert outs and outs[0].is_contiguous(memory_format=torch.channels_last)
+    assert not outs[0].is_contiguous()  # stock diffusers copies it back to NCHW
+    assert _rel_err(out, expected) < 1e-4

@@ -39,6 +39,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from harness.models.kernels.choice import fastest
+
 SoftmaxImpl = Literal["naive", "optimized"]
 AttentionImpl = Literal["standard", "flash", "relu"]
 
@@ -131,15 +133,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     if block_kv < 1 or (block_q is not None and block_q < 1):
         raise ValueError(f"flash attention block sizes must be positive, got block_kv={block_kv}, block_q={block_q}")
     scale = _scale(q, scale)
-    if use_sdpa and mask is None and _triton_attention_ok(q, k, v):  # CUDA fp16/bf16: the Triton kernel
-        from harness.models.kernels.triton.attention import flash_attention as _triton_flash
-
-        return _triton_flash(q, k, v, scale)
+    if use_sdpa and mask is None and _triton_attention_ok(q, k, v):  # CUDA fp16/bf16: the fastest kernel
+        return _gpu_flash(q, k, v, scale)
     if use_sdpa and _flash_sdpa_supported(q, k, v, mask):
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return _sdpa(q, k, v, scale, "FLASH_ATTENTION")
 
     t_q = q.shape[-2]
     if block_q is None or block_q >= t_q:
@@ -152,6 +149,30 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
             mask_blk = mask if mask.shape[-2] == 1 else mask[..., start:start + block_q, :]
         outs.append(_flash_query_block(q[..., start:start + block_q, :], k, v, scale, mask_blk, block_kv))
     return torch.cat(outs, dim=-2)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: str) -> torch.Tensor:
+    """torch's fused SDPA restricted to one backend (FLASH_ATTENTION: FlashAttention-2; CUDNN_ATTENTION:
+    cuDNN's fused flash attention)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(getattr(SDPBackend, backend)):
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def _gpu_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """FlashAttention on a CUDA fp16/bf16 shape: whichever of our Triton kernel and torch's fused flash
+    kernels (FlashAttention-2, cuDNN's) is fastest on this shape, measured once per process
+    (`harness.models.kernels.choice`; HARNESS_FLASH=triton|sdpa_flash|sdpa_cudnn forces one). Every
+    candidate is a one-pass online-softmax kernel: none builds a [T_q, T_k] matrix."""
+    from harness.models.kernels.triton.attention import flash_attention as _triton_flash
+
+    candidates = {"triton": lambda: _triton_flash(q, k, v, scale)}
+    if _flash_sdpa_supported(q, k, v, None):
+        candidates["sdpa_flash"] = lambda: _sdpa(q, k, v, scale, "FLASH_ATTENTION")
+        candidates["sdpa_cudnn"] = lambda: _sdpa(q, k, v, scale, "CUDNN_ATTENTION")
+    key = (tuple(q.shape), tuple(k.shape), q.stride(), k.stride(), q.dtype, q.device)
+    return candidates[fastest("flash", key, candidates)]()
 
 
 def _flash_query_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,

@@ -52,8 +52,6 @@ tiles are gathered by strided slicing, so the module traces/exports to a static 
 """
 from __future__ import annotations
 
-import os
-import statistics
 from fractions import Fraction
 from functools import lru_cache
 from typing import Literal
@@ -61,6 +59,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from harness.models.kernels.choice import fastest
 
 Conv3x3Impl = Literal["direct", "winograd"]
 
@@ -332,41 +332,13 @@ class Conv3x3(nn.Conv2d):
         return f"{super().extra_repr()}, impl={mode}"
 
 
-# (input shape, channels-last?, weight shape, dtype, device) -> "winograd" | "direct", measured once per
-# process: on a GPU, Winograd runs only where it beats the direct convolution (cuDNN) on that shape.
-_GPU_CONV_CHOICE: dict[tuple, str] = {}
-
-
-def gpu_conv_choice(conv: nn.Conv2d, x: torch.Tensor, winograd, direct, reps: int = 10) -> str:
-    """Which implementation a Winograd-flagged conv runs on a CUDA tensor: the faster of Winograd and
-    the direct convolution for this shape, timed once (median of `reps` calls each, CUDA events) and
-    cached, the way cuDNN's benchmark mode picks its algorithms. HARNESS_WINOGRAD=always skips the
-    choice. Inside a CUDA-graph capture an unmeasured shape runs Winograd (nothing can be timed there)."""
-    if os.environ.get("HARNESS_WINOGRAD", "auto") == "always":
-        return "winograd"
+def gpu_conv_choice(conv: nn.Conv2d, x: torch.Tensor, winograd, direct) -> str:
+    """Which implementation a Winograd-flagged conv runs on a CUDA tensor: the faster of Winograd and the
+    direct convolution (cuDNN) for this shape, measured once per process (`harness.models.kernels.choice`;
+    HARNESS_WINOGRAD=winograd or =always forces Winograd, =direct cuDNN)."""
     key = (tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last), tuple(conv.weight.shape),
            x.dtype, x.device)
-    choice = _GPU_CONV_CHOICE.get(key)
-    if choice is not None:
-        return choice
-    if torch.cuda.is_current_stream_capturing():
-        return "winograd"
-    times = {}
-    for name, fn in (("winograd", winograd), ("direct", direct)):
-        for _ in range(3):
-            fn()
-        samples = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-        times[name] = statistics.median(samples)
-    choice = "winograd" if times["winograd"] < times["direct"] else "direct"
-    _GPU_CONV_CHOICE[key] = choice
-    return choice
+    return fastest("winograd", key, {"winograd": winograd, "direct": direct})
 
 
 def winograd_usage(model: nn.Module) -> dict[str, int]:
