@@ -338,7 +338,7 @@ class AndroidDevice(RemoteDevice):
             if parsed.delegate_op_profile:
                 extra["delegate_op_type_ms"] = {r.node_type: r.avg_ms for r in parsed.delegate_op_profile}
         versions = {"harness": harness.__version__, "benchmark_model_md5": self.transport.file_hash(self._benchmark_local(), "md5"),
-                    "run_job_sh_md5": self._file_hash(AGENT_SCRIPT, "md5"),
+                    "run_job_sh_md5": self.transport.file_hash(AGENT_SCRIPT, "md5"),
                     "android": self.info.os_version, "fingerprint": str(self.info.extra.get("fingerprint") or "")}
         first_us = parsed.first_inference_us if parsed.first_inference_us is not None else parsed.warmup.first_us
         if not parsed.warmup.count:  # no warm-up ran: the first run is the timed run's first
