@@ -46,6 +46,7 @@ from typing import Any
 
 import harness
 from harness import standin
+from harness.devices.android.e2e import run_e2e
 from harness.devices.android.graphs import E2E_COMPONENTS, check_tflite, given_graph
 from harness.devices.android.parse import BenchmarkModelOutput, ParseError, parse_benchmark_model
 from harness.devices.android.parse_device import parse_meminfo_graphics
@@ -150,8 +151,6 @@ class AndroidDevice(RemoteDevice):
 
     def run(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None, started: float) -> JobResult:
         if spec.workload == "e2e":
-            from harness.devices.android.e2e import run_e2e  # a real cycle: e2e composes this device's runs
-
             return run_e2e(self, spec, workdir, progress, started)
         art = self.artifacts_for(spec)["unet"]
         push = self.sync(self.files_for([art], [spec]), progress)

@@ -9,17 +9,19 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import standin
 from harness.composition import CompositionError, composed_components
-from harness.devices.android.device import AndroidDevice
 from harness.devices.android.graphs import E2E_COMPONENTS
 from harness.devices.base import JobFailure, ProgressFn
 from harness.models.configs import get_model_config
 from harness.protocol import JobResult, JobSpec, MemoryFigures
 from harness.workloads.common import InputError
 from harness.workloads.e2e import measure_scheduler_ms, parse_args
+
+if TYPE_CHECKING:  # the device runs this module's composition: it imports this module
+    from harness.devices.android.device import AndroidDevice
 
 E2E_TIMING_METHOD = "composed: benchmark_model medians (text encoder, UNet, VAE decoder) + host scheduler"
 

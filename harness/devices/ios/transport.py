@@ -19,6 +19,7 @@ import importlib
 import json
 import os
 import re
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
@@ -42,8 +43,6 @@ class Pmd3Services:
     name = "pymobiledevice3"
 
     def __init__(self) -> None:
-        from importlib.metadata import version
-
         from pymobiledevice3 import exceptions, usbmux
         from pymobiledevice3.dtx import DTXNsError
         from pymobiledevice3.lockdown import create_using_usbmux
