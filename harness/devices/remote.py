@@ -10,9 +10,10 @@ JobResult (kind, message, detail, extra); a drop raises DeviceDisconnectedError 
 the next job waits for the device); an unavailable device (locked, unauthorized) fails the job as
 `device`; a bug fails it as `internal`; Ctrl-C stops the agent on the device.
 
-A kind supplies its transport (`Transport`: push, hashes, launch, poll, kill, collect, ...), the files
-a job needs (`files_for`), its artifacts (`artifacts_for`), the agent run of a job (`agent_run`), and
-its result reader (`read_result`).
+A kind supplies its transport (`Transport`: push, hashes, launch, poll, kill, collect, ...), its
+artifacts (`resolve_artifact`), the files a job needs (`files_for`), the agent run of a job (`agent_run`:
+where and with what the agent starts), and its result reader (`read_result`); a kind whose job is
+several agent runs (Android's e2e) overrides `run`.
 """
 from __future__ import annotations
 
@@ -182,8 +183,9 @@ class RemoteDevice(Device):
         """Raise JobFailure (input) for a job this kind cannot run, before anything is pushed."""
 
     @abstractmethod
-    def run(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None, started: float) -> JobResult:
-        """The job inside the transport's session: usually `artifacts_for`, `sync`, then `run_agent`."""
+    def agent_run(self, spec: JobSpec, workdir: Path, arts: dict[str, Artifact], push: dict[str, Any],
+                  component: str | None = None) -> AgentRun:
+        """The agent run of a job (of one of its components, for a kind that runs them one by one)."""
 
     def cooldown(self, spec: JobSpec, progress: ProgressFn | None) -> dict[str, Any] | None:
         """Wait until the device may be measured again; what was done (None: this kind has no cooldown)."""
@@ -195,6 +197,12 @@ class RemoteDevice(Device):
         """The job's JobResult from what the agent left: a failure for a timeout, a missing or bad result."""
 
     # ---- the template
+
+    def run(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None, started: float) -> JobResult:
+        """The job inside the transport's session: artifacts, push what changed, one agent run."""
+        arts = self.artifacts_for(spec)
+        push = self.sync(self.files_for(list(arts.values()), [spec]), progress)
+        return self.run_agent(self.agent_run(spec, workdir, arts, push), progress, started)
 
     def artifacts_for(self, spec: JobSpec) -> dict[str, Artifact]:
         return {c: memoized_artifact(self._artifacts, self.artifact_key(spec, c),

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.devices.base import (
-    Artifact, Device, DeviceContext, DeviceDisconnectedError, DeviceInfo, DeviceKind, JobFailure, ProgressFn,
+    Artifact, Device, DeviceContext, DeviceDisconnectedError, DeviceInfo, DeviceKind, JobFailure,
 )
 from harness.devices.remote import AgentRun, Outcome, Poll, RemoteDevice, RemoteFile, Transport
 from harness.protocol import JobResult, JobSpec, ProtocolError, parse_result
@@ -178,12 +178,10 @@ class MemoryDevice(RemoteDevice):
     def files_for(self, arts: list[Artifact], specs: list[JobSpec]) -> list[RemoteFile]:
         return [RemoteFile(a.local, f"/models/{a.sha256[:16]}", digest=a.sha256) for a in arts]
 
-    def run(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None, started: float) -> JobResult:
-        arts = self.artifacts_for(spec)
-        push = self.sync(self.files_for(list(arts.values()), [spec]), progress)
-        run = AgentRun(spec, f"/jobs/{spec.job_id}", workdir / "device", payload=spec.model_dump_json(),
-                       heartbeat_timeout_s=0.05, launch_timeout_s=5.0, pause_s=0.002, info={"push": push})
-        return self.run_agent(run, progress, started)
+    def agent_run(self, spec: JobSpec, workdir: Path, arts: dict[str, Artifact], push: dict[str, Any],
+                  component: str | None = None) -> AgentRun:
+        return AgentRun(spec, f"/jobs/{spec.job_id}", workdir / "device", payload=spec.model_dump_json(),
+                        heartbeat_timeout_s=0.05, launch_timeout_s=5.0, pause_s=0.002, info={"push": push})
 
     def read_result(self, run: AgentRun, outcome: Outcome, files: dict[str, Any], cooldown: dict[str, Any] | None,
                     started: float) -> JobResult:

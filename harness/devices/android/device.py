@@ -152,15 +152,13 @@ class AndroidDevice(RemoteDevice):
     def run(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None, started: float) -> JobResult:
         if spec.workload == "e2e":
             return run_e2e(self, spec, workdir, progress, started)
-        art = self.artifacts_for(spec)["unet"]
-        push = self.sync(self.files_for([art], [spec]), progress)
-        return self.bench(spec, workdir, art, push, progress, started)
+        return super().run(spec, workdir, progress, started)
 
-    def bench(self, spec: JobSpec, workdir: Path, art: Artifact, push: dict[str, Any],
-              progress: ProgressFn | None, started: float, component: str | None = None) -> JobResult:
-        """One benchmark_model run of `art` under the job's flags and measure policy. `component` (e2e): the
-        run's own device directory and local `device/COMPONENT/`."""
-        d = self.settings.device_dir
+    def agent_run(self, spec: JobSpec, workdir: Path, arts: dict[str, Artifact], push: dict[str, Any],
+                  component: str | None = None) -> AgentRun:
+        """One benchmark_model run of the UNet (or of `component`, e2e: with its own device directory and
+        local `device/COMPONENT/`) under the job's flags and measure policy."""
+        art, d = arts[component or "unet"], self.settings.device_dir
         out = f"{d}/jobs/{safe_name(spec.job_id)}-{safe_name(spec.variant)}" + (f"-{component}" if component else "")
         args, unsupported = benchmark_flags(spec, self.remote_model(art), supported=self.transport.supported_flags,
                                             result_file=f"{out}/{RESULT_PROTO}", device_dir=d)
@@ -176,9 +174,8 @@ class AndroidDevice(RemoteDevice):
             if interval <= 0:
                 raise JobFailure("input", "options.extra.meminfo_interval_s must be > 0")
         local_dir = workdir / "device" / component if component else workdir / "device"
-        run = AgentRun(spec, out, local_dir, payload=(args, affinity, interval),
-                       info={"art": art, "push": push, "args": args, "unsupported": unsupported, "affinity": affinity})
-        return self.run_agent(run, progress, started)
+        return AgentRun(spec, out, local_dir, payload=(args, affinity, interval),
+                        info={"art": art, "push": push, "args": args, "unsupported": unsupported, "affinity": affinity})
 
     def cooldown(self, spec: JobSpec, progress: ProgressFn | None) -> dict[str, Any]:
         policy = self.settings.cooldown

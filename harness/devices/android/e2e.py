@@ -81,7 +81,7 @@ def _largest_peaks(results: dict[str, JobResult]) -> tuple[MemoryFigures, dict[s
 
 def run_e2e(device: AndroidDevice, spec: JobSpec, workdir: Path, progress: ProgressFn | None,
             started: float) -> JobResult:
-    """Text encoder, UNet and VAE decoder, each one benchmark_model run (`device.bench`) in one device session,
+    """Text encoder, UNet and VAE decoder, each one benchmark_model run (`device.agent_run`) in one device session,
     composed with the host's measured scheduler cost: text + steps x (UNet + scheduler) + decoder."""
     try:
         cfg = get_model_config(spec.model.name)
@@ -100,8 +100,8 @@ def run_e2e(device: AndroidDevice, spec: JobSpec, workdir: Path, progress: Progr
         sub = None if progress is None else (
             lambda phase, done, total, c=component: progress(f"{c} {phase}", done, total))
         try:
-            res = device.bench(spec, workdir, arts[component], push if not results else {}, sub, time.time(),
-                              component)
+            run = device.agent_run(spec, workdir, arts, push if not results else {}, component)
+            res = device.run_agent(run, sub, time.time())
         except JobFailure as failure:
             raise JobFailure(failure.kind, f"e2e component {component}: {failure.message}", failure.detail,
                               failure.transient, {**failure.extra, "failed_component": component}) from None

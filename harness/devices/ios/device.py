@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.devices.base import Artifact, DeviceContext, DeviceInfo, JobFailure, ProgressFn, export_failure
+from harness.devices.base import Artifact, DeviceContext, DeviceInfo, JobFailure, export_failure
 from harness.devices.ios.agent import (
     E2E_COMPONENTS, JOBS_DIR, OPTION_KEYS, RESULT, STATUS, STDERR, check_runtime, compute_units_of, device_spec,
     ipa_info, remote_model, safe_name, tree_sha256, tree_size,
@@ -119,21 +119,20 @@ class IOSDevice(RemoteDevice):
 
     # ---- running
 
-    def run(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None, started: float) -> JobResult:
-        arts = self.artifacts_for(spec)
+    def agent_run(self, spec: JobSpec, workdir: Path, arts: dict[str, Artifact], push: dict[str, Any],
+                  component: str | None = None) -> AgentRun:
+        """The app's run: its JobSpec (the models' container paths; e2e: the prompt's token ids)."""
         token_ids = self._token_ids(spec) if spec.workload == "e2e" else None
         paths = {c: remote_model(a.sha256).lstrip("/") for c, a in arts.items()}  # as the app resolves them
         dspec = device_spec(spec, paths, self.settings.heartbeat_s, token_ids)
-        push = self.sync(self.files_for(list(arts.values()), [spec]), progress)
         text = dspec.model_dump_json(indent=2)
         (workdir / "device").mkdir(exist_ok=True)
         (workdir / "device" / "job.json").write_text(text)  # what the phone read, kept with the result
         s = self.settings
-        run = AgentRun(spec, f"{JOBS_DIR}/{safe_name(spec.job_id)}", workdir / "device", payload=text,
-                       heartbeat_timeout_s=s.heartbeat_timeout_s, launch_timeout_s=s.launch_timeout_s,
-                       pause_s=s.poll_s, info={"arts": arts, "paths": paths, "push": push,
-                                              "compute_units": dspec.options.compute_units})
-        return self.run_agent(run, progress, started)
+        return AgentRun(spec, f"{JOBS_DIR}/{safe_name(spec.job_id)}", workdir / "device", payload=text,
+                        heartbeat_timeout_s=s.heartbeat_timeout_s, launch_timeout_s=s.launch_timeout_s,
+                        pause_s=s.poll_s, info={"arts": arts, "paths": paths, "push": push,
+                                               "compute_units": dspec.options.compute_units})
 
     def read_result(self, run: AgentRun, outcome: Outcome, files: dict[str, Any], cooldown: dict[str, Any] | None,
                     started: float) -> JobResult:
