@@ -94,16 +94,16 @@ class AndroidDevice(RemoteDevice):
 
     def resolve_artifact(self, spec: JobSpec, component: str) -> Artifact:
         where, graph = given_graph(spec, component)
-        component = component if spec.workload == "e2e" else None  # type: ignore[assignment]
+        part = component if spec.workload == "e2e" else None  # a unet_iteration job's graph is the variant's
         if graph:
             local = Path(str(graph)).expanduser()
             check_tflite(local, where)
             return Artifact(local, self.transport.file_hash(local, "sha256"), local.stat().st_size, "graph")
-        what = f"the {component} of variant {spec.variant!r}" if component else f"variant {spec.variant!r}"
+        what = f"the {part} of variant {spec.variant!r}" if part else f"variant {spec.variant!r}"
         try:
             art = ensure_artifact(spec.model, Flags.from_dict(spec.flags), fmt="tflite", dtype=spec.options.dtype,
                                   cache_dir=self.ctx.cache_dir, progress=None, variant=spec.variant,
-                                  component=component or "unet")
+                                  component=part or "unet")
         except Exception as exc:  # noqa: BLE001 - a converter failure fails this variant only
             raise export_failure(exc, what, ".tflite") from None
         meta = dict(getattr(art, "meta", None) or {})
