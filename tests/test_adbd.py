@@ -191,7 +191,7 @@ def test_fault_matrix_through_the_real_adb_server(adb: AdbServer, tmp_path: Path
         dev.drop_shell_after_seconds = 0.3
         start = holder["phone"].connections
         watch(lambda: holder["phone"].connections > start,
-               lambda: setattr(dev, "drop_shell_after_seconds", None), threading.Event())
+              lambda: setattr(dev, "drop_shell_after_seconds", None), threading.Event())
 
     def kill_server() -> None:
         adb("kill-server")

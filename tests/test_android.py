@@ -538,7 +538,7 @@ def test_cooldown_waits_for_a_cool_device_and_affinity_reaches_taskset(tmp_path:
         # the phone cools down once the harness has looked at it three times (0.2 s apart)
         reads = lambda: sum("thermal_zone" in r for s, r in srv.requests if s == "HOT1")  # noqa: E731
         cool = watch(lambda: reads() >= 3, lambda: setattr(fake, "thermal_c", FakeDevice("x").thermal_c),
-                      threading.Event())
+                     threading.Event())
         assert main(common) == 0
         cool.join(timeout=5)
         # the battery (31.2 C) never gets under 20 C: the wait gives up after its timeout and says so
