@@ -20,6 +20,7 @@ import yaml
 from harness.cli import main
 from harness.devices.android import AGENT_SCRIPT
 from harness.store import Store
+from tests.fakes.adb_faults import DropPushes, has_pid, watch
 from tests.fakes.adb_server import FakeDevice, toybox_applets
 from tests.fakes.adbd import AdbServer, FakeAdbd, FakePhones, free_port
 
@@ -178,20 +179,19 @@ def test_fault_matrix_through_the_real_adb_server(adb: AdbServer, tmp_path: Path
                                                   standin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each fault on FAULTY while GOOD runs beside it (2 jobs each, through Google's adb server): 0 results
     lost in every row; a transient fault is retried and completes, a lasting one fails with its reason."""
-    from tests.test_android import DropPushes, _has_pid, _watch
 
     monkeypatch.chdir(tmp_path)
     holder: dict = {}
 
     def when_running(action):
-        return [(lambda: _has_pid(holder["phone"].device, "000"), action)]
+        return [(lambda: has_pid(holder["phone"].device, "000"), action)]
 
     def drop_run_once() -> None:
         dev = holder["phone"].device
         dev.drop_shell_after_seconds = 0.3
         start = holder["phone"].connections
-        _watch(lambda: holder["phone"].connections > start,
-               lambda: setattr(dev, "drop_shell_after_seconds", None), threading.Event())
+        watch(lambda: holder["phone"].connections > start,
+              lambda: setattr(dev, "drop_shell_after_seconds", None), threading.Event())
 
     def kill_server() -> None:
         adb("kill-server")
@@ -217,7 +217,7 @@ def test_fault_matrix_through_the_real_adb_server(adb: AdbServer, tmp_path: Path
          ()),
     ]
     rows = []
-    for i, (name, factory, watch, extra) in enumerate(scenarios):
+    for i, (name, factory, watches, extra) in enumerate(scenarios):
         tmp = tmp_path / f"s{i}"
         faulty = (factory or (lambda root: FakeDevice("FAULTY", root=root, userland="android")))(tmp / "faulty")
         good = FakeDevice("GOOD", root=tmp / "good", userland="android")
@@ -226,7 +226,7 @@ def test_fault_matrix_through_the_real_adb_server(adb: AdbServer, tmp_path: Path
         with FakePhones(0, devices=[faulty, good]) as phones:
             holder["phone"] = phones.phones[0]
             fserial, gserial = phones.serials
-            watchers = [_watch(c, a, stop) for c, a in watch]
+            watchers = [watch(c, a, stop) for c, a in watches]
             rc = main(_run_args(adb, standin, store_url, _farm(tmp / "farm.yaml"), "--device", f"android:{fserial}",
                                 "--device", f"android:{gserial}", "--retries", "1", "--no-report",
                                 *_graph(tiny_tflite, "--set", "variants=[baseline, +opt_softmax]",

@@ -24,7 +24,7 @@ from harness.devices.android import (
     AGENT_SCRIPT, AndroidConfigError, Cooldown, JobFailure, benchmark_flags, check_benchmark_model,
     device_state, exact_samples_ms, parse_adb_server, runtime_of, settings_for, unit_of, unit_ran,
 )
-from harness.devices.android_parse import DelegateApplication, RunStats
+from harness.devices.android.parse import DelegateApplication, RunStats
 from harness.devices.base import DeviceContext
 from harness.protocol import JobSpec, MeasurePolicy, RuntimeOptions
 from harness.store import Store
@@ -39,9 +39,11 @@ def _sigint_default() -> None:
 
 
 try:
+    from tests.fakes.adb_faults import DropPushes, has_pid, watch
     from tests.fakes.adb_server import FakeAdbServer, FakeDevice
     from tests.fakes.benchmark_model_standin import FAULT_FILE_NAME, write_standin
 except ModuleNotFoundError:  # pytest's default import mode puts tests/, not the repo root, on sys.path
+    from fakes.adb_faults import DropPushes, has_pid, watch  # type: ignore[no-redef]
     from fakes.adb_server import FakeAdbServer, FakeDevice  # type: ignore[no-redef]
     from fakes.benchmark_model_standin import FAULT_FILE_NAME, write_standin  # type: ignore[no-redef]
 
@@ -535,8 +537,8 @@ def test_cooldown_waits_for_a_cool_device_and_affinity_reaches_taskset(tmp_path:
                   "--set", f"options.extra.graph={tiny_tflite}", "--set", "variants=[baseline, +opt_softmax]"]
         # the phone cools down once the harness has looked at it three times (0.2 s apart)
         reads = lambda: sum("thermal_zone" in r for s, r in srv.requests if s == "HOT1")  # noqa: E731
-        cool = _watch(lambda: reads() >= 3, lambda: setattr(fake, "thermal_c", FakeDevice("x").thermal_c),
-                      threading.Event())
+        cool = watch(lambda: reads() >= 3, lambda: setattr(fake, "thermal_c", FakeDevice("x").thermal_c),
+                     threading.Event())
         assert main(common) == 0
         cool.join(timeout=5)
         # the battery (31.2 C) never gets under 20 C: the wait gives up after its timeout and says so
@@ -591,48 +593,6 @@ def test_ctrl_c_stops_the_benchmark_on_the_phone(tmp_path: Path, tiny_tflite: Pa
 
 # ------------------------------------------------------------------------------------ faults
 
-class DropPushes(FakeDevice):
-    """Drops the connection during its next `drops` pushes (after the first data chunk), then behaves."""
-
-    def __init__(self, *args, drops: int = 1, **kw):
-        self._drops = drops
-        super().__init__(*args, **kw)
-
-    @property
-    def drop_push_after_bytes(self):  # read by the server once per DATA chunk
-        if self._drops > 0:
-            self._drops -= 1
-            return 1
-        return None
-
-    @drop_push_after_bytes.setter
-    def drop_push_after_bytes(self, value) -> None:
-        pass
-
-
-def _watch(cond, action, stop: threading.Event, interval: float = 0.01) -> threading.Thread:
-    def loop() -> None:
-        while not stop.is_set():
-            if cond():
-                action()
-                return
-            time.sleep(interval)
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    return t
-
-
-def _job_dirs(dev: FakeDevice) -> list[str]:
-    jobs = dev.host_path(DEVICE_DIR + "/jobs")
-    return [p.name for p in jobs.iterdir()] if jobs.is_dir() else []
-
-
-def _has_pid(dev: FakeDevice, index: str) -> bool:
-    jobs = dev.host_path(DEVICE_DIR + "/jobs")
-    return jobs.is_dir() and any(p.name.split("-")[3:4] == [index] and (p / "pid").is_file() for p in jobs.iterdir())
-
-
 def _scenario(name: str, tmp: Path, tiny_tflite: Path, standin: Path, setup, extra_args=(),
               retries: int = 1) -> dict:
     """Run 2 variants on FAULTY and GOOD (FAULTY first) with one injected fault; count what the store holds."""
@@ -646,7 +606,7 @@ def _scenario(name: str, tmp: Path, tiny_tflite: Path, standin: Path, setup, ext
     with FakeAdbServer([faulty, good]) as srv:
         if setup.get("before"):
             setup["before"](faulty, srv)
-        watchers = [_watch(c, a, stop) for c, a in setup.get("watch", [])]
+        watchers = [watch(c, a, stop) for c, a in setup.get("watch", [])]
         args = _run_args(srv.port, standin, store_url, farm, "--set", f"options.extra.graph={tiny_tflite}",
                          "--set", "variants=[baseline, +opt_softmax]", "--set", "iterations=3",
                          "--retries", str(retries), "--no-report", *extra_args)
@@ -686,7 +646,7 @@ def test_fault_matrix(tmp_path: Path, tiny_tflite: Path, standin: Path, monkeypa
 
     def offline_at(index: str, state: str):
         def cond() -> bool:
-            return _has_pid(holder["dev"], index)
+            return has_pid(holder["dev"], index)
 
         def act() -> None:
             holder["dev"].state = state
@@ -698,19 +658,19 @@ def test_fault_matrix(tmp_path: Path, tiny_tflite: Path, standin: Path, monkeypa
         armed: dict[str, int] = {}
 
         def cond_arm() -> bool:
-            return _has_pid(holder["dev"], "000")
+            return has_pid(holder["dev"], "000")
 
         def arm() -> None:
             armed["at"] = len(holder["srv"].requests)
             holder["dev"].drop_shell_after_seconds = 0.3
-            _watch(lambda: any(s == "FAULTY" and "mkdir -p" in r for s, r in holder["srv"].requests[armed["at"]:]),
+            watch(lambda: any(s == "FAULTY" and "mkdir -p" in r for s, r in holder["srv"].requests[armed["at"]:]),
                    lambda: setattr(holder["dev"], "drop_shell_after_seconds", None), threading.Event())
         return cond_arm, arm
 
     def restart_mid_run():
         # while FAULTY's first benchmark runs, the adb server drops every connection and is gone 1 s
         def cond() -> bool:
-            return _has_pid(holder["dev"], "000")
+            return has_pid(holder["dev"], "000")
 
         def act() -> None:
             holder["srv"].restart(downtime_s=1.0)

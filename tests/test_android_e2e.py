@@ -18,7 +18,7 @@ import pytest
 
 from harness.cli import main
 from harness.devices.android import AGENT_SCRIPT
-from harness.devices.android_parse import parse_benchmark_model
+from harness.devices.android.parse import parse_benchmark_model
 from harness.composition import COMPOSED_LABEL, compose_e2e
 from harness.report.e2e import e2e_table, html_context, markdown_lines
 from harness.store import Store

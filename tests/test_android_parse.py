@@ -5,13 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.devices.android_parse import (
+from harness.devices.android.parse import (
     OP_CATEGORIES,
     ParseError,
     map_op_category,
     op_category_ms,
-    parse_battery_temp,
     parse_benchmark_model,
+)
+from harness.devices.android.parse_device import (
+    parse_battery_temp,
     parse_devices_gles,
     parse_getprop,
     parse_meminfo_graphics,
@@ -390,7 +392,7 @@ def test_compiled_model_tool_output() -> None:
     """LiteRT 2.x's //litert/tools:benchmark_model: the base tool's run loops, then its own BENCHMARK
     RESULTS block (no 'Inference timings in us' line). Fixture: the stand-in's output in the layout of
     litert/tools/benchmark_litert_model.h, reconstructed from that printing code (tests/data/android/README.md)."""
-    from harness.devices.android_parse import parse_benchmark_model
+    from harness.devices.android.parse import parse_benchmark_model
 
     out = parse_benchmark_model((DATA / "benchmark_model_compiled_model_gpu.txt").read_text())
     assert out.format == "compiled_model"

@@ -19,7 +19,7 @@ import adbutils
 import pytest
 from adbutils.errors import AdbConnectionError, AdbError, AdbTimeout
 
-from harness.devices.android_parse import (
+from harness.devices.android.parse_device import (
     THERMAL_ZONES_SHELL_CMD,
     ParseError,
     parse_battery_temp,

@@ -109,7 +109,7 @@ def _jobs_by_variant(store_url: str, run_id: str | None = None):
 
 # ------------------------------------------------------------------------------------ the service boundary
 
-# What harness.devices.ios calls on each object of the service layer.
+# What the harness.devices.ios package calls on each object of the service layer.
 BOUNDARY = {
     "InstallationProxyService": ["__init__", "get_apps", "install_from_local"],
     "HouseArrestService": ["__init__", "create", "push", "get_file_contents", "set_file_contents", "exists",
@@ -140,7 +140,7 @@ def test_fake_has_the_signatures_of_the_installed_pymobiledevice3() -> None:
     assert real.version.startswith("11."), real.version
     # autopair exists and the harness turns it off (no trust dialog ever waits on a run)
     assert "autopair" in inspect.signature(real.create_using_usbmux).parameters
-    src = (REPO / "harness" / "devices" / "ios.py").read_text()
+    src = "\n".join(p.read_text() for p in sorted((REPO / "harness" / "devices" / "ios").glob("*.py")))
     assert src.count("autopair=False") >= 2 and "autopair=True" not in src
     for name in FUNCTIONS:
         fake = getattr(ios_fake.FakeServices, name)
@@ -156,7 +156,7 @@ def test_fake_has_the_signatures_of_the_installed_pymobiledevice3() -> None:
         assert _params(getattr(UsbmuxLockdownClient, method)) == _params(getattr(ios_fake.FakeLockdown, method))
     for prop in ("product_version", "display_name", "chip_id", "hardware_model", "has_developer_mode"):
         assert isinstance(inspect.getattr_static(UsbmuxLockdownClient, prop), property), prop
-    # every attribute ios.py reaches through the adapter exists on both sides
+    # every attribute the ios package reaches through the adapter exists on both sides
     used = set(re.findall(r"\bpmd\.([A-Za-z_]+)", src))
     assert used >= set(FUNCTIONS) | set(BOUNDARY)
     for name in used:

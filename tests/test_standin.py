@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import standin
-from harness.devices.android_parse import parse_getprop
+from harness.devices.android.parse_device import parse_getprop
 from harness.protocol import JobResult
 from harness.runtimes.litert_gpu import ProbeReport, parse_engine_log
 from harness.store import Store

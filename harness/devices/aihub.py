@@ -23,7 +23,7 @@ The profile -> JobResult mapping (`profile_to_result`): samples_ms are the profi
 (all_inference_times, us -> ms), else the estimated inference time; init_ms the first (cold) load,
 extra the warm load and compile times; memory.peak_rss_bytes the upper end of the inference peak-memory
 range (every range is kept in extra.aihub.memory_ranges_bytes); op_times_ms the per-layer times folded
-into the paper's categories (harness.devices.android_parse.map_op_category); extra.unit the asked unit,
+into the paper's categories (harness.devices.android.parse.map_op_category); extra.unit the asked unit,
 "(partial: N layers on the NPU, M on the CPU)" when any layer ran elsewhere, with the layers' units in
 extra.aihub.layer_units.
 """
@@ -39,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import standin
+from harness.devices.android.graphs import check_tflite, given_graph
+from harness.devices.android.parse import OP_CATEGORIES, map_op_category
 from harness.devices.base import (
-    Device, DeviceContext, DeviceError, DeviceInfo, DeviceKind, ProgressFn, UnknownDeviceError,
+    Device, DeviceContext, DeviceError, DeviceInfo, DeviceKind, JobFailure, ProgressFn, UnknownDeviceError,
 )
 from harness.protocol import JobResult, JobSpec, MemoryFigures, write_json_atomic
 
@@ -253,8 +255,6 @@ class AiHubDevice(Device):
             raise _Failure(kind, str(err), transient=transient) from None
 
     def _artifact(self, spec: JobSpec) -> tuple[Path, dict[str, Any]]:
-        from harness.devices.android import JobFailure, check_tflite, given_graph
-
         try:
             where, graph = given_graph(spec)
             if graph:
@@ -439,8 +439,6 @@ def _ms(us: Any) -> float | None:
 
 def profile_to_result(spec: JobSpec, profile: dict[str, Any], entry: dict[str, Any], started: float) -> JobResult:
     """A profile as `InferenceJob.download_profile()` returns it -> the job's JobResult (module doc)."""
-    from harness.devices.android_parse import OP_CATEGORIES, map_op_category
-
     summary = profile.get("execution_summary") or {}
     layers = profile.get("execution_detail") or []
     unit = entry.get("unit", "gpu")

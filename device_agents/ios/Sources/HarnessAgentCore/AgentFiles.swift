@@ -1,7 +1,7 @@
 import Dispatch
 import Foundation
 
-// The agent's side of the file protocol with harness/devices/ios.py (through house_arrest):
+// The agent's side of the file protocol with harness/devices/ios/ (through house_arrest):
 //
 //   Documents/jobs/<job id>/job.json     written by the host before the launch
 //   Documents/jobs/<job id>/status.json  heartbeats: {"phase", "done", "total", "seq", "t", "pid"}

@@ -1,4 +1,5 @@
-"""Pure parsers over Android device text: one function per source, typed frozen results.
+"""Pure parsers over Android device text: one function per source, typed frozen results. This
+module: ``benchmark_model``'s output and the paper's op categories; `parse_device` the system's text.
 
 Every parser takes the text a device printed (``benchmark_model`` stdout+stderr, ``getprop``,
 ``dumpsys SurfaceFlinger``, ``dumpsys meminfo <pid>``, ``/proc/meminfo``, sysfs thermal and battery
@@ -36,19 +37,8 @@ __all__ = [
     "SubgraphOpProfile",
     "DelegateApplication",
     "BenchmarkModelOutput",
-    "GpuMemory",
-    "GlesInfo",
-    "ThermalZone",
     "OP_CATEGORIES",
-    "THERMAL_ZONES_SHELL_CMD",
     "parse_benchmark_model",
-    "parse_getprop",
-    "parse_devices_gles",
-    "split_gles",
-    "parse_meminfo_graphics",
-    "parse_meminfo_total_ram",
-    "parse_thermal_zones",
-    "parse_battery_temp",
     "map_op_category",
     "op_category_ms",
 ]
@@ -63,7 +53,7 @@ def _snippet(text: str, limit: int = 160) -> str:
     return flat[:limit] + ("..." if len(flat) > limit else "")
 
 
-def _fail(what: str, text: str) -> ParseError:
+def parse_failure(what: str, text: str) -> ParseError:
     return ParseError(f"{what}; the text starts with: {_snippet(text)!r}")
 
 
@@ -265,20 +255,20 @@ def _parse_stat_line(line: str, allow_empty: bool = False) -> RunStats:
         fields[key] = _num(value)
         all_same = all_same or bool(same)
     if "count" not in fields:
-        raise _fail("benchmark_model stat line without count=", line)
+        raise parse_failure("benchmark_model stat line without count=", line)
     count = int(fields["count"])
     if count == 0:
         if allow_empty:
             return RunStats(count=0, first_us=0.0, curr_us=0.0, min_us=math.nan, max_us=math.nan,
                             avg_us=math.nan, std_us=math.nan)
-        raise _fail("benchmark_model ran no iterations of a run type (count=0)", line)
+        raise parse_failure("benchmark_model ran no iterations of a run type (count=0)", line)
     if "curr" not in fields:
-        raise _fail("benchmark_model stat line without curr=", line)
+        raise parse_failure("benchmark_model stat line without curr=", line)
     curr = fields["curr"]
     if "avg" in fields:  # the full form
         for key in ("first", "min", "max", "std"):
             if key not in fields:
-                raise _fail(f"benchmark_model stat line without {key}=", line)
+                raise parse_failure(f"benchmark_model stat line without {key}=", line)
         first, lo, hi, avg, std = (fields[k] for k in ("first", "min", "max", "avg", "std"))
     else:  # count=1 curr=X, or count=N curr=X(all same): every run took X
         first = lo = hi = avg = curr
@@ -352,7 +342,7 @@ def _parse_regular_profile(
                 if not (row_text.startswith("[Node type]") or row_text.startswith("node type,")):
                     row = _parse_op_row(lines[i])
                     if row is None:
-                        raise _fail("unrecognized row in benchmark_model 'Summary by node type'",
+                        raise parse_failure("unrecognized row in benchmark_model 'Summary by node type'",
                                     lines[i])
                     rows.append(row)
                 i += 1
@@ -365,7 +355,7 @@ def _parse_regular_profile(
             continue
         i += 1
     if primary is None:
-        raise _fail(
+        raise parse_failure(
             "benchmark_model printed 'Operator-wise Profiling Info for Regular Benchmark Runs' but"
             " no 'Summary by node type' table for the primary graph",
             "\n".join(lines[start:start + 8]) or text,
@@ -412,11 +402,11 @@ def parse_benchmark_model(text: str) -> BenchmarkModelOutput:
     runs = len(blocks) if compiled else len(current) + len(legacy)
     if runs == 0:
         if errors:
-            raise _fail("benchmark_model failed: " + " | ".join(errors[:5]), text)
-        raise _fail("no 'Inference timings in us' line (classic tool) or 'BENCHMARK RESULTS' block (LiteRT's "
+            raise parse_failure("benchmark_model failed: " + " | ".join(errors[:5]), text)
+        raise parse_failure("no 'Inference timings in us' line (classic tool) or 'BENCHMARK RESULTS' block (LiteRT's "
                     "CompiledModel tool) in benchmark_model output", text)
     if runs > 1:
-        raise _fail(
+        raise parse_failure(
             f"benchmark_model output holds {runs} benchmark runs; parse one"
             " run's output at a time",
             text,
@@ -439,7 +429,7 @@ def parse_benchmark_model(text: str) -> BenchmarkModelOutput:
             )
             pending = None
     if len(stats) != 2 or len(running) != 2:
-        raise _fail(
+        raise parse_failure(
             f"expected a warm-up and a timed run in benchmark_model output (two 'Running benchmark"
             f" for at least ...' lines each followed by a 'count=' line), found {len(running)}"
             f" run lines and {len(stats)} stat lines",
@@ -458,15 +448,15 @@ def parse_benchmark_model(text: str) -> BenchmarkModelOutput:
         m = blocks[0]
         init_m, first_m, wavg_m = find(_CM_INIT_RE), find(_CM_WARMUP_FIRST_RE), find(_CM_WARMUP_AVG_RE)
         if init_m is None or wavg_m is None:
-            raise _fail("LiteRT's BENCHMARK RESULTS block without 'Model initialization' or 'Warmup (avg)'", text)
+            raise parse_failure("LiteRT's BENCHMARK RESULTS block without 'Model initialization' or 'Warmup (avg)'", text)
         init_us = _num(init_m[1]) * 1000.0
         first_us = _num(first_m[1]) * 1000.0 if first_m else None
         warmup_avg_us, inference_avg_us = _num(wavg_m[1]) * 1000.0, _num(m[1]) * 1000.0
         if int(m[2]) != inference.count:
-            raise _fail(f"BENCHMARK RESULTS counts {m[2]} inference runs, the stat line {inference.count}", m.string)
+            raise parse_failure(f"BENCHMARK RESULTS counts {m[2]} inference runs, the stat line {inference.count}", m.string)
         if not math.isclose(inference.avg_us, inference_avg_us, abs_tol=10.0) or (
                 warmup.count and not math.isclose(warmup.avg_us, warmup_avg_us, abs_tol=10.0)):
-            raise _fail(f"benchmark_model stat lines (warm-up avg {warmup.avg_us}, timed avg {inference.avg_us} us) "
+            raise parse_failure(f"benchmark_model stat lines (warm-up avg {warmup.avg_us}, timed avg {inference.avg_us} us) "
                         "disagree with its BENCHMARK RESULTS block", m.string)
         fmt = "compiled_model"
     elif current:
@@ -479,19 +469,19 @@ def parse_benchmark_model(text: str) -> BenchmarkModelOutput:
         first_us = None
         fmt = "legacy"
     if not math.isfinite(inference_avg_us):
-        raise _fail(
+        raise parse_failure(
             f"benchmark_model reported no timed inference (Inference avg {inference_avg_us})",
             m.string,
         )
     if fmt != "compiled_model" and (not _close(inference.avg_us, inference_avg_us)
                                     or not _close(warmup.avg_us, warmup_avg_us)):
-        raise _fail(
+        raise parse_failure(
             f"benchmark_model stat lines (warm-up avg {warmup.avg_us}, timed avg"
             f" {inference.avg_us}) disagree with its summary line",
             m.string,
         )
     if first_us is not None and fmt != "compiled_model" and not _close(warmup.first_us, first_us):
-        raise _fail(f"warm-up first={warmup.first_us} disagrees with 'First inference'", m.string)
+        raise parse_failure(f"warm-up first={warmup.first_us} disagrees with 'First inference'", m.string)
 
     fp = find(_FOOTPRINT_RE)
     peak = find(_PEAK_RE) or (find(_CM_PEAK_RE) if compiled else None)
@@ -600,207 +590,3 @@ def op_category_ms(ops: tuple[OpTypeStat, ...] | list[OpTypeStat]) -> dict[str, 
     for row in ops:
         totals[map_op_category(row.node_type)] += row.avg_ms
     return totals
-
-
-# --------------------------------------------------------------------------- getprop
-
-_PROP_START_RE = re.compile(r"^\[([^\]]+)\]: \[(.*)$")
-
-
-def parse_getprop(text: str) -> dict[str, str]:
-    """Parse the full ``getprop`` listing (``[ro.product.model]: [Pixel 8]`` lines).
-
-    A value that spans lines (rare, but legal) is joined with newlines.
-    """
-    if not text or not text.strip():
-        raise ParseError("getprop output is empty")
-    props: dict[str, str] = {}
-    key: str | None = None
-    parts: list[str] = []
-    for raw in text.splitlines():
-        line = raw.rstrip("\r")
-        if key is not None:  # inside a multi-line value
-            if line.endswith("]"):
-                parts.append(line[:-1])
-                props[key] = "\n".join(parts)
-                key = None
-            else:
-                parts.append(line)
-            continue
-        if not line.strip():
-            continue
-        m = _PROP_START_RE.match(line)
-        if m is None:
-            raise _fail("unrecognized line in getprop output", line)
-        rest = m[2]
-        if rest.endswith("]"):
-            props[m[1]] = rest[:-1]
-        else:
-            key, parts = m[1], [rest]
-    if key is not None:
-        raise _fail(f"getprop value of {key} is not terminated by ']'", "\n".join(parts))
-    return props
-
-
-# --------------------------------------------------------------------------- SurfaceFlinger
-
-
-@dataclass(frozen=True)
-class GlesInfo:
-    vendor: str  # "Qualcomm"
-    renderer: str  # "Adreno (TM) 740"
-    version: str  # "OpenGL ES 3.2 V@0615.65 (GIT@...)"
-
-
-_GLES_RE = re.compile(r"^\s*GLES: (.+?)\s*$", re.MULTILINE)
-
-
-def parse_devices_gles(text: str) -> str | None:
-    """The text after ``GLES: `` in ``dumpsys SurfaceFlinger`` (vendor, renderer, version).
-
-    Returns None when the dump has no GLES line (e.g. a Vulkan RenderEngine); raises ParseError
-    for empty text or when dumpsys could not reach SurfaceFlinger.
-    """
-    if not text or not text.strip():
-        raise ParseError("dumpsys SurfaceFlinger output is empty")
-    if "Can't find service" in text or "Permission Denial" in text:
-        raise _fail("dumpsys could not dump SurfaceFlinger", text)
-    m = _GLES_RE.search(text)
-    return m[1] if m else None
-
-
-def split_gles(gles: str) -> GlesInfo:
-    """Split a GLES line's value into vendor, renderer and version (the version may hold commas)."""
-    parts = [p.strip() for p in gles.split(",", 2)]
-    if len(parts) != 3 or not all(parts):
-        raise _fail("a GLES line is 'vendor, renderer, version'", gles)
-    return GlesInfo(*parts)
-
-
-# --------------------------------------------------------------------------- dumpsys meminfo
-
-
-@dataclass(frozen=True)
-class GpuMemory:
-    """GPU-related memory of one process from ``dumpsys meminfo <pid>``, all in KiB (PSS).
-
-    ``graphics_kb`` is the App Summary's Graphics (GL mtrack + EGL mtrack + Gfx dev). The mtrack
-    rows are None when the dump had no per-category table (``dumpsys meminfo -s``) and 0 when the
-    table was there without that row (dumpsys omits all-zero rows).
-    """
-
-    graphics_kb: int
-    gl_mtrack_kb: int | None
-    egl_mtrack_kb: int | None
-    total_pss_kb: int
-    gfx_dev_kb: int | None = None
-    pid: int | None = None
-    process: str | None = None
-
-
-_MEMINFO_HEADER_RE = re.compile(r"\*\* MEMINFO in pid (\d+) \[(.*?)\] \*\*")
-_MEMINFO_ROW_RE = re.compile(r"^\s*(GL mtrack|EGL mtrack|Gfx dev|TOTAL)\s+(\d+)\b", re.MULTILINE)
-_MEMINFO_GRAPHICS_RE = re.compile(r"^\s*Graphics:\s+(\d+)", re.MULTILINE)
-_MEMINFO_TOTAL_PSS_RE = re.compile(r"TOTAL PSS:\s+(\d+)")
-
-
-def parse_meminfo_graphics(text: str) -> GpuMemory:
-    """Parse ``dumpsys meminfo <pid>`` (one process) into GpuMemory."""
-    if not text or not text.strip():
-        raise ParseError("dumpsys meminfo output is empty")
-    if m := re.search(r"No process found for: ?(.*)", text):
-        raise _fail(f"dumpsys meminfo found no process {m[1].strip()!r} (has it exited?)", text)
-    headers = _MEMINFO_HEADER_RE.findall(text)
-    if len(headers) > 1:
-        raise _fail(
-            f"dumpsys meminfo printed {len(headers)} processes; ask for one pid", text
-        )
-    rows = {label: int(value) for label, value in _MEMINFO_ROW_RE.findall(text)}
-    has_table = "TOTAL" in rows
-    graphics_m = _MEMINFO_GRAPHICS_RE.search(text)
-    total_m = _MEMINFO_TOTAL_PSS_RE.search(text)
-    gl = rows.get("GL mtrack", 0) if has_table else None
-    egl = rows.get("EGL mtrack", 0) if has_table else None
-    gfx = rows.get("Gfx dev", 0) if has_table else None
-    if graphics_m:
-        graphics = int(graphics_m[1])
-    elif has_table:
-        graphics = (gl or 0) + (egl or 0) + (gfx or 0)
-    else:
-        raise _fail("no 'Graphics:' summary or per-category table in dumpsys meminfo", text)
-    if total_m:
-        total = int(total_m[1])
-    elif has_table:
-        total = rows["TOTAL"]
-    else:
-        raise _fail("no 'TOTAL PSS:' in dumpsys meminfo", text)
-    pid = int(headers[0][0]) if headers else None
-    process = headers[0][1] if headers else None
-    return GpuMemory(graphics, gl, egl, total, gfx, pid, process)
-
-
-# --------------------------------------------------------------------------- /proc/meminfo
-
-
-def parse_meminfo_total_ram(text: str) -> int:
-    """Total RAM in **bytes** from ``/proc/meminfo`` (its ``MemTotal: N kB`` line x 1024)."""
-    if not text or not text.strip():
-        raise ParseError("/proc/meminfo text is empty")
-    m = re.search(r"^MemTotal:\s+(\d+) kB\s*$", text, re.MULTILINE)
-    if m is None:
-        raise _fail("no 'MemTotal: N kB' line in /proc/meminfo text", text)
-    return int(m[1]) * 1024
-
-
-# --------------------------------------------------------------------------- thermal, battery
-
-
-@dataclass(frozen=True)
-class ThermalZone:
-    zone: str  # "thermal_zone0"
-    type: str  # "cpu-0-0-usr", "gpuss-0", "battery", ...
-    temp_c: float | None  # None when the zone could not be read (some zones refuse reads)
-
-
-# Run on the device; prints "thermal_zoneN<TAB>type<TAB>millidegrees" per zone. `${z##*/}` keeps
-# only the zone's directory name.
-THERMAL_ZONES_SHELL_CMD = (
-    "for z in /sys/class/thermal/thermal_zone*; do "
-    "printf '%s\\t%s\\t%s\\n' \"${z##*/}\" \"$(cat \"$z/type\" 2>/dev/null)\" "
-    "\"$(cat \"$z/temp\" 2>/dev/null)\"; done"
-)
-
-
-def parse_thermal_zones(text: str) -> tuple[ThermalZone, ...]:
-    """Parse the output of THERMAL_ZONES_SHELL_CMD. Temperatures are sysfs millidegrees C / 1000."""
-    if not text or not text.strip():
-        raise ParseError("thermal zone listing is empty (no /sys/class/thermal/thermal_zone*?)")
-    zones: list[ThermalZone] = []
-    for line in text.splitlines():
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 3 or not re.fullmatch(r"thermal_zone\d+", fields[0].strip()):
-            raise _fail("unrecognized thermal zone line (expected 'thermal_zoneN\\ttype\\ttemp')",
-                        line)
-        zone, ztype, raw = (f.strip() for f in fields)
-        temp = int(raw) / 1000.0 if re.fullmatch(r"-?\d+", raw) else None
-        zones.append(ThermalZone(zone, ztype, temp))
-    return tuple(zones)
-
-
-def parse_battery_temp(text: str) -> float:
-    """Battery temperature in degrees C.
-
-    Accepts ``/sys/class/power_supply/battery/temp`` (tenths of a degree, e.g. ``312``) or
-    ``dumpsys battery`` (its ``temperature: 312`` line, also tenths).
-    """
-    if not text or not text.strip():
-        raise ParseError("battery temperature text is empty")
-    m = re.search(r"^\s*temperature:\s*(-?\d+)\s*$", text, re.MULTILINE)
-    if m is None:
-        m = re.fullmatch(r"\s*(-?\d+)\s*", text)
-    if m is None:
-        raise _fail("expected a battery temperature in tenths of a degree C", text)
-    return int(m[1]) / 10.0
