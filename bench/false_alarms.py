@@ -46,15 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.abtest import A, ABSession, SequentialPlan  # noqa: E402
 from harness.compare import (  # noqa: E402
-    DEFAULT_CV_MAX,
     IMPROVEMENT,
     INCONCLUSIVE,
     NO_CHANGE,
     REGRESSION,
     UNSTABLE,
-    Thresholds,
     compare_latency,
 )
+from harness.thresholds import DEFAULT_CV_MAX, Thresholds  # noqa: E402
 
 NOISE_CVS = (0.02, 0.05, 0.10)
 STEPS = (0.03, 0.05, 0.10)
