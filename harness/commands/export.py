@@ -22,9 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--artifact-format", "-a", default=None, metavar="FMT",
                    help="tflite | coreml | all (default: the suite runtime's format, tflite unless coreml)")
     add_format(p, choices=OUTPUT_FORMATS + ARTIFACT_FORMAT_ARGS, metavar="table|json",
-                help_extra="; table: the table on stderr and each artifact's path, whole, one per line on stdout; "
-                           "json: one JSON list of the artifacts on stdout. tflite|coreml|all here: the old "
-                           "spelling of --artifact-format")
+               help_extra="; table: the table on stderr and each artifact's path, whole, one per line on stdout; "
+                          "json: one JSON list of the artifacts on stdout. tflite|coreml|all here: the old "
+                          "spelling of --artifact-format")
     p.add_argument("--dtype", default=None, choices=["fp16", "fp32", "int8"],
                    help="weight dtype of the artifacts (default: the suite's dtype if fp16/fp32, else fp16; "
                         "int8: weight-only, per channel)")

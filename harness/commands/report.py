@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                        description="Render the Table-1 view of a stored run.")
     p.add_argument("--run", default="latest", metavar="RUN", help="run id (or a unique prefix), or 'latest'")
     add_format(p, choices=("table", "json", "md", "csv", "html", "terminal"), metavar="table|json|md|csv|html",
-                help_extra="; md, csv, html: the report as a file format (terminal: the old name of table)")
+               help_extra="; md, csv, html: the report as a file format (terminal: the old name of table)")
     p.add_argument("-o", "--output", type=Path, metavar="PATH", help="write to PATH (default: stdout; html: "
                    "reports/RUN_ID.html)")
     p.add_argument("--run-group", metavar="NAME", help="merge every run of this group (e.g. the CI shards of "
