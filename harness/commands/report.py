@@ -10,7 +10,6 @@ from harness.commands import EXIT_OK
 from harness.commands.common_args import add_format, add_store, open_store
 from harness.commands.compare import regression_report
 from harness.report import regression_render as rr
-from harness.report.render import render
 
 
 def add_parser(sub) -> None:
@@ -47,6 +46,8 @@ def cmd_report(args) -> int:
             for r in runs:
                 print(f"{r['id']}  {r['suite_name']:<20} {r['status']:<12} {r['git_commit'] or ''}")
         return EXIT_OK
+    from harness.report.render import render  # matplotlib, pandas: only when rendering a run
+
     if args.run_group:
         run = store.load_run_group(args.run_group)
     else:

@@ -12,7 +12,6 @@ from harness.commands.common_args import (
     add_device_ctx, add_format, add_model_inputs, add_set, add_store, device_context, open_store, suite_overrides,
 )
 from harness.commands.progress import RichProgress, job_label
-from harness.report.render import render, terminal_console
 from harness.session import InputError, Session, SessionRun
 from harness.suite import SuiteError, load_suite
 
@@ -77,6 +76,8 @@ def cmd_run(args) -> int:
         print(f"shard {args.shard}: no device falls in this shard; nothing to run", file=sys.stderr)
         return EXIT_OK
     if not args.no_report:  # stdout holds only the run id (`run=$(harness run ...)`): the table goes to stderr
+        from harness.report.render import render, terminal_console  # matplotlib, pandas: only when reporting
+
         record = store.load_run(run.run_id)
         # a failed row's stderr tail: once, in the FAILED lines below
         render(record, "table", console=terminal_console(stderr=True), error_details=False)
