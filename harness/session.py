@@ -220,7 +220,9 @@ class Session:
         phase = "export"
         try:
             with sigterm_as_interrupt():
-                prepare_run_artifacts(plan, self.ctx.cache_dir)  # host runtimes that run an artifact: via the cache
+                # host runtimes that run an artifact: through the cache, for the jobs that will run
+                prepare_run_artifacts(Plan(plan.suite, plan.devices, [j for j in plan.jobs if j.job_key not in skip]),
+                                      self.ctx.cache_dir)
                 phase = "execute"
                 outcome = execute(plan, infos, self.store, t.run_id, self.ctx, self.workdir, self.progress,
                                   self.retries, skip_keys=skip, max_parallel=self.max_parallel)
