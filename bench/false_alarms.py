@@ -7,7 +7,7 @@ CV `--run-cv` (night-to-night drift: thermal state, governor, background load). 
 and one candidate run, either identical in distribution (A/A: any REGRESSION is a false alarm) or
 slower by a planted step (3%, 5%, 10%: a REGRESSION is a detection).
 
-Thresholds are the defaults of harness.compare, except cv_max, which is raised to 1.5 x CV where
+Thresholds are the defaults of harness.thresholds, except cv_max, which is raised to 1.5 x CV where
 the default would flag ordinary samples of that noise level as UNSTABLE (as a per-device override
 would). The table gives every verdict's share so nothing is hidden in "other".
 
