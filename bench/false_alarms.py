@@ -7,7 +7,7 @@ CV `--run-cv` (night-to-night drift: thermal state, governor, background load). 
 and one candidate run, either identical in distribution (A/A: any REGRESSION is a false alarm) or
 slower by a planted step (3%, 5%, 10%: a REGRESSION is a detection).
 
-Thresholds are the defaults of harness.compare, except cv_max, which is raised to 1.5 x CV where
+Thresholds are the defaults of harness.thresholds, except cv_max, which is raised to 1.5 x CV where
 the default would flag ordinary samples of that noise level as UNSTABLE (as a per-device override
 would). The table gives every verdict's share so nothing is hidden in "other".
 
@@ -46,15 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.abtest import A, ABSession, SequentialPlan  # noqa: E402
 from harness.compare import (  # noqa: E402
-    DEFAULT_CV_MAX,
     IMPROVEMENT,
     INCONCLUSIVE,
     NO_CHANGE,
     REGRESSION,
     UNSTABLE,
-    Thresholds,
     compare_latency,
 )
+from harness.thresholds import DEFAULT_CV_MAX, Thresholds  # noqa: E402
 
 NOISE_CVS = (0.02, 0.05, 0.10)
 STEPS = (0.03, 0.05, 0.10)

@@ -32,7 +32,7 @@ from typing import Any
 from harness import standin
 from harness.abtest import A, B, ABSession, SequentialPlan, describe
 from harness.baseline import AB_GROUP_PREFIX, BaselineError, CellBaseline, CellKey, resolve_baseline, resolve_candidate
-from harness.compare import REGRESSION, Override, Thresholds, compare_memory, resolve_thresholds
+from harness.compare import REGRESSION, compare_memory
 from harness.devices.base import DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, open_device
 from harness.protocol import JobResult
 from harness.regression import (
@@ -42,6 +42,7 @@ from harness.regression import (
 from harness.store import Store, new_run_id
 from harness.runner import safe_name, store_job
 from harness.suite import PlannedJob, Suite, expand
+from harness.thresholds import Override, Thresholds, resolve_thresholds
 from harness.variants import LADDER_LABELS
 
 # (side, pair, block index, session) -> None: what the CLI's progress line shows.

@@ -53,9 +53,8 @@ import numpy as np
 from scipy.stats import norm
 
 from harness import stats
-from harness.compare import (
-    IMPROVEMENT, INCONCLUSIVE, NO_CHANGE, REGRESSION, UNSTABLE, Thresholds, Verdict,
-)
+from harness.compare import IMPROVEMENT, INCONCLUSIVE, NO_CHANGE, REGRESSION, UNSTABLE, Verdict
+from harness.thresholds import Thresholds
 
 A, B = "A", "B"
 DESIGNS = ("abba", "random")

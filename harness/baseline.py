@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.compare import CELL_KEY_FIELDS
 from harness.store import REJECTED_TAG, JobRecord, RunRecord, Store, StoreError
+from harness.thresholds import CELL_KEY_FIELDS
 
 # Accepted tagged runs pooled into one baseline per cell (the most recent ones).
 POOL_RUNS = 7

@@ -65,11 +65,11 @@ from harness.baseline import (
     resolve_candidate, run_baseline, tag_baseline,
 )
 from harness.compare import (
-    IMPROVEMENT, INCONCLUSIVE, NO_CHANGE, REGRESSION, UNSTABLE, VERDICTS, Override, Thresholds, Verdict,
-    compare_latency, compare_memory, parse_threshold_overrides, resolve_thresholds,
+    IMPROVEMENT, INCONCLUSIVE, NO_CHANGE, REGRESSION, UNSTABLE, VERDICTS, Verdict, compare_latency, compare_memory,
 )
 from harness.protocol import json_safe
 from harness.store import JobRecord, RunRecord, Store
+from harness.thresholds import Override, Thresholds, parse_threshold_overrides, resolve_thresholds
 from harness.variants import LADDER_LABELS
 
 SCHEMA_VERSION = 1

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness import resources
 from harness.models.configs import MODELS
 from harness.protocol import CheckPolicy, JobSpec, MeasurePolicy, ModelRef, RuntimeOptions
+from harness.thresholds import parse_threshold_overrides
 from harness.variants import LADDER, Flags
 
 
@@ -103,7 +104,7 @@ class Suite(_Strict):
     devices: list[str] = Field(default_factory=lambda: ["host"])
     workload_args: dict[str, Any] = Field(default_factory=dict)
     # Verdict threshold overrides: [{match: {device|workload|variant|options_hash: regex}, set: {...}}]
-    # (harness.compare.parse_threshold_overrides; README "Regression detection").
+    # (harness.thresholds.parse_threshold_overrides; README "Regression detection").
     thresholds: list[dict[str, Any]] = Field(default_factory=list)
     # Same-session A/B sampling plan (`harness compare --ab`): harness.abtest.SequentialPlan fields
     # (block, first_look, batch, max_samples, max_seconds, design, seed); flags override them.
@@ -156,8 +157,6 @@ class Suite(_Strict):
     @field_validator("thresholds")
     @classmethod
     def _valid_thresholds(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from harness.compare import parse_threshold_overrides
-
         parse_threshold_overrides(v)  # raises ValueError naming the entry and the problem
         return v
 

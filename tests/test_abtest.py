@@ -13,8 +13,9 @@ import yaml
 from harness.abtest import (
     A, B, ABSession, PlanError, SequentialPlan, block_order, compare_ab, hodges_lehmann,
 )
-from harness.compare import INCONCLUSIVE, NO_CHANGE, REGRESSION, UNSTABLE, Thresholds
+from harness.compare import INCONCLUSIVE, NO_CHANGE, REGRESSION, UNSTABLE
 from harness.store import Store
+from harness.thresholds import Thresholds
 
 REPO = Path(__file__).resolve().parents[1]
 

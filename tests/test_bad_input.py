@@ -62,6 +62,7 @@ def test_in_memory_store_is_one_database_for_every_thread() -> None:
 
 def test_run_with_in_memory_store_warns_that_results_vanish(monkeypatch, capsys, tmp_path: Path) -> None:
     import harness.runner as runner
+    import harness.session as session
 
     def fake_execute(plan, infos, store, run_id, *args, **kwargs):  # noqa: ANN001
         out: list = []
@@ -72,7 +73,7 @@ def test_run_with_in_memory_store_warns_that_results_vanish(monkeypatch, capsys,
         store.finish_run(run_id, "completed")
         return runner.RunOutcome(run_id, "completed")
 
-    monkeypatch.setattr(runner, "execute", fake_execute)
+    monkeypatch.setattr(session, "execute", fake_execute)  # the session runs the plan
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(SMOKE), "--store", "sqlite://", "--no-report", "--set", "variants=[baseline]"]) == 0
     err = capsys.readouterr().err

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from harness import memory
-from harness.cli import QUICK_OVERRIDES, build_parser, run_overrides
+from harness.cli import build_parser
+from harness.commands.run import QUICK_OVERRIDES, run_overrides
 from harness.models.unet import build_unet, example_inputs
 from harness.protocol import JobSpec, MeasurePolicy, ModelRef
 from harness.runner import eta_seconds, format_eta

@@ -1,4 +1,4 @@
-"""harness.compare: latency and memory verdicts, thresholds and their overrides."""
+"""harness.compare: latency and memory verdicts; harness.thresholds: thresholds and their overrides."""
 from __future__ import annotations
 
 import json
@@ -9,19 +9,18 @@ import numpy as np
 import pytest
 
 from harness import compare as cmp
+from harness import thresholds as thr
 from harness.compare import (
     IMPROVEMENT,
     INCONCLUSIVE,
     NO_CHANGE,
     REGRESSION,
     UNSTABLE,
-    Thresholds,
     Verdict,
     compare_latency,
     compare_memory,
-    parse_threshold_overrides,
-    resolve_thresholds,
 )
+from harness.thresholds import Thresholds, parse_threshold_overrides, resolve_thresholds
 
 MIB = 1024 * 1024
 
@@ -40,8 +39,8 @@ def test_regression() -> None:
     v = compare_latency(BASELINE, run(110.0, 0.02, 20, seed=2), QUIET_HISTORY)
     assert v.verdict == REGRESSION
     assert v.ratio == pytest.approx(np.median(run(110.0, 0.02, 20, seed=2)) / np.median(BASELINE))
-    assert 1.0 + cmp.DEFAULT_MIN_EFFECT < v.ci_low < v.ratio < v.ci_high
-    assert v.p_value < cmp.DEFAULT_ALPHA
+    assert 1.0 + thr.DEFAULT_MIN_EFFECT < v.ci_low < v.ratio < v.ci_high
+    assert v.p_value < thr.DEFAULT_ALPHA
     assert (v.n_baseline, v.n_candidate, v.n_history) == (20, 20, 10)
     assert v.noise_gate is not None and v.history_shift > v.noise_gate
     assert "beyond min_effect" in v.reason
@@ -50,14 +49,14 @@ def test_regression() -> None:
 def test_improvement() -> None:
     v = compare_latency(BASELINE, run(90.0, 0.02, 20, seed=3), QUIET_HISTORY)
     assert v.verdict == IMPROVEMENT
-    assert v.ci_high < 1.0 - cmp.DEFAULT_MIN_EFFECT
-    assert v.p_value < cmp.DEFAULT_ALPHA
+    assert v.ci_high < 1.0 - thr.DEFAULT_MIN_EFFECT
+    assert v.p_value < thr.DEFAULT_ALPHA
 
 
 def test_no_change_with_equivalence() -> None:
     v = compare_latency(BASELINE, run(100.0, 0.02, 20, seed=4), QUIET_HISTORY)
     assert v.verdict == NO_CHANGE
-    assert 1.0 - cmp.DEFAULT_MIN_EFFECT <= v.ci_low <= v.ci_high <= 1.0 + cmp.DEFAULT_MIN_EFFECT
+    assert 1.0 - thr.DEFAULT_MIN_EFFECT <= v.ci_low <= v.ci_high <= 1.0 + thr.DEFAULT_MIN_EFFECT
     assert "CI within" in v.reason
 
 
@@ -74,7 +73,7 @@ def test_change_within_nightly_noise_is_inconclusive() -> None:
     candidate = run(106.0, 0.02, 20, seed=7)
     v = compare_latency(BASELINE, candidate, wide_history)
     assert v.verdict == INCONCLUSIVE
-    assert v.p_value < cmp.DEFAULT_ALPHA and v.ratio > 1.0 + cmp.DEFAULT_MIN_EFFECT
+    assert v.p_value < thr.DEFAULT_ALPHA and v.ratio > 1.0 + thr.DEFAULT_MIN_EFFECT
     assert v.history_shift < v.noise_gate
     assert "nightly noise" in v.reason
     # The same data without history (a one-off comparison) is a regression, and says the gate was skipped.
@@ -85,8 +84,8 @@ def test_change_within_nightly_noise_is_inconclusive() -> None:
 def test_ci_straddling_min_effect_is_inconclusive() -> None:
     v = compare_latency(run(100.0, 0.08, 8, seed=9), run(106.0, 0.08, 8, seed=8), QUIET_HISTORY)
     assert v.verdict == INCONCLUSIVE
-    assert abs(v.ratio - 1.0) >= cmp.DEFAULT_MIN_EFFECT
-    assert v.ci_low < 1.0 < v.ci_high and v.p_value >= cmp.DEFAULT_ALPHA
+    assert abs(v.ratio - 1.0) >= thr.DEFAULT_MIN_EFFECT
+    assert v.ci_low < 1.0 < v.ci_high and v.p_value >= thr.DEFAULT_ALPHA
     assert "more samples" in v.reason
 
 
@@ -113,7 +112,7 @@ def test_unstable_on_throttling_or_high_cv() -> None:
     # A throttled run whose CI does not lie wholly beyond min_effect is not judged.
     v = compare_latency(BASELINE, run(103.0, 0.02, 20, seed=2), QUIET_HISTORY, throttled=True)
     assert v.verdict == UNSTABLE and "throttling" in v.reason
-    assert v.ci_low < 1.0 + cmp.DEFAULT_MIN_EFFECT
+    assert v.ci_low < 1.0 + thr.DEFAULT_MIN_EFFECT
     assert v.ci_low is not None  # the numbers are still recorded for the report
     noisy = compare_latency(BASELINE, run(100.0, 0.25, 20, seed=10), QUIET_HISTORY)
     assert noisy.verdict == UNSTABLE and "candidate CV" in noisy.reason
@@ -131,15 +130,15 @@ def test_noisy_run_far_beyond_the_threshold_is_a_regression() -> None:
     v = compare_latency(base, starved, history)
     assert v.verdict == REGRESSION, v.reason
     assert "candidate CV" in v.reason and "beyond doubt" in v.reason
-    assert v.ci_low > 1.0 + cmp.DEFAULT_MIN_EFFECT and v.p_value < cmp.DEFAULT_ALPHA
+    assert v.ci_low > 1.0 + thr.DEFAULT_MIN_EFFECT and v.p_value < thr.DEFAULT_ALPHA
     # Without the exception the same cell was UNSTABLE: the CV really is over cv_max.
-    assert float(np.std(starved) / np.mean(starved)) > cmp.DEFAULT_CV_MAX
+    assert float(np.std(starved) / np.mean(starved)) > thr.DEFAULT_CV_MAX
     # Throttled as well: still a REGRESSION, and the reason says the device throttled.
     hot = compare_latency(base, starved, history, throttled=True)
     assert hot.verdict == REGRESSION and "throttling" in hot.reason and "beyond doubt" in hot.reason
     # The mirror image: a noisy run far faster is an IMPROVEMENT.
     fast = compare_latency(run(100.0, 0.3, 20, seed=23), run(20.0, 0.3, 20, seed=24), QUIET_HISTORY)
-    assert fast.verdict == IMPROVEMENT and fast.ci_high < 1.0 - cmp.DEFAULT_MIN_EFFECT
+    assert fast.verdict == IMPROVEMENT and fast.ci_high < 1.0 - thr.DEFAULT_MIN_EFFECT
 
 
 def test_noisy_run_keeps_the_history_gate() -> None:
@@ -147,13 +146,13 @@ def test_noisy_run_keeps_the_history_gate() -> None:
     wild = [100.0 * f for f in (1.0, 1.4, 0.6, 1.3, 0.7, 1.35, 0.65, 1.2, 0.8, 1.0)]
     v = compare_latency(BASELINE, run(160.0, 0.3, 20, seed=25), wild)
     assert v.verdict == INCONCLUSIVE and "nightly noise" in v.reason and "CV" in v.reason
-    assert v.ci_low > 1.0 + cmp.DEFAULT_MIN_EFFECT
+    assert v.ci_low > 1.0 + thr.DEFAULT_MIN_EFFECT
 
 
 def test_noisy_run_with_ci_straddling_the_threshold_stays_unstable() -> None:
     v = compare_latency(BASELINE, run(106.0, 0.25, 20, seed=26), QUIET_HISTORY)
     assert v.verdict == UNSTABLE and "candidate CV" in v.reason
-    assert v.ci_low < 1.0 + cmp.DEFAULT_MIN_EFFECT < v.ci_high  # the CI straddles the boundary
+    assert v.ci_low < 1.0 + thr.DEFAULT_MIN_EFFECT < v.ci_high  # the CI straddles the boundary
     # The same change measured quietly would be judged (not UNSTABLE).
     assert compare_latency(BASELINE, run(106.0, 0.02, 20, seed=26), QUIET_HISTORY).verdict == REGRESSION
 
@@ -167,7 +166,7 @@ def test_history_uses_last_k() -> None:
     # An old regime far away, then ten quiet nights: only the last history_k count.
     history = [200.0] * 30 + QUIET_HISTORY
     v = compare_latency(BASELINE, run(110.0, 0.02, 20, seed=2), history)
-    assert v.n_history == cmp.DEFAULT_HISTORY_K and v.verdict == REGRESSION
+    assert v.n_history == thr.DEFAULT_HISTORY_K and v.verdict == REGRESSION
 
 
 def test_verdict_round_trips_through_json() -> None:
@@ -236,7 +235,7 @@ def test_override_resolution_later_wins() -> None:
     host = resolve_thresholds({"device": "host", "workload": "unet_iteration", "variant": "+winograd"}, overrides)
     assert host == Thresholds()
     phone = resolve_thresholds({"device": "android:R58M", "workload": "unet_iteration", "variant": "baseline"}, overrides)
-    assert phone.cv_max == 0.15 and phone.min_effect == cmp.DEFAULT_MIN_EFFECT
+    assert phone.cv_max == 0.15 and phone.min_effect == thr.DEFAULT_MIN_EFFECT
     wino = resolve_thresholds({"device": "android:R58M", "workload": "e2e", "variant": "+winograd"}, overrides)
     assert (wino.cv_max, wino.min_effect, wino.min_samples) == (0.2, 0.05, 8)
     assert isinstance(wino.min_samples, int)
@@ -244,7 +243,7 @@ def test_override_resolution_later_wins() -> None:
 
 def test_override_regex_must_match_the_whole_value() -> None:
     overrides = parse_threshold_overrides([{"match": {"device": "android"}, "set": {"cv_max": 0.3}}])
-    assert resolve_thresholds({"device": "android:R58M"}, overrides).cv_max == cmp.DEFAULT_CV_MAX
+    assert resolve_thresholds({"device": "android:R58M"}, overrides).cv_max == thr.DEFAULT_CV_MAX
     assert resolve_thresholds({"device": "android"}, overrides).cv_max == 0.3
     base = replace(Thresholds(), alpha=0.05)
     assert resolve_thresholds({"device": "ios:1"}, overrides, base=base).alpha == 0.05

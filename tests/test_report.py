@@ -60,7 +60,7 @@ def test_unknown_format(run, tmp_path):
 def test_high_cv_row_is_flagged_in_every_format(tmp_path):
     from rich.console import Console
 
-    from harness.compare import DEFAULT_CV_MAX
+    from harness.thresholds import DEFAULT_CV_MAX
     from harness.report.render import render_csv, render_terminal
 
     noisy = [60.0, 100.0, 140.0, 100.0]  # CV ~ 28%, over the default cv_max

@@ -1,5 +1,5 @@
 """What `harness export`, `harness inspect` and `harness run` (for runtimes that need an artifact) do;
-harness/cli.py parses the arguments and calls these."""
+harness/commands/ (export, inspect) and harness/session.py (run) call these."""
 from __future__ import annotations
 
 import json
