@@ -23,8 +23,8 @@ from harness.suite import Suite
 from harness.thresholds import parse_threshold_overrides
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("compare", help="verdicts of a run against a baseline run or tag; CI outputs",
+def add_parser(sub, help: str) -> None:  # noqa: A002 - argparse's name
+    p = sub.add_parser("compare", help=help,
                        description="Compare a candidate run with a baseline, cell by cell (device x workload x "
                                    "variant x options): latency and memory verdicts, confirmation of "
                                    "regressions (previous nightly, or --rerun), JUnit/Markdown/JSON/HTML.",

@@ -12,8 +12,8 @@ from harness.report.fit import fit_table
 from harness.session import InputError
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("devices", help="list the devices the harness can run on",
+def add_parser(sub, help: str) -> None:  # noqa: A002 - argparse's name
+    p = sub.add_parser("devices", help=help,
                        description="List attached devices (the host always) with their state and what to do "
                                    "when a device is not ready.")
     add_format(p, json_alias=True)

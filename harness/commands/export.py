@@ -12,8 +12,8 @@ from harness.suite import SuiteError, load_suite
 ARTIFACT_FORMAT_ARGS = ("tflite", "coreml", "all")  # `harness export --artifact-format`
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="build the device artifacts (.tflite, .mlpackage) a suite needs",
+def add_parser(sub, help: str) -> None:  # noqa: A002 - argparse's name
+    p = sub.add_parser("export", help=help,
                        description="Convert every variant of SUITE into its device artifact (workload e2e: the UNet, "
                                    "text encoder and VAE decoder), checked against the "
                                    "PyTorch reference, into the content-addressed cache. Rows that are the same "

@@ -8,8 +8,8 @@ from harness.export.commands import inspect_command
 from harness.session import InputError
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("inspect", help="what an artifact holds: weights by dtype, ops by category, planned tensors",
+def add_parser(sub, help: str) -> None:  # noqa: A002 - argparse's name
+    p = sub.add_parser("inspect", help=help,
                        description="Read a .tflite file or an .mlpackage: weight MB by element type, the op "
                                    "histogram in the paper's categories (composites named), planned tensor MB "
                                    "from the artifact's own graph (greedy-by-size), and for a .tflite whether it "

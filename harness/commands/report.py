@@ -12,8 +12,8 @@ from harness.commands.compare import regression_report
 from harness.report import regression_render as rr
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="render a stored run as a table, Markdown, CSV or HTML",
+def add_parser(sub, help: str) -> None:  # noqa: A002 - argparse's name
+    p = sub.add_parser("report", help=help,
                        description="Render the Table-1 view of a stored run.")
     p.add_argument("--run", default="latest", metavar="RUN", help="run id (or a unique prefix), or 'latest'")
     add_format(p, choices=("table", "json", "md", "csv", "html", "terminal"), metavar="table|json|md|csv|html",

@@ -27,8 +27,8 @@ def run_overrides(args) -> list[str]:
     return [*(QUICK_OVERRIDES if getattr(args, "quick", False) else ()), *args.overrides]
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="run a suite and store the results",
+def add_parser(sub, help: str) -> None:  # noqa: A002 - argparse's name
+    p = sub.add_parser("run", help=help,
                        description="Expand SUITE into jobs (device x variant), run them, store every result, "
                                    "print the Table-1 view and write an HTML report.")
     p.add_argument("suite", type=Path, nargs="?", help="suite YAML file, e.g. suites/table1.yaml")

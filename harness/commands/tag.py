@@ -9,8 +9,8 @@ from harness.commands.common_args import add_store, open_store
 from harness.session import InputError
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("tag", help="tag a run (e.g. nightly), reject one, or record a re-baseline",
+def add_parser(sub, help: str) -> None:  # noqa: A002 - argparse's name
+    p = sub.add_parser("tag", help=help,
                        description="Tag RUN with TAG. `--baseline TAG` pools the last 7 accepted runs with the "
                                    "tag; the tag 'rejected' keeps a run out of every baseline and history; "
                                    "--rebaseline records a deliberate re-baseline (pools start at RUN).")
