@@ -44,7 +44,7 @@ def test_run_smoke_suite_on_litert_cpu(tmp_path):
     assert res.status == "ok" and res.timing_method == "perf_counter"
     assert len(res.samples_ms) == 5 and all(ms > 0 for ms in res.samples_ms)  # smoke: 5 iterations
     assert res.check is not None and res.check.passed and res.check.rel_error < 1e-3  # fp32 weights
-    assert res.extra["na_flags"] == ["conv3x3"] and res.extra["runtime"] == "litert-cpu"
+    assert res.execution.na_flags == ["conv3x3"] and res.execution.runtime == "litert-cpu"
     assert res.extra["composites"] == {}  # GPU-clean forms: no composites (harness.export.rewrite)
     art = res.extra["artifact"]
     assert art["source"] == "job" and Path(art["path"]).is_file() and str(tmp_path / "cache") in art["path"]
@@ -67,7 +67,7 @@ def test_run_smoke_ladder_on_litert_cpu(tmp_path):
     run = _stored(url, proc.stdout.strip().splitlines()[-1])
     by_variant = {j.variant: j.result for j in run.jobs}
     assert all(r.status == "ok" for r in by_variant.values())
-    assert [v for v, r in by_variant.items() if r.extra["na_flags"]] == ["+winograd"]
+    assert [v for v, r in by_variant.items() if r.execution.na_flags] == ["+winograd"]
     assert by_variant["+winograd"].extra["artifact"]["path"] == by_variant["+flash_attention"].extra["artifact"]["path"]
     assert by_variant["baseline"].extra["composites"] == {}
 
