@@ -199,6 +199,7 @@ class ErrorKind(StrEnum):
     DELEGATION = "delegation"  # a GPU row that did not run wholly on the GPU (full delegation required)
     CRASH = "crash"  # the agent or tool died (signal, out of memory, an exception in the workload)
     TIMEOUT = "timeout"  # the job ran past measure.timeout_seconds
+    COMPILE = "compile"  # a device service could not compile the model for the device (AI Hub)
     DEVICE = "device"  # the device or its transport failed (a drop, no adapter, a refused command)
     DISK_FULL = "disk_full"  # the device refused a pushed file (Android: adb sync FAIL)
     PARSE = "parse"  # the agent's or tool's output was not understood
