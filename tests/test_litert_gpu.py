@@ -186,7 +186,10 @@ def test_allowed_cpu_fallback_runs_split_and_is_marked_partial(work, unclean):
     assert "error" not in res, res.get("error")
     gpu = res["extra"]["gpu"]
     assert gpu["fully_accelerated"] is False and gpu["ops_on_cpu"] >= 1 and gpu["ops_on_gpu"] > gpu["ops_on_cpu"]
-    assert "(partial: " in res["extra"]["unit"] and f"{gpu['ops_on_cpu']} on the CPU" in res["extra"]["unit"]
+    ex = res["execution"]
+    assert "(partial: " in ex["unit_used"] and f"{gpu['ops_on_cpu']} on the CPU" in ex["unit_used"]
+    assert ex["delegation"]["state"] == "partial" and ex["delegation"]["delegated_nodes"] == gpu["ops_on_gpu"]
+    assert ex["delegation"]["total_nodes"] == gpu["ops_on_gpu"] + gpu["ops_on_cpu"]
     assert res["check"].passed and len(res["samples_ms"]) == 2
 
 

@@ -101,7 +101,7 @@ def test_litert_cpu_runs_the_artifact_and_reports_na(nano_env):
     run_litert(_spec("+winograd"), result)
     assert "error" not in result, result.get("error")
     assert len(result["samples_ms"]) == 3 and len(result["warmup_ms"]) == 1 and result["first_run_ms"] > 0
-    assert result["extra"]["na_flags"] == ["conv3x3"]
+    assert result["execution"]["na_flags"] == ["conv3x3"]
     assert result["extra"]["artifact"]["source"] == "ensure_artifact"
     assert result["check"].passed and 0 < result["check"].rel_error < 5e-2
     mem = result["memory"]
@@ -112,7 +112,7 @@ def test_litert_cpu_runs_the_artifact_and_reports_na(nano_env):
     # The same file given as the job's artifact (what `harness run` passes to the agent).
     again = {"extra": {}}
     run_litert(_spec("+flash_attention", artifact=result["extra"]["artifact"]["path"]), again)
-    assert "error" not in again and again["extra"]["na_flags"] == []
+    assert "error" not in again and again["execution"]["na_flags"] == []
     assert again["extra"]["artifact"]["source"] == "job"
     assert again["memory"].tensor_bytes_planned == mem.tensor_bytes_planned
 
