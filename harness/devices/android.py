@@ -51,7 +51,7 @@ cooldown_seconds is the pause (or the cooldown wait's timeout when thresholds ar
 
 Samples: benchmark_model prints no per-run times, only count/first/curr/min/max/avg/std (and
 p5/median/p95 in newer builds). `samples_ms` holds exact per-run values only where those imply them
-(one run, two runs, or every run the same); the summary is always in `extra["latency_summary_ms"]`.
+(one run, two runs, or every run the same); the summary is always in `execution.latency_summary_ms`.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ from harness.devices.base import (
     Device, DeviceContext, DeviceDisconnectedError, DeviceError, DeviceInfo, DeviceKind,
     DeviceUnavailableError, JobFailure, Artifact, ProgressFn, export_failure, memoized_artifact, positive_seconds,
 )
-from harness.protocol import JobResult, JobSpec, MemoryFigures, write_json_atomic
+from harness.protocol import Execution, JobResult, JobSpec, LatencySummary, MemoryFigures, write_json_atomic
 from harness.runtimes import UnknownRuntimeError, get_runtime, runtimes_of
 
 AGENT_SCRIPT = agent_path("android", "run_job.sh")  # harness.resources
@@ -472,19 +472,26 @@ def unit_ran(unit: ComputeUnit, delegates: Any) -> str:
     took part of the graph, or "cpu (the X delegate took no node)" when it took none."""
     if unit.expect_delegate is None:
         return unit.label
+    d = _applied(unit, delegates)
+    if d is None:
+        return f"{unit.label} (benchmark_model did not report applying the delegate)"
+    coverage = getattr(d, "coverage", None)
+    if coverage == "none":
+        return f"cpu (the {getattr(d, 'name', '')} delegate took no node)"
+    if coverage == "partial":
+        kernels = getattr(d, "delegate_kernels", None)
+        return f"{unit.label} (partial{f': {kernels} delegate kernels' if kernels else ''}, the rest on the CPU)"
+    return unit.label
+
+
+def _applied(unit: ComputeUnit, delegates: Any) -> Any:
+    """The delegate benchmark_model reported applying for `unit` (None: it reported none)."""
     for d in delegates or ():
         name = str(getattr(d, "name", "")).upper()
-        if unit.expect_delegate not in name and not (unit.expect_delegate == "EXTERNAL" and name not in
-                                                     ("XNNPACK", "GPU", "NNAPI")):
-            continue
-        coverage = getattr(d, "coverage", None)
-        if coverage == "none":
-            return f"cpu (the {getattr(d, 'name', '')} delegate took no node)"
-        if coverage == "partial":
-            kernels = getattr(d, "delegate_kernels", None)
-            return f"{unit.label} (partial{f': {kernels} delegate kernels' if kernels else ''}, the rest on the CPU)"
-        return unit.label
-    return f"{unit.label} (benchmark_model did not report applying the delegate)"
+        if unit.expect_delegate in name or (unit.expect_delegate == "EXTERNAL" and name not in
+                                            ("XNNPACK", "GPU", "NNAPI")):
+            return d
+    return None
 
 
 def is_compiled_model_tool(supported: set[str] | None) -> bool:
@@ -511,6 +518,22 @@ def unit_used(unit: ComputeUnit, parsed: Any, args: list[str]) -> str:
         return (f"{unit.label} (partial or full: CPU fallback was allowed and LiteRT's CompiledModel tool does not "
                 "say how much ran on the CPU)")
     return unit_ran(unit, parsed.delegates)
+
+
+def delegation_used(unit: ComputeUnit, parsed: Any, args: list[str]) -> dict[str, Any]:
+    """The run's Delegation (harness.protocol) from the same evidence as `unit_used`: the classic tool's
+    delegate line, or LiteRT's CompiledModel tool finishing under --require_full_delegation=true."""
+    if unit.expect_delegate is None:
+        return {}  # the CPU asked: nothing to delegate
+    if getattr(parsed, "format", "") == "compiled_model" and unit.use_gpu:
+        full = "--require_full_delegation=true" in args
+        return {"state": "full" if full else "unknown", "evidence": "benchmark_model (CompiledModel) " + (
+            "finished under --require_full_delegation=true" if full else "with CPU fallback allowed prints no split")}
+    d = _applied(unit, parsed.delegates)
+    if d is None:
+        return {"evidence": "benchmark_model did not report applying the delegate"}
+    return {"state": {"complete": "full", "partial": "partial", "none": "none"}[d.coverage],
+            "delegated_nodes": d.delegate_kernels, "evidence": f"benchmark_model: {d.name} delegate, coverage {d.coverage}"}
 
 
 def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,
@@ -716,13 +739,13 @@ def component_ms(result: JobResult) -> tuple[float, str]:
     median, else the median of the per-run times its stat line implies), else its average."""
     import statistics
 
-    summary = result.extra.get("latency_summary_ms") or {}
-    if summary.get("median") is not None:
-        return float(summary["median"]), "median"
+    summary = result.execution.latency_summary_ms or LatencySummary()
+    if summary.median is not None:
+        return float(summary.median), "median"
     if result.samples_ms:
         return float(statistics.median(result.samples_ms)), "median"
-    if summary.get("avg") is not None:
-        return float(summary["avg"]), "avg (this benchmark_model prints no median)"
+    if summary.avg is not None:
+        return float(summary.avg), "avg (this benchmark_model prints no median)"
     raise JobFailure("parse", "benchmark_model printed no timed-run statistics to compose from")
 
 
@@ -741,7 +764,8 @@ def _component_records(results: dict[str, JobResult]) -> dict[str, dict[str, Any
     out: dict[str, dict[str, Any]] = {}
     for component, res in results.items():
         rec = dict(res.extra)
-        rec.update(status=res.status, init_ms=res.init_ms, first_run_ms=res.first_run_ms,
+        rec.update(execution=res.execution.model_dump(mode="json"), status=res.status, init_ms=res.init_ms,
+                   first_run_ms=res.first_run_ms,
                    samples_ms=list(res.samples_ms), warmup_ms=list(res.warmup_ms),
                    memory=res.memory.model_dump(), op_times_ms=dict(res.op_times_ms),
                    device_state_before=res.device_state_before, device_state_after=res.device_state_after,
@@ -1233,15 +1257,17 @@ class AndroidDevice(Device):
         before = device_state(files.get("thermal_before.txt"), files.get("battery_before.txt"))
         after = device_state(files.get("thermal_after.txt"), files.get("battery_after.txt"))
         before["cooldown"] = cooldown
+        execution: dict[str, Any] = {"runtime": unit.runtime, "accelerator": unit.label, "unit_asked": unit.label,
+                                     "timing_method": "benchmark_model"}
         extra: dict[str, Any] = {
-            "runtime": unit.runtime, "accelerator": unit.label, "benchmark_flags": args,
+            "benchmark_flags": args,
             "unsupported_flags": unsupported, "affinity": affinity, "device_dir": d, "run_s": round(run_s, 3),
             "push": {**push, "bytes_pushed_total": self.bytes_pushed},
             "artifact": {"sha256": art.sha256, "size_bytes": art.size_bytes, "key": art.key, "source": art.source,
                          "device_path": self._remote_model(art)},
         }
         if art.source == "export":
-            extra["na_flags"] = list(art.meta.get("na_flags") or [])
+            execution["na_flags"] = list(art.meta.get("na_flags") or [])
             extra["artifact"]["cached"] = art.meta.get("cached")
             ref = art.meta.get("reference") or {}
             if isinstance(ref, dict) and ref.get("rel_error") is not None:
@@ -1257,7 +1283,7 @@ class AndroidDevice(Device):
             extra["result_proto"] = str(proto)
         output = stdout + ("\n" if stdout and not stdout.endswith("\n") else "") + stderr
         fail_kw = dict(started_at=started, ended_at=ended, device_state_before=before, device_state_after=after,
-                       extra=extra, stand_in=standin.from_output(output))
+                       extra=extra, execution=Execution(**execution), stand_in=standin.from_output(output))
         if timed_out:
             return JobResult.failure(spec.job_id, "timeout",
                                      f"benchmark_model ran past the job timeout of {spec.measure.timeout_seconds:.0f} s "
@@ -1292,19 +1318,21 @@ class AndroidDevice(Device):
         except ParseError as exc:
             return JobResult.failure(spec.job_id, "parse", f"benchmark_model output not understood: {exc}",
                                      detail=_tail(output) or None, **fail_kw)
-        extra["unit"] = ran = unit_used(unit, parsed, args)
+        execution.update(unit_used=unit_used(unit, parsed, args), delegation=delegation_used(unit, parsed, args))
+        fail_kw["execution"] = Execution(**execution)
+        ran = execution["unit_used"]
         if unit.use_gpu and ran != unit.label and not _allows_cpu(spec):
             return JobResult.failure(
                 spec.job_id, "delegation",
                 f"the GPU row did not run wholly on the GPU: {ran}; a GPU figure must be the GPU's alone. Make the "
                 "graph GPU-clean (`harness inspect` names the refused ops), or set options.extra.allow_cpu_fallback: "
                 "true to record it as partial", detail=_tail(output) or None, **fail_kw)
-        return self._result(spec, parsed, files, art, extra, before, after, started, ended, unit,
+        return self._result(spec, parsed, files, art, extra, before, after, started, ended, fail_kw["execution"],
                             fail_kw["stand_in"])
 
     def _result(self, spec: JobSpec, parsed: BenchmarkModelOutput, files: dict[str, str | None], art: Artifact,
                 extra: dict[str, Any], before: dict, after: dict, started: float, ended: float,
-                unit: ComputeUnit, stand_in: list[str] | None = None) -> JobResult:
+                execution: Execution, stand_in: list[str] | None = None) -> JobResult:
         gpu_samples: list[dict[str, Any]] = []
         unparsed = 0
         for stamp, text in split_meminfo_samples(files.get("meminfo.txt") or ""):
@@ -1325,12 +1353,11 @@ class AndroidDevice(Device):
         )
         op_times = parsed.category_ms() if parsed.op_profiled else {}
         extra.update({
-            "latency_summary_ms": summary_ms(parsed.inference), "warmup_summary_ms": summary_ms(parsed.warmup),
+            "warmup_summary_ms": summary_ms(parsed.warmup),
             "inference_avg_ms": parsed.inference_avg_ms, "benchmark_output_format": parsed.format,
             "model_size_mb": parsed.model_size_mb, "init_footprint_mb": parsed.init_footprint_mb,
             "overall_footprint_mb": parsed.overall_footprint_mb, "end_vmrss_mb": parsed.end_vmrss_mb,
             "delegates": [asdict(dl) for dl in parsed.delegates], "warnings": list(parsed.warnings),
-            "unit": extra.get("unit") or unit_used(unit, parsed, extra.get("benchmark_flags") or []),
             "gpu_memory_samples": gpu_samples, "gpu_memory_samples_unparsed": unparsed,
         })
         if parsed.op_profiled:
@@ -1348,9 +1375,10 @@ class AndroidDevice(Device):
         return JobResult(
             job_id=spec.job_id, status="ok", samples_ms=exact_samples_ms(parsed.inference),
             warmup_ms=exact_samples_ms(parsed.warmup), init_ms=parsed.init_us / 1000.0,
-            first_run_ms=first_us / 1000.0, timing_method="benchmark_model", memory=memory,
+            first_run_ms=first_us / 1000.0, memory=memory,
             device_state_before=before, device_state_after=after, op_times_ms=op_times, versions=versions,
             started_at=started, ended_at=ended, extra=extra, stand_in=list(stand_in or []),
+            execution=execution.model_copy(update={"latency_summary_ms": LatencySummary(**summary_ms(parsed.inference))}),
         )
 
     # ---- e2e: three component runs, composed
@@ -1428,8 +1456,6 @@ class AndroidDevice(Device):
         memory, peak_of = _largest_peaks(results)
         unet = results["unet"]
         extra: dict[str, Any] = {
-            "runtime": unet.extra.get("runtime"), "accelerator": unet.extra.get("accelerator"),
-            "unit": unet.extra.get("unit"),
             "method": "composed", "composition": "text_encoder + steps x (unet + scheduler) + vae_decoder",
             "scheduler": args["scheduler"], "steps": args["steps"], "guidance_scale": args["guidance_scale"],
             "height": args["height"], "width": args["width"], "latent_shape": list(latent_shape),
@@ -1454,7 +1480,8 @@ class AndroidDevice(Device):
         return JobResult(
             job_id=spec.job_id, status="ok", samples_ms=[components["total_ms"]],
             init_ms=sum(inits) if all(i is not None for i in inits) else None,
-            timing_method=E2E_TIMING_METHOD, memory=memory, components_ms=components,
+            memory=memory, components_ms=components,
+            execution=unet.execution.model_copy(update={"timing_method": E2E_TIMING_METHOD, "latency_summary_ms": None}),
             device_state_before=results[E2E_COMPONENTS[0]].device_state_before,
             device_state_after=results[E2E_COMPONENTS[-1]].device_state_after,
             op_times_ms=dict(unet.op_times_ms), versions=dict(unet.versions),

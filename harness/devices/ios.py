@@ -102,6 +102,9 @@ CHIP_NAMES = {
 SETTINGS_KEYS = ("usbmux", "tunneld", "agent", "bundle_id", "poll_s", "heartbeat_s", "heartbeat_timeout_s",
                  "launch_timeout_s", "probe_timeout_s", "op_timeout_s")
 OPTION_KEYS = ("mlpackage", "mlpackages", "compute_units")
+# The protocol version the agent app speaks (Protocol.swift's schemaVersion): its job.json is written at it
+# (the JobSpec is the same in versions 1 and 2) and its result.json is upgraded as it is parsed.
+AGENT_SCHEMA_VERSION = 1
 
 
 class IOSConfigError(DeviceError):
@@ -307,7 +310,8 @@ def device_spec(spec: JobSpec, model_paths: dict[str, str], heartbeat_s: float,
         extra["token_ids"] = token_ids
     options = spec.options.model_copy(update={"runtime": "coreml", "compute_units": compute_units_of(spec),
                                               "extra": extra})
-    return spec.model_copy(update={"options": options, "artifact": model_paths.get("unet")})
+    return spec.model_copy(update={"options": options, "artifact": model_paths.get("unet"),
+                                   "schema_version": AGENT_SCHEMA_VERSION})
 
 
 def _safe_name(text: str) -> str:
