@@ -73,7 +73,7 @@ def harness_rows(iterations: int, variants: list[str] | None) -> list[dict]:
             row["error"] = result["error"]["message"][:400]
         if result.get("samples_ms"):
             row.update(ms=statistics.median(result["samples_ms"]), n=len(result["samples_ms"]),
-                       eager_ms=extra.get("eager_median_ms"), timing=result.get("timing_method"))
+                       eager_ms=extra.get("eager_median_ms"), timing=result.get("execution", {}).get("timing_method"))
         if mem is not None:
             row["tensor_mb"] = (mem.tensor_bytes_measured or 0) / MB
             row["weight_mb"] = (mem.weight_bytes or 0) / MB

@@ -299,13 +299,13 @@ def _session(device, pair: ABPair, plan: SequentialPlan, th, workdir: Path, runs
 
 def block_samples(result: JobResult, session: ABSession) -> list[float]:
     """A block's samples: its timed runs; or, from a device that reports only a summary per launch
-    (Android's benchmark_model: count, avg, std, and a median in newer builds; `extra.latency_summary_ms`),
+    (Android's benchmark_model: count, avg, std, and a median in newer builds; `execution.latency_summary_ms`),
     one value per block, its median (else mean), and the session's unit becomes the launch."""
-    summary = result.extra.get("latency_summary_ms")
+    summary = result.execution.latency_summary_ms
     if summary is None:
         return list(result.samples_ms)
     session.sample_unit = "launch"
-    value = summary.get("median") if summary.get("median") is not None else summary.get("avg")
+    value = summary.median if summary.median is not None else summary.avg
     return [float(value)] if value is not None and value > 0 else []
 
 

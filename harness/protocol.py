@@ -2,7 +2,13 @@
 
 An agent reads one JobSpec and writes one JobResult. Raw samples are the record; every summary
 is derived from them later (`harness.stats`). Bump SCHEMA_VERSION on any incompatible change;
-readers accept every version listed in SUPPORTED_VERSIONS.
+readers accept every version listed in SUPPORTED_VERSIONS, and an older JobResult is upgraded as it is
+parsed (`upgrade_result`), so readers see only the current version.
+
+Version 2 (this one): the facts reports need (runtime, compute unit asked and used, accelerator,
+delegation, timing method, the tool's own latency summary, flags not applicable) are a typed
+`Execution` record (JobResult.execution) instead of keys of the untyped `extra`, which keeps only
+diagnostics; JobError.kind is an `ErrorKind`. The JobSpec is the same in both versions.
 """
 from __future__ import annotations
 
@@ -11,13 +17,14 @@ import math
 import os
 import re
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SCHEMA_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+SCHEMA_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
 
 class ProtocolError(ValueError):
@@ -184,8 +191,25 @@ class ReferenceCheck(_Strict):
     passed: bool
 
 
+class ErrorKind(StrEnum):
+    """Why a job failed (JobError.kind). str() and == compare as the plain value ("input")."""
+
+    INPUT = "input"  # the job cannot run as specified (bad option, file, model); not worth a retry
+    EXPORT = "export"  # building the variant's artifact failed
+    REFERENCE_MISMATCH = "reference_mismatch"  # the output disagrees with the PyTorch reference
+    DELEGATION = "delegation"  # a GPU row that did not run wholly on the GPU (full delegation required)
+    CRASH = "crash"  # the agent or tool died (signal, out of memory, an exception in the workload)
+    TIMEOUT = "timeout"  # the job ran past measure.timeout_seconds
+    COMPILE = "compile"  # a device service could not compile the model for the device (AI Hub)
+    DEVICE = "device"  # the device or its transport failed (a drop, no adapter, a refused command)
+    DISK_FULL = "disk_full"  # the device refused a pushed file (Android: adb sync FAIL)
+    PARSE = "parse"  # the agent's or tool's output was not understood
+    INTERRUPTED = "interrupted"  # the run was stopped (Ctrl-C, SIGTERM) with the job in flight
+    INTERNAL = "internal"  # a bug in the harness's device layer
+
+
 class JobError(_Strict):
-    kind: str  # input | reference_mismatch | crash | timeout | device | parse | interrupted
+    kind: ErrorKind
     message: str
     detail: str | None = None  # the tail of the device's stderr (error_tail: bounded, credentials masked)
     transient: bool = False  # worth a retry
@@ -201,6 +225,63 @@ class JobError(_Strict):
         return error_tail(value)
 
 
+class Delegation(_Strict):
+    """How much of the graph the asked accelerator ran. `full` only where something proves it: LiteRT's
+    GPU accelerator on the host saying `is_fully_accelerated()` (harness.runtimes.litert_gpu), benchmark_model
+    saying the delegate executes the graph "completely", or LiteRT's CompiledModel tool finishing under
+    --require_full_delegation=true; `partial` with the node counts where the tool gives them; `none`: the
+    delegate took no node; `unknown`: nothing said (a runtime with nothing to delegate, a tool that is silent)."""
+
+    state: Literal["full", "partial", "none", "unknown"] = "unknown"
+    delegated_nodes: int | None = None  # nodes (ops, layers, delegate kernels) the accelerator ran
+    total_nodes: int | None = None  # nodes of the graph, where known
+    evidence: str | None = None  # what showed it ("is_fully_accelerated()", "benchmark_model: GPU delegate ...")
+
+
+class LatencySummary(_Strict):
+    """A tool's own latency summary in ms, for tools that report no per-run samples (benchmark_model:
+    count/avg/std, percentiles in newer builds; AI Hub: its estimate). Samples, when there are any, rule."""
+
+    n: int | None = None
+    first: float | None = None
+    curr: float | None = None
+    min: float | None = None
+    max: float | None = None
+    avg: float | None = None
+    std: float | None = None
+    p5: float | None = None
+    median: float | None = None
+    p95: float | None = None
+    estimated: float | None = None  # AI Hub's estimated inference time
+
+
+class Execution(_Strict):
+    """How the job ran: what reports show beside the figures. Written by the agent or the device layer;
+    the store completes what a failed job left empty from its spec (`completed`)."""
+
+    runtime: str | None = None  # harness.runtimes name: torch | litert-cpu | litert-gpu | coreml | ...
+    accelerator: str | None = None  # the device family it ran on: cpu | cuda | gpu | npu | nnapi[:name] | ...
+    unit_asked: str | None = None  # the compute unit asked (Android/AI Hub: the unit label; Core ML: coreml:<units>)
+    # The unit it really ran on, as the device said: "gpu", "gpu (CPU emulation)", "gpu (partial: ...)",
+    # "cpu (the NNAPI delegate took no node)", "coreml:cpuAndGPU".
+    unit_used: str | None = None
+    delegation: Delegation = Field(default_factory=Delegation)
+    timing_method: str | None = None  # perf_counter | cuda_events | benchmark_model | mach_absolute_time | ...
+    latency_summary_ms: LatencySummary | None = None  # the tool's own summary (no per-run samples)
+    na_flags: list[str] = Field(default_factory=list)  # flags this model or format cannot express (n/a rows)
+
+    def completed(self, options: dict[str, Any] | None) -> "Execution":
+        """This record with what the job's spec (`RuntimeOptions` as a dict) says filled in where the result
+        left it empty (a failure before the agent said anything): runtime, accelerator, and the units
+        (asked: the accelerator asked; used: the unit asked)."""
+        options = options or {}
+        runtime = self.runtime or options.get("runtime")
+        accelerator = self.accelerator or options.get("accelerator")
+        asked = self.unit_asked or accelerator
+        return self.model_copy(update={"runtime": runtime, "accelerator": accelerator, "unit_asked": asked,
+                                       "unit_used": self.unit_used or asked})
+
+
 class JobResult(_Strict):
     schema_version: int = SCHEMA_VERSION
     job_id: str
@@ -209,7 +290,6 @@ class JobResult(_Strict):
     warmup_ms: list[float] = Field(default_factory=list)
     init_ms: float | None = None  # build/load until ready to run
     first_run_ms: float | None = None
-    timing_method: str | None = None  # perf_counter | cuda_events | benchmark_model | mach_absolute_time
     memory: MemoryFigures = Field(default_factory=MemoryFigures)
     check: ReferenceCheck | None = None
     device_state_before: dict[str, Any] = Field(default_factory=dict)
@@ -220,17 +300,88 @@ class JobResult(_Strict):
     error: JobError | None = None
     started_at: float | None = None  # unix seconds
     ended_at: float | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
+    execution: Execution = Field(default_factory=Execution)
+    extra: dict[str, Any] = Field(default_factory=dict)  # diagnostics only: nothing a report's figure needs
     # What in this measurement was a stand-in, not a real phone, tool or GPU (short labels: "fake phone",
     # "benchmark_model stand-in", "SwiftShader: GPU emulated on the CPU"); [] when everything was real.
     # Set by the agent or the device layer (harness.standin), merged with the device's own when stored.
     stand_in: list[str] = Field(default_factory=list)
 
+    @property
+    def timing_method(self) -> str | None:
+        """How the samples were timed (execution.timing_method; version 1 kept it here)."""
+        return self.execution.timing_method
+
+    @model_validator(mode="before")
     @classmethod
-    def failure(cls, job_id: str, kind: str, message: str, detail: str | None = None,
+    def _upgrade(cls, data: Any) -> Any:
+        return upgrade_result(data) if isinstance(data, dict) and data.get("schema_version") == 1 else data
+
+    @classmethod
+    def failure(cls, job_id: str, kind: ErrorKind | str, message: str, detail: str | None = None,
                 transient: bool = False, **kw: Any) -> "JobResult":
         return cls(job_id=job_id, status="failed",
                    error=JobError(kind=kind, message=message, detail=detail, transient=transient), **kw)
+
+
+# Version 1 kept the execution facts in `extra` (and timing_method at the top): the keys upgrade_result moves.
+V1_EXECUTION_KEYS = ("runtime", "accelerator", "unit", "compute_units", "latency_summary_ms", "na_flags")
+
+
+def aihub_delegation(layer_units: dict[str, int], unit: str) -> dict[str, Any]:
+    """AI Hub's delegation (as Delegation fields): how many of the profile's layers ran on the asked unit."""
+    total = sum(n for u, n in layer_units.items() if u)  # layers the profile names a unit for
+    on = layer_units.get(unit.lower(), 0)
+    if not total:
+        return {"evidence": "AI Hub profile: no per-layer units"}
+    return {"state": "full" if on == total else "partial" if on else "none", "delegated_nodes": on,
+            "total_nodes": total, "evidence": "AI Hub profile: each layer's compute unit"}
+
+
+def _v1_delegation(extra: dict[str, Any], unit: str | None, accelerator: str | None) -> dict[str, Any]:
+    """A version-1 result's delegation, from the evidence its extra kept: the host GPU engine's report
+    (extra.gpu), benchmark_model's delegate lines (extra.delegates), the unit label (AI Hub's layers)."""
+    gpu = extra.get("gpu") if isinstance(extra.get("gpu"), dict) else None
+    if gpu and gpu.get("fully_accelerated") is not None:
+        on, off = gpu.get("ops_on_gpu"), gpu.get("ops_on_cpu")
+        total = on + off if isinstance(on, int) and isinstance(off, int) else None
+        return {"state": "full" if gpu["fully_accelerated"] else "partial", "delegated_nodes": on,
+                "total_nodes": total, "evidence": "is_fully_accelerated()"}
+    for d in extra.get("delegates") or ():
+        if isinstance(d, dict) and str(d.get("name", "")).upper() != "XNNPACK":
+            state = {"complete": "full", "partial": "partial", "none": "none"}.get(d.get("coverage"), "unknown")
+            return {"state": state, "delegated_nodes": d.get("delegate_kernels"),
+                    "evidence": f"benchmark_model: {d.get('name')} delegate, coverage {d.get('coverage')}"}
+    aihub = extra.get("aihub") if isinstance(extra.get("aihub"), dict) else None
+    if aihub and aihub.get("fully_on_unit") is not None:
+        return aihub_delegation(aihub.get("layer_units") or {}, str(accelerator or ""))
+    if unit and "partial" in unit:
+        return {"state": "partial", "evidence": f"unit {unit!r}"}
+    return {}
+
+
+def upgrade_result(doc: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 JobResult document as version 2 (a new dict): the execution facts move from `extra`
+    (and timing_method from the top) into `execution`; the unit used is what version-1 reports showed
+    (extra.unit, else coreml:<compute_units>, else the accelerator). Other versions come back unchanged."""
+    if doc.get("schema_version") != 1:
+        return doc
+    doc = dict(doc)
+    extra = dict(doc.get("extra") or {})
+    moved = {k: extra.pop(k) for k in V1_EXECUTION_KEYS if k in extra}
+    units = moved.get("compute_units")
+    coreml = f"coreml:{units}" if units else None
+    execution = {
+        "runtime": moved.get("runtime"), "accelerator": moved.get("accelerator"),
+        "unit_asked": coreml or moved.get("accelerator"),
+        "unit_used": moved.get("unit") or coreml or moved.get("accelerator"),
+        "delegation": _v1_delegation(extra, moved.get("unit"), moved.get("accelerator")),
+        "timing_method": doc.pop("timing_method", None),
+        "latency_summary_ms": moved.get("latency_summary_ms"),
+        "na_flags": list(moved.get("na_flags") or []),
+    }
+    doc.update(schema_version=2, extra=extra, execution=execution)
+    return doc
 
 
 def _parse(model: type[BaseModel], text: str, what: str):

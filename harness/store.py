@@ -1,8 +1,12 @@
 """Results store: SQLAlchemy Core over any database URL (default: SQLite at results/harness.db).
 
 Tables: runs, run_devices (device metadata per run), jobs (one row per finished job, with the full
-JobResult JSON), samples (every raw sample, warmup apart), tags. One transaction per finished job,
-so a crash loses at most the job in flight.
+JobResult JSON), samples (every raw sample, warmup apart), tags, store_meta (what upgrades the store had).
+One transaction per finished job, so a crash loses at most the job in flight.
+
+Opening a store upgrades the JobResults an older harness stored (schema_version 1) to this one's, once
+(`Store._upgrade_results`, recorded in store_meta as results_schema_version), so readers see only the
+current version.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from harness import standin
-from harness.protocol import JobResult, mask_credentials
+from harness.protocol import SCHEMA_VERSION, JobResult, mask_credentials, upgrade_result
 
 DEFAULT_URL = "sqlite:///results/harness.db"
 
@@ -105,6 +109,14 @@ rebaselines = sa.Table(
     sa.Column("user", sa.String(100)),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+
+# What the store has been upgraded to (asv's results `update_to_2` is the model): key -> value.
+store_meta = sa.Table(
+    "store_meta", metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+RESULTS_VERSION_KEY = "results_schema_version"
 
 # A run tagged with this is not accepted as a baseline or history run (e.g. a broken device night).
 REJECTED_TAG = "rejected"
@@ -243,6 +255,7 @@ class Store:
                 raise StoreError(f"cannot open store {self.display_url!r}: {_scrub(str(exc.orig), self.url)}; "
                                  "check the --store URL and that the database server is running") from None
         self._add_missing_columns()
+        self._upgrade_results()
 
     def _add_missing_columns(self) -> None:
         """Stores made before a column existed get it (nullable, so old rows read as before)."""
@@ -257,6 +270,34 @@ class Store:
                 if "duplicate" not in str(exc.orig).lower():
                     raise StoreError(f"cannot upgrade store {self.display_url!r}: "
                                      f"{_scrub(str(exc.orig), self.url)}") from None
+
+    def _upgrade_results(self) -> None:
+        """Every stored JobResult of an older schema rewritten as the current one (protocol.upgrade_result,
+        its execution completed from the job's options as `record_job` does), in one transaction, then
+        recorded in store_meta so later opens skip it. Two processes upgrading at once write the same rows;
+        the second one's record of it is a no-op."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(store_meta.c.value).where(store_meta.c.key == RESULTS_VERSION_KEY)).first()
+        if row is not None and int(row[0]) >= SCHEMA_VERSION:
+            return
+        try:
+            with self.engine.begin() as conn:
+                for j in conn.execute(sa.select(jobs.c.id, jobs.c.options_json, jobs.c.result_json)).all():
+                    doc = json.loads(j.result_json)
+                    if doc.get("schema_version") == SCHEMA_VERSION:
+                        continue
+                    result = _completed(JobResult.model_validate(upgrade_result(doc)), json.loads(j.options_json))
+                    conn.execute(jobs.update().where(jobs.c.id == j.id).values(result_json=result.model_dump_json()))
+                if row is None:
+                    conn.execute(store_meta.insert().values(key=RESULTS_VERSION_KEY, value=str(SCHEMA_VERSION)))
+                else:
+                    conn.execute(store_meta.update().where(store_meta.c.key == RESULTS_VERSION_KEY)
+                                 .values(value=str(SCHEMA_VERSION)))
+        except sa.exc.IntegrityError:
+            pass  # another process upgraded it and recorded so first
+        except sa.exc.DBAPIError as exc:
+            raise StoreError(f"cannot upgrade the results in store {self.display_url!r}: "
+                             f"{_scrub(str(exc.orig), self.url)}") from None
 
     # ---------------------------------------------------------------- writes
 
@@ -288,7 +329,8 @@ class Store:
                    axes: dict[str, Any] | None = None) -> int:
         """Store one finished job and all its samples in one transaction. The result's stand-in labels are
         merged with the device's (its run_devices record, `DeviceInfo.stand_in`), so every job on a stand-in
-        device says so."""
+        device says so; its execution record is completed from `options` (`Execution.completed`)."""
+        result = _completed(result, options)
         with self.engine.begin() as conn:
             info = conn.execute(sa.select(run_devices.c.info_json).where(
                 run_devices.c.run_id == run_id, run_devices.c.device_id == device_id)).first()
@@ -495,6 +537,11 @@ class Store:
         with self.engine.connect() as conn:
             q = sa.select(jobs.c.job_key).where(jobs.c.run_id == run_id, jobs.c.status == "ok")
             return {r[0] for r in conn.execute(q)}
+
+
+def _completed(result: JobResult, options: dict[str, Any]) -> JobResult:
+    """`result` with its execution record completed from the job's runtime options."""
+    return result.model_copy(update={"execution": result.execution.completed(options)})
 
 
 def _user() -> str | None:

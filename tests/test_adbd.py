@@ -138,8 +138,8 @@ def test_smoke_suite_through_the_real_adb_server_on_a_network_phone(adb: AdbServ
     for job in run.jobs:
         res = job.result
         assert res.timing_method == "benchmark_model"
-        summary = res.extra["latency_summary_ms"]
-        assert summary["n"] == 5 and 0 < summary["min"] <= summary["median"] <= summary["max"]
+        summary = res.execution.latency_summary_ms
+        assert summary.n == 5 and 0 < summary.min <= summary.median <= summary.max
         assert res.memory.peak_rss_bytes > 10 * 2**20  # the stand-in's own process, ai-edge-litert loaded
     assert len(list(Path(f"results/runs/{run.id}").glob("*/device/stdout.txt"))) == 5
     assert dev_id in (tmp_path / "r.html").read_text()

@@ -79,7 +79,9 @@ def test_smoke_suite_on_the_hub_standin(hub: FakeAiHub, tmp_path: Path, tiny_tfl
     assert res.op_times_ms["attention"] > 0 and res.op_times_ms["gelu"] > 0 and res.op_times_ms["conv3x3"] > 0
     units = res.extra["aihub"]["layer_units"]
     assert set(units) == {"npu", "cpu"} and not res.extra["aihub"]["fully_on_unit"]
-    assert res.extra["unit"].startswith("npu (partial: ") and "on the CPU" in res.extra["unit"]
+    assert res.execution.unit_used.startswith("npu (partial: ") and "on the CPU" in res.execution.unit_used
+    assert res.execution.delegation.state == "partial"
+    assert res.execution.delegation.delegated_nodes == units["npu"] < res.execution.delegation.total_nodes
     assert {d["type"] for d in res.extra["aihub"]["layers_off_unit"]} == {"GELU"}
     assert Path(res.extra["aihub"]["profile_file"]).is_file()
     assert "not Qualcomm AI Hub's" in res.extra["aihub"]["endpoint_note"]  # stand-in rows say so

@@ -328,15 +328,16 @@ def test_smoke_suite_on_two_fake_phones_then_nothing_to_push(tmp_path: Path, tin
     for job in run.jobs:
         res = job.result
         assert res.timing_method == "benchmark_model" and res.extra["push"]["bytes_pushed"] == 0
-        summary = res.extra["latency_summary_ms"]
-        assert summary["n"] == 5 and 0 < summary["min"] <= summary["median"] <= summary["max"]
+        summary = res.execution.latency_summary_ms
+        assert summary.n == 5 and 0 < summary.min <= summary.median <= summary.max
         assert res.init_ms > 0 and res.first_run_ms > 0 and res.warmup_ms  # one warm-up run: exact
         assert res.memory.peak_rss_bytes > 10 * 2**20
         assert res.memory.gpu_bytes == (kb["GL mtrack"] + kb["EGL mtrack"] + kb["Gfx dev"]) * 1024
         assert res.device_state_before["hottest_c"] == 43.9 and res.device_state_after["battery_c"] == 31.2
         assert set(res.op_times_ms) == {"groupnorm", "gelu", "attention", "conv3x3", "other"}
         assert {"CONV_2D", "SOFTMAX", "GELU"} <= set(res.extra["op_type_ms"])
-        assert res.extra["accelerator"] == "cpu" and "--use_gpu=false" in res.extra["benchmark_flags"]
+        assert res.execution.accelerator == "cpu" and "--use_gpu=false" in res.extra["benchmark_flags"]
+        assert res.execution.delegation.state == "unknown"  # the CPU asked: nothing to delegate
     assert len(list(Path(f"results/runs/{run.id}").glob("*/device/stdout.txt"))) == 10  # pulled, kept per job
     # nothing is left on the phones but the binary, the agent and the model
     left = sorted(str(p.relative_to(tmp_path / "p1")) for p in (tmp_path / "p1" / "data/local/tmp").rglob("*")
@@ -423,7 +424,7 @@ def test_smoke_suite_with_exported_artifacts(tmp_path: Path, standin: Path, monk
     # +winograd is n/a for .tflite: the same artifact as +flash_attention
     assert len(models) == 4 and all(j.status == "ok" for j in run.jobs)
     wino = [j for j in run.jobs if j.variant == "+winograd"][0]
-    assert wino.result.extra["na_flags"] == ["conv3x3"] and wino.result.memory.weight_bytes > 0
+    assert wino.result.execution.na_flags == ["conv3x3"] and wino.result.memory.weight_bytes > 0
     sizes = sum({j.result.extra["artifact"]["sha256"]: j.result.extra["artifact"]["size_bytes"] for j in run.jobs}.values())
     assert first[0] == standin.stat().st_size + AGENT_SCRIPT.stat().st_size + sizes
 
@@ -478,8 +479,9 @@ def test_nnapi_and_vendor_delegate_runs_on_a_fake_phone_report_the_unit(tmp_path
     job = db.load_run(first["id"]).jobs[0]
     assert job.status == "ok"
     assert "--use_nnapi=true" in job.result.extra["benchmark_flags"]
-    assert job.result.extra["accelerator"] == "nnapi"
-    assert job.result.extra["unit"] == "cpu (the NNAPI delegate took no node)"
+    assert job.result.execution.accelerator == job.result.execution.unit_asked == "nnapi"
+    assert job.result.execution.unit_used == "cpu (the NNAPI delegate took no node)"
+    assert job.result.execution.delegation.state == "none"
     failed = db.load_run(second["id"]).jobs[0]
     assert failed.status == "failed" and "Failed to create external delegate" in failed.result.error.message
     assert fake.host_path("/data/local/tmp/h u/lib/libVendor Delegate.so").read_bytes() == lib.read_bytes()
@@ -514,11 +516,13 @@ def test_gpu_rows_on_both_benchmark_model_tools_are_wholly_on_the_gpu_or_fail(
     jobs = [db.load_run(r["id"]).jobs[0] for r in sorted(db.list_runs(), key=lambda r: r["started_at"])]
     for i, label in enumerate(("classic", "compiled_model")):
         clean, refused, split = jobs[3 * i:3 * i + 3]
-        assert clean.status == "ok" and clean.result.extra["unit"] == "gpu", (label, clean.result.error)
+        assert clean.status == "ok" and clean.result.execution.unit_used == "gpu", (label, clean.result.error)
+        assert clean.result.execution.delegation.state == "full", label
         assert clean.result.extra["benchmark_output_format"] == ("current" if label == "classic" else "compiled_model")
         assert refused.status == "failed" and refused.result.error.kind == "delegation", (label, refused.result.error)
         assert "GPU does not run the whole graph" in refused.result.error.message
-        assert split.status == "ok" and "partial" in split.result.extra["unit"], (label, split.result.extra.get("unit"))
+        assert split.status == "ok" and "partial" in split.result.execution.unit_used, (label, split.result.execution)
+        assert split.result.execution.delegation.state == ("partial" if label == "classic" else "unknown"), label
     assert "--require_full_delegation=true" in jobs[3].result.extra["benchmark_flags"]
     assert "--use_cpu=false" in jobs[3].result.extra["benchmark_flags"]
 

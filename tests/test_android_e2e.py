@@ -166,7 +166,7 @@ def test_e2e_on_a_fake_phone_composes_three_component_runs(tmp_path: Path, three
         # each component's raw benchmark_model record is kept
         for c in COMPONENTS:
             rec = res.extra["components"][c]
-            assert rec["latency_summary_ms"]["n"] == 3 and rec["ms"] == medians[c] and rec["init_ms"] > 0
+            assert rec["execution"]["latency_summary_ms"]["n"] == 3 and rec["ms"] == medians[c] and rec["init_ms"] > 0
             assert rec["artifact"]["sha256"] == hashlib.sha256(three_graphs[c].read_bytes()).hexdigest()
             assert rec["artifact"]["size_bytes"] == three_graphs[c].stat().st_size
             assert rec["gpu_memory_samples"] and "delegates" in rec and "warmup_summary_ms" in rec
@@ -174,7 +174,7 @@ def test_e2e_on_a_fake_phone_composes_three_component_runs(tmp_path: Path, three
         assert res.memory.peak_rss_bytes == max(peaks.values()) > 0
         assert res.extra["peak_memory_component"]["peak_rss_bytes"] == max(peaks, key=peaks.__getitem__)
         assert res.memory.gpu_bytes and res.extra["peak_memory_component"]["gpu_bytes"] in COMPONENTS
-        assert res.extra["scheduler"] == "dpmsolver++" and res.extra["accelerator"] == "gpu"
+        assert res.extra["scheduler"] == "dpmsolver++" and res.execution.accelerator == "gpu"
     assert job5.result.samples_ms[0] != job20.result.samples_ms[0]
     # prepare() pushed the binary, the agent and the three models once (md5-skipped the second time)
     pushed = job20.result.extra["prepare_push"]

@@ -94,14 +94,14 @@ def test_screenshot(report_html: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def run_report(tmp_path_factory) -> tuple[Path, object]:
     """`harness report --format html` of a stored ladder run: raw samples, memory, versions, a failed row."""
-    from harness.protocol import JobResult, MemoryFigures
+    from harness.protocol import Execution, JobResult, MemoryFigures
     from harness.report.render import render
     from tests.fakes.stored_runs import ladder_run
 
     tmp = tmp_path_factory.mktemp("run-report")
     mb = 2**20
     results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=[ms * (1 + 0.01 * k) for k in range(6)],
-                         timing_method="perf_counter", versions={"torch": "2.13.0+cpu", "numpy": "2.3.5"},
+                         execution=Execution(timing_method="perf_counter"), versions={"torch": "2.13.0+cpu", "numpy": "2.3.5"},
                          memory=MemoryFigures(weight_bytes=12 * mb, tensor_bytes_measured=(5 - i) * mb,
                                               tensor_bytes_planned=None if i == 2 else (4 - i) * mb,
                                               tensor_measure_method="torch_profiler_cpu_peak"))

@@ -25,7 +25,7 @@ from harness.models.pipeline import (
     build_vae_decoder, count_parameters, random_token_ids,
 )
 from harness.models.unet import WeightsError
-from harness.protocol import JobResult, JobSpec, MemoryFigures
+from harness.protocol import Execution, JobResult, JobSpec, MemoryFigures
 from harness.composition import (
     COMPOSED_LABEL, CompositionError, compose_e2e, composed_components, host_scheduler_ms_per_step,
 )
@@ -291,8 +291,9 @@ def test_e2e_table_and_report_from_the_stored_run(smoke_run):
     # host's measured scheduler cost.
     host_sched = host_scheduler_ms_per_step(run.jobs[0].result.components_ms)
     comp = composed_components(text_ms=40.0, unet_ms=480.0, decoder_ms=900.0, scheduler_ms=host_sched, steps=20)
-    fake = JobResult(job_id="android-0", status="ok", components_ms=comp, timing_method="benchmark_model",
-                     memory=MemoryFigures(peak_rss_bytes=3 * 2**30), extra={"accelerator": "gpu"})
+    fake = JobResult(job_id="android-0", status="ok", components_ms=comp,
+                     execution=Execution(timing_method="benchmark_model", accelerator="gpu"),
+                     memory=MemoryFigures(peak_rss_bytes=3 * 2**30))
     store.record_device(run_id, {"id": "android:FAKE01", "kind": "android", "model": "SM-S918B", "gpu": "Adreno 740"})
     for index, (variant, flags) in enumerate(LADDER[:2]):
         store.record_job(run_id, job_key=f"k-android-{index}", job_index=9 + index, device_id="android:FAKE01",

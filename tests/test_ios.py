@@ -7,6 +7,7 @@ run on a Mac, `swift test` in device_agents/ios), Core ML, and a real iPhone.
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import inspect
 import json
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
+from harness.devices import ios
 from harness.devices.base import DeviceContext
 from harness.devices.ios import (
     AGENT_MARK, DEFAULT_BUNDLE_ID, JOBS_DIR, IOSConfigError, JobFailure, check_runtime, compute_units_of,
@@ -430,6 +432,8 @@ def _swift_type(annotation) -> str:
         return f"[{_swift_type(args[0])}]"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation.__name__
+    if isinstance(annotation, type) and issubclass(annotation, enum.StrEnum):
+        return "String"  # JobError.kind (ErrorKind): its value on the wire
     return {str: "String", int: "Int", float: "Double", bool: "Bool"}[annotation]
 
 
@@ -442,9 +446,13 @@ def test_swift_codable_types_match_the_protocol() -> None:
     assert set(swift) == {m.__name__ for m in models}
     for model in models:
         expected = {name: _swift_type(f.annotation) for name, f in model.model_fields.items()}
+        if model is protocol.JobResult:  # the agent speaks version 1: timing_method on top, no execution record
+            expected.pop("execution")
+            expected["timing_method"] = "String?"
         assert swift[model.__name__] == expected, model.__name__
-    assert re.search(r"public let schemaVersion = (\d+)", (SWIFT / "Sources/HarnessAgentCore/Protocol.swift").read_text())[1] \
-        == str(protocol.SCHEMA_VERSION)
+    version = int(re.search(r"public let schemaVersion = (\d+)",
+                            (SWIFT / "Sources/HarnessAgentCore/Protocol.swift").read_text())[1])
+    assert version == ios.AGENT_SCHEMA_VERSION == 1 and version in protocol.SUPPORTED_VERSIONS
 
 
 def test_result_fixture_is_the_swift_output_and_parses() -> None:
@@ -644,4 +652,4 @@ def test_real_iphone_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         assert res.timing_method == "mach_absolute_time" and len(res.samples_ms) >= 3
         assert res.memory.peak_rss_bytes and res.device_state_before["thermal_state"] in (
             "nominal", "fair", "serious", "critical")
-        assert res.extra["compute_units"] == "cpuAndGPU"
+        assert res.execution.unit_used == "coreml:cpuAndGPU"

@@ -73,10 +73,10 @@ def test_first_job_builds_the_artifacts_and_times_the_loop(first_job):
         assert parts + comp["gap_ms"][i] == pytest.approx(comp["total_ms"][i])
         assert 0 <= comp["gap_ms"][i] < 1.0 + 0.01 * comp["total_ms"][i], comp
         assert min(comp["unet_ms"][i]) > 0 and comp["text_encoder_ms"][i] > 0 and comp["decoder_ms"][i] > 0
-    assert res["timing_method"] == "perf_counter" and res["first_run_ms"] > 0 and res["init_ms"] > 0
+    assert res["execution"]["timing_method"] == "perf_counter" and res["first_run_ms"] > 0 and res["init_ms"] > 0
 
-    extra = res["extra"]
-    assert extra["runtime"] == "litert-cpu" and extra["na_flags"] == ["conv3x3"] and extra["accelerator"] == "cpu"
+    extra, ex = res["extra"], res["execution"]
+    assert ex["runtime"] == "litert-cpu" and ex["na_flags"] == ["conv3x3"] and ex["accelerator"] == "cpu"
     assert extra["cpu_threads"] == 1 and extra["torch_threads"] == 1
     arts = extra["artifacts"]
     assert [arts[n]["component"] for n in NAMES] == ["text_encoder", "unet", "vae_decoder"]
@@ -147,8 +147,10 @@ def test_the_loop_on_the_gpu_engine(first_job, tmp_path):
         pytest.skip("SwiftShader (Debian's chromium) is not installed; .ci/run installs it")
     res = _run(_spec(tmp_path, "gpu", runtime="litert-gpu"))
     assert "error" not in res, res.get("error")
-    extra = res["extra"]
-    assert extra["runtime"] == "litert-gpu" and extra["accelerator"] == "gpu" and extra["unit"] == "gpu (CPU emulation)"
+    extra, ex = res["extra"], res["execution"]
+    assert ex["runtime"] == "litert-gpu" and ex["accelerator"] == "gpu" and ex["unit_used"] == "gpu (CPU emulation)"
+    assert ex["delegation"] == {"state": "full", "delegated_nodes": None, "total_nodes": None,
+                                "evidence": "is_fully_accelerated()"}
     assert res["stand_in"] == ["SwiftShader: GPU emulated on the CPU"]  # labelled a stand-in (harness.standin)
     assert set(extra["gpu_components"]) == set(NAMES)
     assert all(g["fully_accelerated"] and g["software"] for g in extra["gpu_components"].values())

@@ -71,14 +71,14 @@ def test_every_ladder_row_runs_wholly_on_the_gpu_engine_and_agrees(work):
         gpu = res.extra["gpu"]
         assert gpu["fully_accelerated"] is True and gpu["software"] is True and gpu["driver"]
         assert "SwiftShader" in gpu["adapter_label"] and gpu["rejected"] == []
-        assert res.extra["unit"] == "gpu (CPU emulation)"
+        assert res.execution.unit_used == "gpu (CPU emulation)" and res.execution.delegation.state == "full"
         assert res.stand_in == ["SwiftShader: GPU emulated on the CPU"]  # a stand-in for a GPU (harness.standin)
         assert res.check.passed and res.check.rel_error < 0.05
         assert len(res.samples_ms) == 2 and res.timing_method == "perf_counter_compiled_model_run"
         assert res.memory.tensor_bytes_planned > 0 and res.memory.weight_bytes > 0
         assert res.memory.gpu_bytes is None and "emulates the GPU in host memory" in gpu["memory_method"]
         assert res.extra["composites"] == {}
-    na = {j.variant: j.result.extra["na_flags"] for j in run.jobs}
+    na = {j.variant: j.result.execution.na_flags for j in run.jobs}
     assert na["+winograd"] == ["conv3x3"]
     # the flash row's tiled attention: far less planned tensor memory than the baseline's score matrices
     planned = {j.variant: j.result.memory.tensor_bytes_planned for j in run.jobs}
@@ -138,7 +138,7 @@ def test_litert_cpu_runs_the_same_artifacts_through_the_cli(work):
     res = job.result
     assert res.status == "ok" and res.timing_method == "perf_counter" and len(res.samples_ms) == 2
     assert res.check.passed and res.check.rel_error < 1e-3  # fp32 weights on the CPU
-    assert res.extra["na_flags"] == ["conv3x3"] and res.extra["runtime"] == "litert-cpu" and res.extra["composites"] == {}
+    assert res.execution.na_flags == ["conv3x3"] and res.execution.runtime == "litert-cpu" and res.extra["composites"] == {}
     assert res.extra["artifact"]["source"] == "job" and str(work["tmp"] / "cache") in res.extra["artifact"]["path"]
     params = count_parameters(build_unet(config_model_config(ModelRef(unet_config=str(work["config"])))))
     assert abs(res.memory.weight_bytes - 4 * params) / (4 * params) < 0.02  # fp32 weights, each stored once
@@ -186,7 +186,10 @@ def test_allowed_cpu_fallback_runs_split_and_is_marked_partial(work, unclean):
     assert "error" not in res, res.get("error")
     gpu = res["extra"]["gpu"]
     assert gpu["fully_accelerated"] is False and gpu["ops_on_cpu"] >= 1 and gpu["ops_on_gpu"] > gpu["ops_on_cpu"]
-    assert "(partial: " in res["extra"]["unit"] and f"{gpu['ops_on_cpu']} on the CPU" in res["extra"]["unit"]
+    ex = res["execution"]
+    assert "(partial: " in ex["unit_used"] and f"{gpu['ops_on_cpu']} on the CPU" in ex["unit_used"]
+    assert ex["delegation"]["state"] == "partial" and ex["delegation"]["delegated_nodes"] == gpu["ops_on_gpu"]
+    assert ex["delegation"]["total_nodes"] == gpu["ops_on_gpu"] + gpu["ops_on_cpu"]
     assert res["check"].passed and len(res["samples_ms"]) == 2
 
 

@@ -44,7 +44,7 @@ def test_run_smoke_suite_on_litert_cpu(tmp_path):
     assert res.status == "ok" and res.timing_method == "perf_counter"
     assert len(res.samples_ms) == 5 and all(ms > 0 for ms in res.samples_ms)  # smoke: 5 iterations
     assert res.check is not None and res.check.passed and res.check.rel_error < 1e-3  # fp32 weights
-    assert res.extra["na_flags"] == ["conv3x3"] and res.extra["runtime"] == "litert-cpu"
+    assert res.execution.na_flags == ["conv3x3"] and res.execution.runtime == "litert-cpu"
     assert res.extra["composites"] == {}  # GPU-clean forms: no composites (harness.export.rewrite)
     art = res.extra["artifact"]
     assert art["source"] == "job" and Path(art["path"]).is_file() and str(tmp_path / "cache") in art["path"]
@@ -67,7 +67,7 @@ def test_run_smoke_ladder_on_litert_cpu(tmp_path):
     run = _stored(url, proc.stdout.strip().splitlines()[-1])
     by_variant = {j.variant: j.result for j in run.jobs}
     assert all(r.status == "ok" for r in by_variant.values())
-    assert [v for v, r in by_variant.items() if r.extra["na_flags"]] == ["+winograd"]
+    assert [v for v, r in by_variant.items() if r.execution.na_flags] == ["+winograd"]
     assert by_variant["+winograd"].extra["artifact"]["path"] == by_variant["+flash_attention"].extra["artifact"]["path"]
     assert by_variant["baseline"].extra["composites"] == {}
 
@@ -101,7 +101,7 @@ def test_litert_cpu_runs_the_artifact_and_reports_na(nano_env):
     run_litert(_spec("+winograd"), result)
     assert "error" not in result, result.get("error")
     assert len(result["samples_ms"]) == 3 and len(result["warmup_ms"]) == 1 and result["first_run_ms"] > 0
-    assert result["extra"]["na_flags"] == ["conv3x3"]
+    assert result["execution"]["na_flags"] == ["conv3x3"]
     assert result["extra"]["artifact"]["source"] == "ensure_artifact"
     assert result["check"].passed and 0 < result["check"].rel_error < 5e-2
     mem = result["memory"]
@@ -112,7 +112,7 @@ def test_litert_cpu_runs_the_artifact_and_reports_na(nano_env):
     # The same file given as the job's artifact (what `harness run` passes to the agent).
     again = {"extra": {}}
     run_litert(_spec("+flash_attention", artifact=result["extra"]["artifact"]["path"]), again)
-    assert "error" not in again and again["extra"]["na_flags"] == []
+    assert "error" not in again and again["execution"]["na_flags"] == []
     assert again["extra"]["artifact"]["source"] == "job"
     assert again["memory"].tensor_bytes_planned == mem.tensor_bytes_planned
 

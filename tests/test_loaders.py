@@ -172,5 +172,5 @@ def test_unet_iteration_records_na_flags(factory_module, tmp_path, monkeypatch):
                    measure={"warmup_runs": 0, "iterations": 1, "max_seconds": 5})
     result: dict = {"extra": {}}
     run_torch(spec, result)
-    assert result["extra"]["na_flags"] == ["softmax", "attention"]
+    assert result["execution"]["na_flags"] == ["softmax", "attention"]
     assert result["check"].passed and len(result["samples_ms"]) >= 1

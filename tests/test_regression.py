@@ -18,7 +18,7 @@ import pytest
 from harness.baseline import RERUN_GROUP_PREFIX, BaselineError, CellKey
 from harness.cli import main
 from harness.compare import IMPROVEMENT, INCONCLUSIVE, NO_CHANGE, REGRESSION, UNSTABLE, VERDICTS
-from harness.protocol import JobResult, MemoryFigures
+from harness.protocol import Execution, JobResult, MemoryFigures
 from harness.regression import RegressionReport, compare_runs, throttling_seen
 from harness.report import regression_render as rr
 from harness.store import Store, runs
@@ -92,7 +92,7 @@ def add_run(store: Store, run_id: str, night: Night, seed: int, n_samples: int =
                                "thermal_status": 2 if cell in night.throttled else 0}
                 result = JobResult(
                     job_id=job_id, status="ok", samples_ms=[float(v) for v in samples],
-                    warmup_ms=[float(median * 1.3)], timing_method="benchmark_model",
+                    warmup_ms=[float(median * 1.3)], execution=Execution(timing_method="benchmark_model"),
                     memory=MemoryFigures(weight_bytes=1639 * MIB, tensor_bytes_measured=tensor,
                                          peak_rss_bytes=int(2400 * MIB + rng.normal(0, 2) * MIB)),
                     device_state_before={"battery_temp_c": 30.5 + vi, "max_temp_c": 39.0 + vi, "thermal_status": 0},

@@ -5,7 +5,7 @@ import io
 import pandas as pd
 import pytest
 
-from harness.protocol import JobResult, MemoryFigures
+from harness.protocol import Execution, JobResult, MemoryFigures
 from harness.report.render import render, render_html, render_markdown
 from harness.report.table1 import table1
 from harness.variants import LADDER
@@ -22,7 +22,7 @@ def run(tmp_path):
             results.append(JobResult.failure(f"j{i}", "reference_mismatch", "variant '+winograd' disagrees <b>x</b>"))
         else:
             results.append(JobResult(job_id=f"j{i}", status="ok", samples_ms=[ms - 1, ms, ms + 1, ms + 5],
-                                     timing_method="perf_counter",
+                                     execution=Execution(timing_method="perf_counter"),
                                      memory=MemoryFigures(weight_bytes=10 * MB, tensor_bytes_measured=(5 - i) * MB,
                                                           tensor_bytes_planned=(4 - i) * MB,
                                                           tensor_measure_method="torch_profiler_cpu_peak")))
@@ -64,7 +64,7 @@ def test_high_cv_row_is_flagged_in_every_format(tmp_path):
     from harness.report.render import render_csv, render_terminal
 
     noisy = [60.0, 100.0, 140.0, 100.0]  # CV ~ 28%, over the default cv_max
-    results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=samples, timing_method="perf_counter")
+    results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=samples, execution=Execution(timing_method="perf_counter"))
                for i, samples in enumerate([[99.0, 100.0, 101.0, 100.5], noisy])]
     run = ladder_run(f"sqlite:///{tmp_path}/r.db", {"id": "host", "kind": "host", "model": "Xeon"}, results,
                      {"runtime": "torch", "dtype": "fp32", "accelerator": "auto"})
@@ -93,7 +93,7 @@ def test_single_sample_has_no_iqr_or_cv(tmp_path):
 
     from harness.report.render import render_csv, render_terminal
 
-    results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=samples, timing_method="perf_counter")
+    results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=samples, execution=Execution(timing_method="perf_counter"))
                for i, samples in enumerate([[100.0], [90.0, 91.0, 92.0]])]
     run = ladder_run(f"sqlite:///{tmp_path}/r.db", {"id": "host", "kind": "host", "model": "Xeon"}, results,
                      {"runtime": "torch", "dtype": "fp32", "accelerator": "auto"})
@@ -117,7 +117,7 @@ def test_single_sample_has_no_iqr_or_cv(tmp_path):
 def _wide_run(tmp_path):
     """Five rows of four-digit latencies and a GPU MB column on a phone with a long id: ~115 columns wide."""
     results = [JobResult(job_id=f"j{i}", status="ok", samples_ms=[1234.5 + i, 1240.0 + i, 1300.0],
-                         timing_method="perf_counter",
+                         execution=Execution(timing_method="perf_counter"),
                          memory=MemoryFigures(weight_bytes=1234 * MB, tensor_bytes_measured=1500 * MB,
                                               tensor_bytes_planned=1400 * MB, tensor_measure_method="x",
                                               gpu_bytes=3000 * MB)) for i in range(5)]

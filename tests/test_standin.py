@@ -15,7 +15,7 @@ import pytest
 
 from harness import standin
 from harness.devices.android.parse_device import parse_getprop
-from harness.protocol import JobResult
+from harness.protocol import Execution, JobResult
 from harness.runtimes.litert_gpu import ProbeReport, parse_engine_log
 from harness.store import Store
 from harness.workloads.litert import mark_emulation
@@ -74,7 +74,7 @@ def test_label_and_merge() -> None:
 def _host_run(store: Store, run_id: str, device: dict, result_stand_in: list[str]) -> None:
     store.create_run(run_id, "smoke", {"name": "smoke", "model": {"name": "tiny", "weights": None}})
     store.record_device(run_id, device)
-    res = JobResult(job_id="j", status="ok", samples_ms=[10.0, 11.0, 12.0], timing_method="perf_counter",
+    res = JobResult(job_id="j", status="ok", samples_ms=[10.0, 11.0, 12.0], execution=Execution(timing_method="perf_counter"),
                     stand_in=result_stand_in)
     store.record_job(run_id, job_key="k", job_index=0, device_id=device["id"], workload="unet_iteration",
                      model="tiny", variant="baseline", variant_index=0, flags={}, options={"runtime": "litert-gpu"},

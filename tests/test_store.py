@@ -1,7 +1,7 @@
 """Store round trip: runs, devices, jobs, raw samples, tags; one transaction per job."""
 import pytest
 
-from harness.protocol import JobResult, MemoryFigures
+from harness.protocol import Execution, JobResult, MemoryFigures
 from harness.store import Store, StoreError
 
 
@@ -10,7 +10,7 @@ def _result(job_id: str, samples, status="ok") -> JobResult:
         return JobResult.failure(job_id, "crash", "boom", detail="tail")
     return JobResult(job_id=job_id, status="ok", samples_ms=list(samples), warmup_ms=[99.0],
                      memory=MemoryFigures(weight_bytes=1000, tensor_bytes_planned=500),
-                     timing_method="perf_counter")
+                     execution=Execution(timing_method="perf_counter"))
 
 
 def _record(store, run_id, i, variant, result):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.protocol import JobResult, JobSpec, MemoryFigures
+from harness.protocol import Execution, JobResult, JobSpec, MemoryFigures
 from harness.report.e2e import e2e_table
 from harness.report.render import render
 from harness.report.table1 import pivot, table1
@@ -169,7 +169,7 @@ def _store_sweep_run(tmp_path, workload="unet_iteration"):
             ms = (100.0 - 10 * i) * (1 + ci)
             jobs.append((ci * 5 + i, dtype, i, name, flags, ms))
     for idx, dtype, i, name, flags, ms in reversed(jobs):
-        res = JobResult(job_id=f"j{idx}", status="ok", samples_ms=[ms, ms, ms], timing_method="perf_counter",
+        res = JobResult(job_id=f"j{idx}", status="ok", samples_ms=[ms, ms, ms], execution=Execution(timing_method="perf_counter"),
                         memory=MemoryFigures(weight_bytes=(10 if dtype == "fp32" else 3) * MB))
         store.record_job("r1", job_key=f"k{idx}", job_index=idx, device_id="host", workload=workload, model="tiny",
                          variant=name, variant_index=i, flags=flags.to_dict(),

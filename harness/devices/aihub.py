@@ -23,9 +23,9 @@ The profile -> JobResult mapping (`profile_to_result`): samples_ms are the profi
 (all_inference_times, us -> ms), else the estimated inference time; init_ms the first (cold) load,
 extra the warm load and compile times; memory.peak_rss_bytes the upper end of the inference peak-memory
 range (every range is kept in extra.aihub.memory_ranges_bytes); op_times_ms the per-layer times folded
-into the paper's categories (harness.devices.android.parse.map_op_category); extra.unit the asked unit,
-"(partial: N layers on the NPU, M on the CPU)" when any layer ran elsewhere, with the layers' units in
-extra.aihub.layer_units.
+into the paper's categories (harness.devices.android.parse.map_op_category); execution.unit_used the asked
+unit, "(partial: N layers on the NPU, M on the CPU)" when any layer ran elsewhere (execution.delegation
+counts them), with the layers' units in extra.aihub.layer_units.
 """
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ from harness.devices.android.parse import OP_CATEGORIES, map_op_category
 from harness.devices.base import (
     Device, DeviceContext, DeviceError, DeviceInfo, DeviceKind, JobFailure, ProgressFn, UnknownDeviceError,
 )
-from harness.protocol import JobResult, JobSpec, MemoryFigures, write_json_atomic
+from harness.protocol import (
+    Execution, JobResult, JobSpec, LatencySummary, MemoryFigures, aihub_delegation, write_json_atomic,
+)
 
 KIND = "aihub"
 # The Hub's --compute_unit for each runtime a suite names (torch: the phone GPU, as on Android).
@@ -471,9 +473,11 @@ def profile_to_result(spec: JobSpec, profile: dict[str, Any], entry: dict[str, A
         tensor_bytes_planned=(int(art["planned_tensor_bytes"]) if isinstance(art.get("planned_tensor_bytes"), (int, float))
                               else None),
         peak_rss_bytes=peak[1] if peak else None)
+    execution = Execution(runtime=spec.options.runtime, accelerator=unit, unit_asked=unit, unit_used=label,
+                          delegation=aihub_delegation(dict(units), unit), timing_method="aihub_profile",
+                          latency_summary_ms=LatencySummary(estimated=estimated),
+                          na_flags=list(art.get("na_flags") or []))
     extra: dict[str, Any] = {
-        "runtime": spec.options.runtime, "accelerator": unit, "unit": label,
-        "latency_summary_ms": {"estimated": estimated},
         "aihub": {**_public(entry), "estimated_inference_ms": estimated, "runs": len(runs),
                   "first_load_ms": _ms(summary.get("first_load_time")), "warm_load_ms": _ms(summary.get("warm_load_time")),
                   "compile_ms": _ms(summary.get("compile_time")), "memory_ranges_bytes": ranges,
@@ -482,12 +486,10 @@ def profile_to_result(spec: JobSpec, profile: dict[str, Any], entry: dict[str, A
                   "fully_on_unit": not off_unit},
         "artifact": {k: art.get(k) for k in ("source", "key", "path")} | {"sha256": entry.get("sha256")},
     }
-    if art.get("na_flags"):
-        extra["na_flags"] = art["na_flags"]
     import harness
 
     return JobResult(job_id=spec.job_id, status="ok", samples_ms=samples, init_ms=_ms(summary.get("first_load_time")),
-                     timing_method="aihub_profile", memory=memory, op_times_ms=op_ms if layers else {},
+                     execution=execution, memory=memory, op_times_ms=op_ms if layers else {},
                      versions={"harness": harness.__version__, "qai_hub": _qai_hub_version()},
                      started_at=started, ended_at=time.time(), extra=extra)
 

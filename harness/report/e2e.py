@@ -111,18 +111,17 @@ def e2e_table(run: RunRecord, workload: str = "e2e") -> pd.DataFrame:
         if job.workload != workload:
             continue
         res = job.result
-        extra = res.extra
+        extra, ex = res.extra, res.execution
         mem = res.memory
         peak, kind = (mem.gpu_bytes, "GPU") if mem.gpu_bytes is not None else (mem.peak_rss_bytes, "RSS")
         row: dict[str, Any] = {
             "device": job.device_id, "step": job.variant_index, "variant": job.variant,
             "label": LADDER_LABELS.get(job.variant, job.variant), "status": job.status,
-            "runtime": extra.get("runtime") or job.options.get("runtime"), "dtype": job.options.get("dtype"),
-            "accelerator": extra.get("accelerator", job.options.get("accelerator")),
+            "runtime": ex.runtime, "dtype": job.options.get("dtype"), "accelerator": ex.accelerator,
             "peak_mb": None if peak is None else peak / MB, "peak_kind": kind if peak is not None else None,
             "scheduler": extra.get("scheduler"), "prompt_tokens": extra.get("prompt_tokens"),
             "weights": extra.get("weights"), "image_path": extra.get("image_path"),
-            "image_note": extra.get("image_note"), "timing_method": res.timing_method,
+            "image_note": extra.get("image_note"), "timing_method": ex.timing_method,
             "error": f"{res.error.kind}: {res.error.message}" if res.error else None,
             "error_detail": res.error.detail if res.error else None,  # the tail of the device's stderr
             "method": None, "total_s": None, "n": 0,

@@ -22,13 +22,13 @@ COLUMNS = [
     "device", "step", "variant", "label", "status", "latency_ms", "change_pct", "n", "iqr_ms", "cv",
     "tensor_mb_measured", "tensor_mb_planned", "weight_mb", "tensor_method", "timing_method",
     "first_run_ms", "init_ms", "check_rel_error", "error", "error_detail", "runtime", "dtype", "accelerator", "latency_source",
-    # Flags whose blocks the model lacks (result extra["na_flags"]); na_change: this row's only change from
+    # Flags whose blocks the model lacks (result execution.na_flags); na_change: this row's only change from
     # the row above is such a flag, so its "vs base" is n/a (the same network as the row above).
     "na_flags", "na_change",
     # Peak memory against the device's per-app limit (harness.headroom): ok | over | unknown.
     "peak_mb", "mem_limit_mb", "headroom", "headroom_note",
-    # The compute unit the row really ran on, as the device reported it (e.g. Android: "gpu",
-    # "cpu (the NNAPI delegate took no node)", "gpu (partial: 7 delegate kernels, ...)"); else the accelerator.
+    # The compute unit the row really ran on, as the device reported it (execution.unit_used, e.g. Android:
+    # "gpu", "cpu (the NNAPI delegate took no node)", "gpu (partial: 7 delegate kernels, ...)").
     "unit",
     # GPU memory the row's process held (memory.gpu_bytes: NVML on a host GPU, dumpsys Graphics on Android).
     "gpu_mb",
@@ -180,23 +180,22 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
         if job.workload != workload:
             continue
         res = job.result
+        ex = res.execution
         row = {
             "device": job.device_id, "step": job.variant_index, "variant": job.variant,
             "label": LADDER_LABELS.get(job.variant, job.variant), "status": job.status,
-            "runtime": res.extra.get("runtime", job.options.get("runtime")), "dtype": job.options.get("dtype"),
-            "accelerator": res.extra.get("accelerator", job.options.get("accelerator")),
-            "unit": res.extra.get("unit") or (f"coreml:{res.extra['compute_units']}" if res.extra.get("compute_units")
-                                              else res.extra.get("accelerator", job.options.get("accelerator"))),
+            "runtime": ex.runtime, "dtype": job.options.get("dtype"), "accelerator": ex.accelerator,
+            "unit": ex.unit_used,
             "tensor_mb_measured": _mb(res.memory.tensor_bytes_measured),
             "tensor_mb_planned": _mb(res.memory.tensor_bytes_planned),
             "weight_mb": _mb(res.memory.weight_bytes), "tensor_method": res.memory.tensor_measure_method,
             "gpu_mb": _mb(res.memory.gpu_bytes),
-            "timing_method": res.timing_method, "first_run_ms": res.first_run_ms, "init_ms": res.init_ms,
+            "timing_method": ex.timing_method, "first_run_ms": res.first_run_ms, "init_ms": res.init_ms,
             "check_rel_error": res.check.rel_error if res.check else None,
             "error": f"{res.error.kind}: {res.error.message}" if res.error else None,
             "error_detail": res.error.detail if res.error else None,  # the tail of the device's stderr
             "latency_ms": None, "n": 0, "iqr_ms": None, "cv": None, "latency_source": None,
-            "na_flags": list(res.extra.get("na_flags") or []), "na_change": False, "_flags": job.flags,
+            "na_flags": list(ex.na_flags), "na_change": False, "_flags": job.flags,
             "combination": combination_label(job.axes), "combination_index": order.get(combination_label(job.axes), 0),
             "stand_in": row_stand_in(run, job),
         }
@@ -206,19 +205,19 @@ def table1(run: RunRecord, workload: str = "unet_iteration") -> pd.DataFrame:
                         bool(job.options.get("extra", {}).get("increased_memory_limit")))
         row.update(peak_mb=_mb(room.peak_bytes), mem_limit_mb=_mb(room.limit_bytes), headroom=room.verdict,
                    headroom_note=f"{room.reason} [{peak_source}]" if peak is not None else room.reason)
-        summary = res.extra.get("latency_summary_ms") or {}
+        summary = ex.latency_summary_ms
         if res.samples_ms:
             s = summarize(res.samples_ms)
             # IQR and CV of fewer than 2 samples are not defined: None (n/a; empty in CSV), not 0
             row.update(latency_ms=s.median, n=s.n, iqr_ms=s.iqr if s.n >= 2 else None,
                        cv=s.cv if s.n >= 2 else None, latency_source="samples")
-        elif summary.get("n"):
+        elif summary is not None and summary.n:
             # A runtime that reports only a summary (benchmark_model: count/avg/std, median where the
             # build prints percentiles): its median, else its mean, flagged as such.
-            center = summary.get("median") if summary.get("median") is not None else summary.get("avg")
-            cv = summary["std"] / summary["avg"] if summary.get("std") is not None and summary.get("avg") else None
-            row.update(latency_ms=center, n=summary["n"], cv=cv if summary["n"] >= 2 else None,
-                       latency_source="device median" if summary.get("median") is not None else "device mean")
+            center = summary.median if summary.median is not None else summary.avg
+            cv = summary.std / summary.avg if summary.std is not None and summary.avg else None
+            row.update(latency_ms=center, n=summary.n, cv=cv if summary.n >= 2 else None,
+                       latency_source="device median" if summary.median is not None else "device mean")
         rows.append(row)
     df = add_axes(pd.DataFrame(rows, columns=COLUMNS + ["_flags"]), rows_axes, axes)
     if df.empty:

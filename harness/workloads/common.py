@@ -14,6 +14,11 @@ class InputError(ValueError):
     """A job that cannot run as specified (bad weights dir, unknown runtime): not worth a retry."""
 
 
+def execution(result: dict[str, Any]) -> dict[str, Any]:
+    """The result's execution record (harness.protocol.Execution, as a dict the workload fills)."""
+    return result.setdefault("execution", {})
+
+
 def emit(phase: str, done: int, total: int) -> None:
     print(f"@@progress {phase} {done} {total}", flush=True)
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.protocol import JobSpec, MemoryFigures
-from harness.workloads.common import InputError, cache_dir, emit, measure_loop, pick_device, record_check
+from harness.workloads.common import InputError, cache_dir, emit, execution, measure_loop, pick_device, record_check
 
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
 IMAGE_NAME = "image.png"
@@ -287,7 +287,9 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     emit("build", 3, 3)
 
     extra = result["extra"]
-    extra.update(generation_extra(pipe, args, weights), accelerator=device,
+    execution(result).update(runtime=spec.options.runtime, accelerator=device, unit_asked=spec.options.accelerator,
+                             unit_used=device)
+    extra.update(generation_extra(pipe, args, weights),
         params={"text_encoder": count_parameters(text_encoder), "unet": count_parameters(unet),
                 "decoder": count_parameters(decoder)},
         weight_bytes={"text_encoder": memory.weight_bytes(text_encoder), "unet": memory.weight_bytes(unet),
@@ -349,7 +351,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result["timing_method"] = "perf_counter+cuda_sync" if device == "cuda" else "perf_counter"
+    execution(result)["timing_method"] = "perf_counter+cuda_sync" if device == "cuda" else "perf_counter"
     images = time_images(pipe, spec, args, result)
 
     mem = MemoryFigures(weight_bytes=sum(extra["weight_bytes"].values()))

@@ -15,7 +15,7 @@ What it reports:
   resident memory (RssAnon) across allocate_tensors() and the first invoke: the interpreter's arena
   plus what XNNPACK packs (its own copy of the weights) and scratch, so an upper bound on tensor
   memory, named `rss_anon_delta_litert_allocate_first_invoke`;
-- extra.na_flags: the flags this format cannot express (e.g. conv3x3 on .tflite): the report shows
+- execution.na_flags: the flags this format cannot express (e.g. conv3x3 on .tflite): the report shows
   n/a for that step on this runtime.
 
 litert-gpu first compiles the file in a child process (`probe`: an engine crash fails the row with its
@@ -24,8 +24,9 @@ as SwiftShader is `software: true` and the row's unit says so), the driver, prec
 graph ran wholly on the GPU, and the ops the engine refused (type, reason, nodes, torch modules). A
 graph that is not wholly on the GPU fails the row (kind `delegation`) unless
 `options.extra.allow_cpu_fallback: true`, which runs it split and marks the unit "partial" with the
-op counts. Timing: wall time of CompiledModel.run in benchmark mode (it returns when the GPU has
-finished; `harness.runtimes.litert_gpu.compile_model`). Memory:
+op counts (execution.unit_used; execution.delegation is full only on is_fully_accelerated()). Timing:
+wall time of CompiledModel.run in benchmark mode (it returns when the GPU has finished;
+`harness.runtimes.litert_gpu.compile_model`). Memory:
 planned tensors and weights from the file as on the CPU; memory.gpu_bytes is the process's GPU memory
 from NVML after the timed runs (NVIDIA; elsewhere None, extra.gpu.memory_method says why); the
 RssAnon growth is kept in extra (SwiftShader's "GPU memory" is host memory: it is in it).
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.protocol import JobSpec, MemoryFigures
-from harness.workloads.common import InputError, Timer, emit, measure_loop, record_check
+from harness.workloads.common import InputError, Timer, emit, execution, measure_loop, record_check
 
 RSS_METHOD = "rss_anon_delta_litert_allocate_first_invoke"
 
@@ -132,6 +133,18 @@ def gpu_unit(report: Any) -> str:
     return unit
 
 
+def gpu_delegation(reports: list[Any]) -> dict[str, Any]:
+    """The Delegation (harness.protocol) of litert-gpu runs: full when the engine said every file is
+    fully accelerated (CompiledModel.is_fully_accelerated()), else partial with the op counts of its log."""
+    full = all(r.fully_accelerated for r in reports)
+    on = [r.ops_on_gpu for r in reports]
+    off = [r.ops_on_cpu for r in reports]
+    counted = not full and all(isinstance(x, int) for x in on + off)
+    return {"state": "full" if full else "partial", "delegated_nodes": sum(on) if counted else None,
+            "total_nodes": sum(on) + sum(off) if counted else None,
+            "evidence": "is_fully_accelerated()" + ("" if full else " false; the engine log's GPU/CPU op split")}
+
+
 def mark_emulation(result: dict[str, Any], reports: list[Any]) -> None:
     """A run on a software adapter (SwiftShader) is a stand-in for a GPU: say so in the result (harness.standin)."""
     from harness import standin
@@ -202,8 +215,7 @@ def run_litert(spec: JobSpec, result: dict[str, Any]) -> None:
         from harness.workloads.unet_iteration import int8_check_spec
 
         spec = int8_check_spec(spec)
-    result["extra"]["na_flags"] = na_flags(flags, "tflite")
-    result["extra"]["runtime"] = runtime
+    execution(result).update(runtime=runtime, na_flags=na_flags(flags, "tflite"), unit_asked=spec.options.accelerator)
 
     emit("artifact", 0, 1)
     try:
@@ -225,11 +237,10 @@ def run_litert(spec: JobSpec, result: dict[str, Any]) -> None:
         report = prepare_gpu(spec, path, graph, gpu_options, result)
         if report is None:
             return
-        result["extra"]["accelerator"] = "gpu"
-        result["extra"]["unit"] = gpu_unit(report)
+        execution(result).update(accelerator="gpu", unit_used=gpu_unit(report), delegation=gpu_delegation([report]))
         mark_emulation(result, [report])
     else:
-        result["extra"]["accelerator"] = "cpu"
+        execution(result).update(accelerator="cpu", unit_used="cpu")
 
     inputs = example_inputs(spec.model, spec.model.seed)  # a name, config or factory model
     arrays = [t.numpy() for t in inputs]
@@ -249,7 +260,7 @@ def run_litert(spec: JobSpec, result: dict[str, Any]) -> None:
     model.set_inputs(arrays)
 
     timer = Timer("cpu")
-    result["timing_method"] = "perf_counter" if runtime == "litert-cpu" else "perf_counter_compiled_model_run"
+    execution(result)["timing_method"] = "perf_counter" if runtime == "litert-cpu" else "perf_counter_compiled_model_run"
     emit("first_run", 0, 1)
     result["first_run_ms"] = timer(model.run)[0]
     rss_after = rss_anon_bytes()

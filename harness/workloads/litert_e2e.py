@@ -21,7 +21,8 @@ What the JobResult holds beyond the torch loop's layout:
   memory  weight_bytes (the three artifacts' weights as stored), tensor_bytes_planned (the sum of the
           three graphs' plans: their arenas coexist), tensor_bytes_measured (RssAnon growth across
           loading the three interpreters and their first runs), peak_rss_bytes (the process)
-  extra   runtime "litert-cpu" / "litert-gpu", na_flags, weights_dtype, artifacts {text_encoder, unet, decoder: path,
+  execution  runtime "litert-cpu" / "litert-gpu", accelerator, unit_used, delegation (litert-gpu), na_flags
+  extra   weights_dtype, artifacts {text_encoder, unet, decoder: path,
           sha256, cached, reference (the export's check), source, ...}, check_components, weight_bytes
           and planned_tensor_bytes per component, first_run_components_ms
 """
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from harness.protocol import JobSpec, MemoryFigures
-from harness.workloads.common import InputError, emit, record_check
+from harness.workloads.common import InputError, emit, execution, record_check
 
 # The e2e result's component names (as the torch loop's) -> the export's component names.
 COMPONENTS: dict[str, str] = {"text_encoder": "text_encoder", "unet": "unet", "decoder": "vae_decoder"}
@@ -78,7 +79,7 @@ def run_litert_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
     from harness.runtimes.litert import ModelFn, open_model
     from harness.workloads.e2e import e2e_flags_and_config, generation_extra, parse_args, save_image, time_images
     from harness.workloads.litert import (
-        RSS_METHOD, _artifact_for, check_litert_job, gpu_unit, mark_emulation, prepare_gpu, rss_anon_bytes,
+        RSS_METHOD, _artifact_for, check_litert_job, gpu_delegation, gpu_unit, mark_emulation, prepare_gpu, rss_anon_bytes,
     )
 
     runtime = spec.options.runtime
@@ -100,8 +101,10 @@ def run_litert_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
     torch.set_grad_enabled(False)
     weights, seed = spec.model.weights, spec.model.seed
     extra = result["extra"]
-    extra.update(runtime=runtime, accelerator="gpu" if runtime == "litert-gpu" else "cpu",
-                 na_flags=na_flags(flags, "tflite"), weights_dtype=dtype)
+    accelerator = "gpu" if runtime == "litert-gpu" else "cpu"
+    execution(result).update(runtime=runtime, accelerator=accelerator, unit_asked=spec.options.accelerator,
+                             unit_used=accelerator, na_flags=na_flags(flags, "tflite"))
+    extra["weights_dtype"] = dtype
 
     # The three artifacts, through the cache (the UNet's may be the job's given file).
     t0 = time.perf_counter_ns()
@@ -134,8 +137,8 @@ def run_litert_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
         extra["gpu"] = extra["gpu_components"]["unet"]
         mark_emulation(result, list(reports.values()))
         units = {gpu_unit(r) for r in reports.values()}
-        extra["unit"] = units.pop() if len(units) == 1 else "; ".join(
-            f"{name}: {gpu_unit(r)}" for name, r in reports.items())
+        execution(result).update(unit_used=units.pop() if len(units) == 1 else "; ".join(
+            f"{name}: {gpu_unit(r)}" for name, r in reports.items()), delegation=gpu_delegation(list(reports.values())))
 
     # The models and the pipeline around them.
     emit("load", 0, 1)
@@ -218,7 +221,7 @@ def run_litert_e2e(spec: JobSpec, result: dict[str, Any]) -> None:
             return
     del outputs, probe
 
-    result["timing_method"] = "perf_counter"
+    execution(result)["timing_method"] = "perf_counter"
     images = time_images(pipe, spec, args, result)
 
     emit("memory", 0, 1)

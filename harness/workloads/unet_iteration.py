@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.protocol import JobSpec, MemoryFigures
-from harness.workloads.common import (InputError, record_check, Timer, cache_dir, cuda_graph_replay_ms, emit, measure_loop,
+from harness.workloads.common import (InputError, execution, record_check, Timer, cache_dir, cuda_graph_replay_ms, emit, measure_loop,
                                       op_times, pick_device)
 
 # On CUDA the reported samples are CUDA-graph replays (eager PyTorch is launch-bound); at least this many.
@@ -138,7 +138,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
         result["extra"]["quantized"] = quantize_int8(unet)
         result["extra"]["compute_dtype"] = run_dtype
     # Flags whose blocks this model lacks (e.g. a model without attention): the report shows them n/a.
-    result["extra"]["na_flags"] = [f for f in FLAG_SCOPE if not flag_applies(coverage, f)]
+    execution(result)["na_flags"] = [f for f in FLAG_SCOPE if not flag_applies(coverage, f)]
     unet = unet.to(device)
     if device == "cuda":
         unet = unet.to(memory_format=torch.channels_last)
@@ -146,7 +146,8 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
         torch.cuda.synchronize()
     result["init_ms"] = (build_ns + time.perf_counter_ns() - t0) / 1e6  # build + patch + move (no reference)
     result["extra"]["replaced"] = replaced
-    result["extra"]["accelerator"] = device
+    execution(result).update(runtime=spec.options.runtime, accelerator=device, unit_asked=spec.options.accelerator,
+                             unit_used=device)
     if device == "cuda":
         result["extra"]["gpu_name"] = torch.cuda.get_device_name(0)
     else:
@@ -156,7 +157,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
         return unet(inputs[0], inputs[1], encoder_hidden_states=inputs[2], return_dict=False)[0]
 
     timer = Timer(device)
-    result["timing_method"] = timer.method
+    execution(result)["timing_method"] = timer.method
     emit("first_run", 0, 1)
     first_ms, out = timer(step)
     result["first_run_ms"] = first_ms
@@ -202,7 +203,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
         eager_out = step()
         samples, graph_out = cuda_graph_replay_ms(step, max(MIN_GRAPH_REPLAYS, spec.measure.iterations))
         result["extra"]["graph_vs_eager_max_abs"] = (graph_out.float() - eager_out.float()).abs().max().item()
-        result["timing_method"] = "cuda_graph_replay"
+        execution(result)["timing_method"] = "cuda_graph_replay"
         del eager_out, graph_out
     result["warmup_ms"], result["samples_ms"] = warmup, samples
 

@@ -33,7 +33,7 @@ cooldown_seconds is the pause (or the cooldown wait's timeout when thresholds ar
 
 Samples: benchmark_model prints no per-run times, only count/first/curr/min/max/avg/std (and
 p5/median/p95 in newer builds). `samples_ms` holds exact per-run values only where those imply them
-(one run, two runs, or every run the same); the summary is always in `extra["latency_summary_ms"]`.
+(one run, two runs, or every run the same); the summary is always in `execution.latency_summary_ms`.
 """
 from __future__ import annotations
 
@@ -57,12 +57,12 @@ from harness.devices.android.settings import (
 )
 from harness.devices.android.transport import AGENT_SCRIPT, RESULT_PROTO, AdbTransport
 from harness.devices.android.units import (
-    OPTION_KEYS, ComputeUnit, allows_cpu, benchmark_flags, number, runtime_of, safe_name, unit_of, unit_used,
+    OPTION_KEYS, allows_cpu, benchmark_flags, delegation_used, number, runtime_of, safe_name, unit_of, unit_used,
 )
 from harness.devices.base import Artifact, DeviceContext, DeviceInfo, JobFailure, ProgressFn, export_failure
 from harness.devices.remote import AgentRun, Outcome, RemoteDevice, RemoteFile, tail
 from harness.export import ensure_artifact
-from harness.protocol import JobResult, JobSpec, MemoryFigures
+from harness.protocol import Execution, JobResult, JobSpec, LatencySummary, MemoryFigures
 from harness.variants import Flags
 
 
@@ -231,15 +231,17 @@ class AndroidDevice(RemoteDevice):
         before = device_state(files.get("thermal_before.txt"), files.get("battery_before.txt"))
         after = device_state(files.get("thermal_after.txt"), files.get("battery_after.txt"))
         before["cooldown"] = cooldown
+        execution: dict[str, Any] = {"runtime": unit.runtime, "accelerator": unit.label, "unit_asked": unit.label,
+                                     "timing_method": "benchmark_model"}
         extra: dict[str, Any] = {
-            "runtime": unit.runtime, "accelerator": unit.label, "benchmark_flags": args,
+            "benchmark_flags": args,
             "unsupported_flags": run.info["unsupported"], "affinity": affinity, "device_dir": d, "run_s": round(run_s, 3),
             "push": {**run.info["push"], "bytes_pushed_total": self.bytes_pushed},
             "artifact": {"sha256": art.sha256, "size_bytes": art.size_bytes, "key": art.key, "source": art.source,
                          "device_path": self.remote_model(art)},
         }
         if art.source == "export":
-            extra["na_flags"] = list(art.meta.get("na_flags") or [])
+            execution["na_flags"] = list(art.meta.get("na_flags") or [])
             extra["artifact"]["cached"] = art.meta.get("cached")
             ref = art.meta.get("reference") or {}
             if isinstance(ref, dict) and ref.get("rel_error") is not None:
@@ -255,7 +257,7 @@ class AndroidDevice(RemoteDevice):
             extra["result_proto"] = str(proto)
         output = stdout + ("\n" if stdout and not stdout.endswith("\n") else "") + stderr
         fail_kw = dict(started_at=started, ended_at=ended, device_state_before=before, device_state_after=after,
-                       extra=extra, stand_in=standin.from_output(output))
+                       extra=extra, execution=Execution(**execution), stand_in=standin.from_output(output))
         if timed_out:
             return JobResult.failure(spec.job_id, "timeout",
                                      f"benchmark_model ran past the job timeout of {spec.measure.timeout_seconds:.0f} s "
@@ -288,19 +290,21 @@ class AndroidDevice(RemoteDevice):
         except ParseError as exc:
             return JobResult.failure(spec.job_id, "parse", f"benchmark_model output not understood: {exc}",
                                      detail=tail(output) or None, **fail_kw)
-        extra["unit"] = ran = unit_used(unit, parsed, args)
+        execution.update(unit_used=unit_used(unit, parsed, args), delegation=delegation_used(unit, parsed, args))
+        fail_kw["execution"] = Execution(**execution)
+        ran = execution["unit_used"]
         if unit.use_gpu and ran != unit.label and not allows_cpu(spec):
             return JobResult.failure(
                 spec.job_id, "delegation",
                 f"the GPU row did not run wholly on the GPU: {ran}; a GPU figure must be the GPU's alone. Make the "
                 "graph GPU-clean (`harness inspect` names the refused ops), or set options.extra.allow_cpu_fallback: "
                 "true to record it as partial", detail=tail(output) or None, **fail_kw)
-        return self._result(spec, parsed, files, art, extra, before, after, started, ended, unit,
+        return self._result(spec, parsed, files, art, extra, before, after, started, ended, fail_kw["execution"],
                             fail_kw["stand_in"])
 
     def _result(self, spec: JobSpec, parsed: BenchmarkModelOutput, files: dict[str, str | None], art: Artifact,
                 extra: dict[str, Any], before: dict, after: dict, started: float, ended: float,
-                unit: ComputeUnit, stand_in: list[str] | None = None) -> JobResult:
+                execution: Execution, stand_in: list[str] | None = None) -> JobResult:
         gpu_samples: list[dict[str, Any]] = []
         unparsed = 0
         for stamp, text in split_meminfo_samples(files.get("meminfo.txt") or ""):
@@ -321,12 +325,11 @@ class AndroidDevice(RemoteDevice):
         )
         op_times = parsed.category_ms() if parsed.op_profiled else {}
         extra.update({
-            "latency_summary_ms": summary_ms(parsed.inference), "warmup_summary_ms": summary_ms(parsed.warmup),
+            "warmup_summary_ms": summary_ms(parsed.warmup),
             "inference_avg_ms": parsed.inference_avg_ms, "benchmark_output_format": parsed.format,
             "model_size_mb": parsed.model_size_mb, "init_footprint_mb": parsed.init_footprint_mb,
             "overall_footprint_mb": parsed.overall_footprint_mb, "end_vmrss_mb": parsed.end_vmrss_mb,
             "delegates": [asdict(dl) for dl in parsed.delegates], "warnings": list(parsed.warnings),
-            "unit": extra.get("unit") or unit_used(unit, parsed, extra.get("benchmark_flags") or []),
             "gpu_memory_samples": gpu_samples, "gpu_memory_samples_unparsed": unparsed,
         })
         if parsed.op_profiled:
@@ -342,7 +345,8 @@ class AndroidDevice(RemoteDevice):
         return JobResult(
             job_id=spec.job_id, status="ok", samples_ms=exact_samples_ms(parsed.inference),
             warmup_ms=exact_samples_ms(parsed.warmup), init_ms=parsed.init_us / 1000.0,
-            first_run_ms=first_us / 1000.0, timing_method="benchmark_model", memory=memory,
+            first_run_ms=first_us / 1000.0, memory=memory,
             device_state_before=before, device_state_after=after, op_times_ms=op_times, versions=versions,
             started_at=started, ended_at=ended, extra=extra, stand_in=list(stand_in or []),
+            execution=execution.model_copy(update={"latency_summary_ms": LatencySummary(**summary_ms(parsed.inference))}),
         )

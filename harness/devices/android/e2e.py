@@ -16,7 +16,7 @@ from harness.composition import CompositionError, composed_components
 from harness.devices.android.graphs import E2E_COMPONENTS
 from harness.devices.base import JobFailure, ProgressFn
 from harness.models.configs import get_model_config
-from harness.protocol import JobResult, JobSpec, MemoryFigures
+from harness.protocol import JobResult, JobSpec, LatencySummary, MemoryFigures
 from harness.workloads.common import InputError
 from harness.workloads.e2e import measure_scheduler_ms, parse_args
 
@@ -29,13 +29,13 @@ E2E_TIMING_METHOD = "composed: benchmark_model medians (text encoder, UNet, VAE 
 def component_ms(result: JobResult) -> tuple[float, str]:
     """(ms, statistic) of one benchmark_model run: the median of the timed runs (the tool's printed
     median, else the median of the per-run times its stat line implies), else its average."""
-    summary = result.extra.get("latency_summary_ms") or {}
-    if summary.get("median") is not None:
-        return float(summary["median"]), "median"
+    summary = result.execution.latency_summary_ms or LatencySummary()
+    if summary.median is not None:
+        return float(summary.median), "median"
     if result.samples_ms:
         return float(statistics.median(result.samples_ms)), "median"
-    if summary.get("avg") is not None:
-        return float(summary["avg"]), "avg (this benchmark_model prints no median)"
+    if summary.avg is not None:
+        return float(summary.avg), "avg (this benchmark_model prints no median)"
     raise JobFailure("parse", "benchmark_model printed no timed-run statistics to compose from")
 
 
@@ -46,7 +46,8 @@ def _component_records(results: dict[str, JobResult]) -> dict[str, dict[str, Any
     out: dict[str, dict[str, Any]] = {}
     for component, res in results.items():
         rec = dict(res.extra)
-        rec.update(status=res.status, init_ms=res.init_ms, first_run_ms=res.first_run_ms,
+        rec.update(execution=res.execution.model_dump(mode="json"), status=res.status, init_ms=res.init_ms,
+                   first_run_ms=res.first_run_ms,
                    samples_ms=list(res.samples_ms), warmup_ms=list(res.warmup_ms),
                    memory=res.memory.model_dump(), op_times_ms=dict(res.op_times_ms),
                    device_state_before=res.device_state_before, device_state_after=res.device_state_after,
@@ -145,8 +146,6 @@ def run_e2e(device: AndroidDevice, spec: JobSpec, workdir: Path, progress: Progr
     memory, peak_of = _largest_peaks(results)
     unet = results["unet"]
     extra: dict[str, Any] = {
-        "runtime": unet.extra.get("runtime"), "accelerator": unet.extra.get("accelerator"),
-        "unit": unet.extra.get("unit"),
         "method": "composed", "composition": "text_encoder + steps x (unet + scheduler) + vae_decoder",
         "scheduler": args["scheduler"], "steps": args["steps"], "guidance_scale": args["guidance_scale"],
         "height": args["height"], "width": args["width"], "latent_shape": list(latent_shape),
@@ -171,7 +170,8 @@ def run_e2e(device: AndroidDevice, spec: JobSpec, workdir: Path, progress: Progr
     return JobResult(
         job_id=spec.job_id, status="ok", samples_ms=[components["total_ms"]],
         init_ms=sum(inits) if all(i is not None for i in inits) else None,
-        timing_method=E2E_TIMING_METHOD, memory=memory, components_ms=components,
+        memory=memory, components_ms=components,
+        execution=unet.execution.model_copy(update={"timing_method": E2E_TIMING_METHOD, "latency_summary_ms": None}),
         device_state_before=results[E2E_COMPONENTS[0]].device_state_before,
         device_state_after=results[E2E_COMPONENTS[-1]].device_state_after,
         op_times_ms=dict(unet.op_times_ms), versions=dict(unet.versions),

@@ -137,19 +137,26 @@ def unit_ran(unit: ComputeUnit, delegates: Any) -> str:
     took part of the graph, or "cpu (the X delegate took no node)" when it took none."""
     if unit.expect_delegate is None:
         return unit.label
+    d = _applied(unit, delegates)
+    if d is None:
+        return f"{unit.label} (benchmark_model did not report applying the delegate)"
+    coverage = getattr(d, "coverage", None)
+    if coverage == "none":
+        return f"cpu (the {getattr(d, 'name', '')} delegate took no node)"
+    if coverage == "partial":
+        kernels = getattr(d, "delegate_kernels", None)
+        return f"{unit.label} (partial{f': {kernels} delegate kernels' if kernels else ''}, the rest on the CPU)"
+    return unit.label
+
+
+def _applied(unit: ComputeUnit, delegates: Any) -> Any:
+    """The delegate benchmark_model reported applying for `unit` (None: it reported none)."""
     for d in delegates or ():
         name = str(getattr(d, "name", "")).upper()
-        if unit.expect_delegate not in name and not (unit.expect_delegate == "EXTERNAL" and name not in
-                                                     ("XNNPACK", "GPU", "NNAPI")):
-            continue
-        coverage = getattr(d, "coverage", None)
-        if coverage == "none":
-            return f"cpu (the {getattr(d, 'name', '')} delegate took no node)"
-        if coverage == "partial":
-            kernels = getattr(d, "delegate_kernels", None)
-            return f"{unit.label} (partial{f': {kernels} delegate kernels' if kernels else ''}, the rest on the CPU)"
-        return unit.label
-    return f"{unit.label} (benchmark_model did not report applying the delegate)"
+        if unit.expect_delegate in name or (unit.expect_delegate == "EXTERNAL" and name not in
+                                            ("XNNPACK", "GPU", "NNAPI")):
+            return d
+    return None
 
 
 def is_compiled_model_tool(supported: set[str] | None) -> bool:
@@ -176,6 +183,22 @@ def unit_used(unit: ComputeUnit, parsed: Any, args: list[str]) -> str:
         return (f"{unit.label} (partial or full: CPU fallback was allowed and LiteRT's CompiledModel tool does not "
                 "say how much ran on the CPU)")
     return unit_ran(unit, parsed.delegates)
+
+
+def delegation_used(unit: ComputeUnit, parsed: Any, args: list[str]) -> dict[str, Any]:
+    """The run's Delegation (harness.protocol) from the same evidence as `unit_used`: the classic tool's
+    delegate line, or LiteRT's CompiledModel tool finishing under --require_full_delegation=true."""
+    if unit.expect_delegate is None:
+        return {}  # the CPU asked: nothing to delegate
+    if getattr(parsed, "format", "") == "compiled_model" and unit.use_gpu:
+        full = "--require_full_delegation=true" in args
+        return {"state": "full" if full else "unknown", "evidence": "benchmark_model (CompiledModel) " + (
+            "finished under --require_full_delegation=true" if full else "with CPU fallback allowed prints no split")}
+    d = _applied(unit, parsed.delegates)
+    if d is None:
+        return {"evidence": "benchmark_model did not report applying the delegate"}
+    return {"state": {"complete": "full", "partial": "partial", "none": "none"}[d.coverage],
+            "delegated_nodes": d.delegate_kernels, "evidence": f"benchmark_model: {d.name} delegate, coverage {d.coverage}"}
 
 
 def benchmark_flags(spec: JobSpec, graph: str, *, supported: set[str] | None,

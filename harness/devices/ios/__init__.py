@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from harness.devices.base import JobFailure
 from harness.devices.ios.agent import (
-    AGENT_MARK, COMPUTE_UNITS, DEFAULT_COMPUTE_UNITS, JOBS_DIR, MODELS_DIR, OPTION_KEYS, check_runtime,
+    AGENT_MARK, AGENT_SCHEMA_VERSION, COMPUTE_UNITS, DEFAULT_COMPUTE_UNITS, JOBS_DIR, MODELS_DIR, OPTION_KEYS, check_runtime,
     compute_units_of, device_spec, file_sha256, ipa_info, tree_sha256, tree_size,
 )
 from harness.devices.ios.device import IOSDevice
@@ -20,7 +20,7 @@ from harness.devices.ios.settings import DEFAULT_BUNDLE_ID, IOSConfigError, IOSS
 from harness.devices.ios.transport import SERVICES_ENV, Pmd3Services, UsbmuxTransport, load_services
 
 __all__ = [
-    "AGENT_MARK", "CHIP_NAMES", "COMPUTE_UNITS", "DEFAULT_BUNDLE_ID", "DEFAULT_COMPUTE_UNITS", "JOBS_DIR",
+    "AGENT_MARK", "AGENT_SCHEMA_VERSION", "CHIP_NAMES", "COMPUTE_UNITS", "DEFAULT_BUNDLE_ID", "DEFAULT_COMPUTE_UNITS", "JOBS_DIR",
     "MODELS_DIR", "OPTION_KEYS", "SERVICES_ENV", "IOSConfigError", "IOSDevice", "IOSKind", "IOSSettings",
     "JobFailure", "Pmd3Services", "UsbmuxTransport", "check_runtime", "compute_units_of", "device_spec",
     "file_sha256", "ipa_info", "load_services", "settings_for", "tree_sha256", "tree_size",

@@ -20,6 +20,9 @@ COMPUTE_UNITS = ("cpuAndGPU", "all", "cpuOnly", "cpuAndNeuralEngine")
 DEFAULT_COMPUTE_UNITS = "cpuAndGPU"
 E2E_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 OPTION_KEYS = ("mlpackage", "mlpackages", "compute_units")
+# The protocol version the agent app speaks (Protocol.swift's schemaVersion): its job.json is written at it
+# (the JobSpec is the same in versions 1 and 2) and its result.json is upgraded as it is parsed.
+AGENT_SCHEMA_VERSION = 1
 
 # The app's container as house_arrest vends it (AFC paths) and as the app sees it (relative paths).
 JOBS_DIR = "/Documents/jobs"
@@ -99,7 +102,8 @@ def device_spec(spec: JobSpec, model_paths: dict[str, str], heartbeat_s: float,
         extra["token_ids"] = token_ids
     options = spec.options.model_copy(update={"runtime": "coreml", "compute_units": compute_units_of(spec),
                                               "extra": extra})
-    return spec.model_copy(update={"options": options, "artifact": model_paths.get("unet")})
+    return spec.model_copy(update={"options": options, "artifact": model_paths.get("unet"),
+                                   "schema_version": AGENT_SCHEMA_VERSION})
 
 
 def safe_name(text: str) -> str:
