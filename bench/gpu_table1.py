@@ -28,22 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from harness.models.kernels.choice import events_ms  # noqa: E402
+
 MB = 1e6
-
-
-def _events_ms(fn, iterations: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(iterations):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        out.append(s.elapsed_time(e))
-    return out
 
 
 def harness_rows(iterations: int, variants: list[str] | None) -> list[dict]:
@@ -106,7 +93,7 @@ def diffusers_rows(iterations: int, skip_compile: bool,
 
     rows = []
     ref = call(unet).float()
-    eager = _events_ms(lambda: call(unet), iterations)
+    eager = events_ms(lambda: call(unet), iterations)
     peak, _ = memory.measure_peak_tensor_bytes(lambda: call(unet), device="cuda")
     graph, _ = cuda_graph_replay_ms(lambda: call(unet), iterations)
     rows.append({"row": "diffusers eager (SDPA)", "ms": statistics.median(eager), "eager_ms": statistics.median(eager),
@@ -126,7 +113,7 @@ def diffusers_rows(iterations: int, skip_compile: bool,
             torch.cuda.synchronize()
             compile_s = time.time() - t0
             err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
-            samples = _events_ms(lambda: call(compiled), iterations)
+            samples = events_ms(lambda: call(compiled), iterations)
             if mode == "default":
                 peak, _ = memory.measure_peak_tensor_bytes(lambda: call(compiled), device="cuda")
             else:

@@ -39,18 +39,21 @@ def forced(kind: str, names: list[str]) -> str | None:
     return value
 
 
-def _median_ms(fn: Callable[[], Any], reps: int) -> float:
-    for _ in range(3):
+def events_ms(fn: Callable[[], Any], iterations: int, warmup: int = 3) -> list[float]:
+    """`iterations` calls of fn on the current CUDA stream, each timed between its own pair of CUDA events
+    (ms), after `warmup` untimed calls."""
+    for _ in range(warmup):
         fn()
+    torch.cuda.synchronize()
     samples = []
-    for _ in range(reps):
+    for _ in range(iterations):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end))
-    return statistics.median(samples)
+    return samples
 
 
 def fastest(kind: str, key: Hashable, candidates: Mapping[str, Callable[[], Any]], reps: int = 10) -> str:
@@ -71,7 +74,7 @@ def fastest(kind: str, key: Hashable, candidates: Mapping[str, Callable[[], Any]
     failures: list[str] = []
     for name, fn in candidates.items():
         try:
-            times[name] = _median_ms(fn, reps)
+            times[name] = statistics.median(events_ms(fn, reps))
         except RuntimeError as exc:  # e.g. a fused SDPA backend this build or GPU lacks ("No available kernel")
             failures.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     if not times:
