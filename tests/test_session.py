@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness.baseline import RERUN_GROUP_PREFIX
 from harness.cli import main
-from harness.protocol import JobResult
+from harness.protocol import Execution, JobResult
 from harness.runner import store_job
 from harness.store import Store
 from harness.suite import expand, load_suite
@@ -34,7 +34,7 @@ def _stored_run(store: Store, run_id: str, suite, median_ms: float) -> None:
     for job in expand(suite, ["host"], run_id).jobs:
         samples = [median_ms * (1 + 0.002 * k) for k in range(8)]
         store_job(store, run_id, job, JobResult(job_id=job.spec.job_id, status="ok", samples_ms=samples,
-                                                timing_method="perf_counter"), 1)
+                                                execution=Execution(timing_method="perf_counter")), 1)
     store.finish_run(run_id, "completed")
 
 

@@ -32,7 +32,7 @@ from harness.devices.base import (
     Artifact, Device, DeviceContext, DeviceDisconnectedError, DeviceInfo, DeviceKind, JobFailure,
 )
 from harness.devices.remote import AgentRun, Outcome, Poll, RemoteDevice, RemoteFile, Transport
-from harness.protocol import JobResult, JobSpec, ProtocolError, parse_result
+from harness.protocol import Execution, JobResult, JobSpec, ProtocolError, parse_result
 
 PHONES: dict[str, "MemoryPhone"] = {}
 
@@ -153,7 +153,7 @@ class MemoryTransport(Transport):
         job_id = "another-run-j0" if job["word"] == "stale" else job["job_id"]
         ms = self.phone.latency_ms
         return {"result.json": JobResult(job_id=job_id, status="ok", samples_ms=[ms, ms + 1.0],
-                                         timing_method="memory agent").model_dump_json()}
+                                         execution=Execution(timing_method="memory agent")).model_dump_json()}
 
 
 class MemoryDevice(RemoteDevice):
