@@ -56,25 +56,27 @@ def events_ms(fn: Callable[[], Any], iterations: int, warmup: int = 3) -> list[f
     return samples
 
 
-def fastest(kind: str, key: Hashable, candidates: Mapping[str, Callable[[], Any]], reps: int = 10) -> str:
+def fastest(kind: str, key: Hashable, candidates: Mapping[str, Callable[[], Any]], reps: int = 10,
+            timer: Callable[[Callable[[], Any], int], list[float]] = events_ms) -> str:
     """The name of the candidate to run for `key` (a shape): forced by the environment, cached, or timed
-    now on the current CUDA device. Candidates must compute the same function; only their speed differs."""
+    now (`timer(fn, reps)`: per-call ms; CUDA events on the current device by default). Candidates must
+    compute the same function; only their speed differs."""
     names = list(candidates)
+    cache = _CHOSEN.setdefault(kind, {})
     force = forced(kind, names)
     if force is not None:
-        _CHOSEN.setdefault(kind, {})[key] = force
+        cache[key] = force
         return force
-    cache = _CHOSEN.setdefault(kind, {})
     choice = cache.get(key)
     if choice is not None:
         return choice
-    if torch.cuda.is_current_stream_capturing():
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return names[0]
     times: dict[str, float] = {}
     failures: list[str] = []
     for name, fn in candidates.items():
         try:
-            times[name] = statistics.median(events_ms(fn, reps))
+            times[name] = statistics.median(timer(fn, reps))
         except RuntimeError as exc:  # e.g. a fused SDPA backend this build or GPU lacks ("No available kernel")
             failures.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     if not times:
