@@ -1,11 +1,13 @@
 """Issue 19's changes one at a time, on a CUDA GPU, in one process: the + FlashAttention row of
 suites/table1_gpu.yaml (memory pass only, no op-time pass) under
 
-  triton, NCHW copies      the Triton flash kernel everywhere, diffusers' transformer blocks copying back to NCHW
-                           (the code before the changes)
-  choice, NCHW copies      the fastest flash kernel per shape (harness.models.kernels.choice: Triton, torch's
-                           FlashAttention-2, cuDNN's), NCHW copies kept
-  choice, channels-last    both changes (what the harness runs now)
+  triton, NCHW copies      the Triton flash kernel everywhere, diffusers' transformer blocks copying back to NCHW,
+                           every bias added after its convolution (the code before the changes)
+  choice, channels-last    the fastest flash kernel per shape (harness.models.kernels.choice: Triton, torch's
+                           FlashAttention-2, cuDNN's) and channels-last transformer blocks, biases unfolded
+                           (HARNESS_FOLD_BIAS=0)
+  ..., bias folds          and the convolutions' biases added inside kernels that run anyway
+                           (harness.models.kernels.epilogue: what the harness runs now)
 
 then diffusers' UNet under torch.compile(mode="reduce-overhead") as the comparator, then the first
 configuration again (drift). Prints bench/gpu_table1.py's table with a row per configuration.
@@ -32,8 +34,8 @@ import harness.models.patch as patch  # noqa: E402
 import harness.workloads.unet_iteration as unet_iteration  # noqa: E402
 from harness.models.kernels import choice  # noqa: E402
 
-CONFIGS = (("triton, NCHW copies", "triton", False), ("choice, NCHW copies", None, False),
-           ("choice, channels-last", None, True))
+CONFIGS = (("triton, NCHW copies", "triton", False, False), ("choice, channels-last", None, True, False),
+           ("choice, channels-last, bias folds", None, True, True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     unet_iteration.run_torch = memory_pass_only  # harness_rows looks it up at call time
     rows: list[dict] = []
 
-    def row(label: str, flash: str | None, channels_last: bool) -> None:
+    def row(label: str, flash: str | None, channels_last: bool, fold: bool) -> None:
         os.environ.pop("HARNESS_FLASH", None) if flash is None else os.environ.__setitem__("HARNESS_FLASH", flash)
+        os.environ["HARNESS_FOLD_BIAS"] = "1" if fold else "0"
         choice.reset("flash")
         patch.keep_channels_last = keep_channels_last if channels_last else (lambda model: 0)
         t0 = time.time()

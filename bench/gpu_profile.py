@@ -72,7 +72,8 @@ def profile(fn, iterations: int = 3) -> dict:
 
 def harness_model(variant: str):
     from harness.suite import expand, load_suite
-    from harness.models.patch import apply_flags
+    from harness.models.kernels.epilogue import gemm_1x1_convs
+    from harness.models.patch import apply_flags, keep_channels_last
     from harness.models.unet import build_unet, example_inputs
     from harness.variants import Flags
 
@@ -82,6 +83,8 @@ def harness_model(variant: str):
     unet = build_unet(spec.model, None, spec.model.seed, "fp16")
     apply_flags(unet, Flags.from_dict(spec.flags))
     unet = unet.cuda().to(memory_format=torch.channels_last)
+    keep_channels_last(unet)  # as the harness's unet_iteration does on CUDA
+    gemm_1x1_convs(unet)
     inputs = example_inputs(spec.model, spec.model.seed, "fp16", "cuda")
     return job.variant, lambda: unet(inputs[0], inputs[1], encoder_hidden_states=inputs[2], return_dict=False)[0]
 

@@ -278,9 +278,12 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     if device == "cuda":
         unet = unet.to(memory_format=torch.channels_last)
         decoder = decoder.to(memory_format=torch.channels_last)
+        from harness.models.kernels.epilogue import gemm_1x1_convs
         from harness.models.patch import keep_channels_last
 
         keep_channels_last(unet)  # the UNet's transformer blocks hand back channels-last, no NCHW copies
+        gemm_1x1_convs(unet)  # and its 1x1 convs run as GEMMs with the bias in the epilogue
+        gemm_1x1_convs(decoder)
     pipe = Pipeline(cfg, text_encoder, unet, decoder, args["scheduler"], scheduler_config(weights), tokenizer,
                     device, dtype)
     build_ms = (time.perf_counter_ns() - t0) / 1e6

@@ -94,6 +94,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     from harness import memory
     from harness.models.loaders import ModelLoadError
     from harness.models.kernels.choice import choices as kernel_choices
+    from harness.models.kernels.epilogue import gemm_1x1_convs
     from harness.models.patch import FLAG_SCOPE, apply_flags, flag_applies, flag_coverage, keep_channels_last
     from harness.models.quantize import compute_dtype, is_weight_only, quantize_int8
     from harness.models.unet import WeightsError, build_unet, example_inputs
@@ -143,6 +144,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     if device == "cuda":
         unet = unet.to(memory_format=torch.channels_last)
         result["extra"]["channels_last_blocks"] = keep_channels_last(unet)  # no NCHW copies inside the UNet
+        result["extra"]["conv1x1_gemms"] = gemm_1x1_convs(unet)  # 1x1 convs as GEMMs, bias in the epilogue
         torch.cuda.synchronize()
     result["init_ms"] = (build_ns + time.perf_counter_ns() - t0) / 1e6  # build + patch + move (no reference)
     result["extra"]["replaced"] = replaced

@@ -329,5 +329,6 @@ class KernelAttnProcessor:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
-        hidden_states = hidden_states / attn.rescale_output_factor
+        if attn.rescale_output_factor != 1.0:  # SD's is 1.0: no elementwise pass for a division by one
+            hidden_states = hidden_states / attn.rescale_output_factor
         return hidden_states

@@ -308,9 +308,12 @@ class Conv3x3(nn.Conv2d):
                 self._u_cache = (key, winograd_filter_transform(w.detach(), self.tile))
         return self._u_cache[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+        """The convolution; `with_bias=False` leaves the bias out (harness.models.kernels.epilogue)."""
+        bias = self.bias if with_bias else None
+        direct = lambda: self._conv_forward(x, self.weight, bias)  # noqa: E731 - nn.Conv2d.forward's body
         if not self.is_winograd:
-            return super().forward(x)
+            return direct()
         if torch.is_grad_enabled() and self.weight.requires_grad:
             u = winograd_filter_transform(self.weight, self.tile)  # differentiable path, no cache
         else:
@@ -320,12 +323,12 @@ class Conv3x3(nn.Conv2d):
             if self.tile == 4 and _triton_enabled(x) and not torch.compiler.is_compiling():
                 from harness.models.kernels.triton.winograd import winograd_conv2d_f4
 
-                winograd = lambda: winograd_conv2d_f4(x, u, self.bias, self.padding[0])  # noqa: E731
-                self.ran = gpu_conv_choice(self, x, winograd, lambda: super(Conv3x3, self).forward(x))
-                return winograd() if self.ran == "winograd" else super().forward(x)  # CUDA fp16/bf16 path
+                winograd = lambda: winograd_conv2d_f4(x, u, bias, self.padding[0])  # noqa: E731
+                self.ran = gpu_conv_choice(self, x, winograd, direct)
+                return winograd() if self.ran == "winograd" else direct()  # CUDA fp16/bf16 path
         if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
             self.ran = "winograd"
-        return winograd_conv2d(x, bias=self.bias, padding=self.padding[0], m=self.tile, transformed_weight=u)
+        return winograd_conv2d(x, bias=bias, padding=self.padding[0], m=self.tile, transformed_weight=u)
 
     def extra_repr(self) -> str:
         mode = f"winograd F({self.tile}x{self.tile},3x3)" if self.is_winograd else "direct"

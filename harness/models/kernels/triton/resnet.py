@@ -8,6 +8,7 @@ other nonlinearities, a GroupNorm not in fused mode) runs the class's own forwar
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from harness.models.kernels.triton import enabled
@@ -23,11 +24,48 @@ def resnet_fusable(block: nn.Module) -> bool:
 
 def fused_resnet_forward(self: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None,
                          *args, **kwargs) -> torch.Tensor:
-    """ResnetBlock2D.forward with norm1+SiLU and (h + temb)->norm2->SiLU as fused Triton kernels."""
+    """ResnetBlock2D.forward with norm1+SiLU and (h + temb)->norm2->SiLU as fused Triton kernels, and the
+    convolutions' biases added inside kernels that run anyway (harness.models.kernels.epilogue)."""
     if not (enabled(input_tensor) and resnet_fusable(self)) or args or kwargs:
         return type(self).forward(self, input_tensor, temb, *args, **kwargs)
+    from harness.models.kernels.epilogue import (channels_last_4d, conv1x1_gemm, conv_without_bias, folding_enabled,
+                                                 gemm_eligible, silu_shared, summed_bias)
     from harness.models.kernels.triton.groupnorm import group_norm
 
+    n1, n2 = self.norm1, self.norm2
+    if not folding_enabled():
+        return _unfolded_forward(self, input_tensor, temb, group_norm)
+    hidden = group_norm(input_tensor, n1.num_groups, n1.weight, n1.bias, n1.eps, silu=True)
+    # conv1's bias joins the add before norm2 (norm2 sees conv1(h) + b1 + temb), inside the GroupNorm kernel
+    hidden = conv_without_bias(self.conv1, hidden)
+    add = None
+    if self.time_emb_proj is not None and temb is not None:
+        if not self.skip_time_act:
+            temb = silu_shared(temb)  # the same embedding in every block: one SiLU per UNet call
+        proj = self.time_emb_proj
+        add = F.linear(temb, proj.weight, summed_bias(self, "temb+conv1", proj.bias, self.conv1.bias))
+    elif self.conv1.bias is not None:
+        add = self.conv1.bias.expand(hidden.shape[0], -1)
+    hidden = group_norm(hidden, n2.num_groups, n2.weight, n2.bias, n2.eps, silu=True, add=add)
+    hidden = self.dropout(hidden)
+    short = self.conv_shortcut
+    if short is not None and gemm_eligible(short) and channels_last_4d(input_tensor):
+        # a 1x1 shortcut is a GEMM whose epilogue adds both biases (its own and conv2's)
+        hidden = conv_without_bias(self.conv2, hidden)
+        shortcut = conv1x1_gemm(input_tensor, short.weight, summed_bias(self, "shortcut+conv2", short.bias,
+                                                                        self.conv2.bias))
+    else:
+        hidden = self.conv2(hidden)
+        shortcut = short(input_tensor) if short is not None else input_tensor
+    out = shortcut + hidden
+    if self.output_scale_factor != 1.0:
+        out = out / self.output_scale_factor
+    return out
+
+
+def _unfolded_forward(self: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None,
+                      group_norm) -> torch.Tensor:
+    """fused_resnet_forward with every bias added where the convolution puts it (HARNESS_FOLD_BIAS=0)."""
     n1, n2 = self.norm1, self.norm2
     hidden = group_norm(input_tensor, n1.num_groups, n1.weight, n1.bias, n1.eps, silu=True)
     hidden = self.conv1(hidden)
@@ -37,8 +75,7 @@ def fused_resnet_forward(self: nn.Module, input_tensor: torch.Tensor, temb: torc
             temb = self.nonlinearity(temb)
         add = self.time_emb_proj(temb)
     hidden = group_norm(hidden, n2.num_groups, n2.weight, n2.bias, n2.eps, silu=True, add=add)
-    hidden = self.dropout(hidden)
-    hidden = self.conv2(hidden)
+    hidden = self.conv2(self.dropout(hidden))
     shortcut = self.conv_shortcut(input_tensor) if self.conv_shortcut is not None else input_tensor
     out = shortcut + hidden
     if self.output_scale_factor != 1.0:
