@@ -4,10 +4,10 @@ suites/table1_gpu.yaml (memory pass only, no op-time pass) under
   triton, NCHW copies      the Triton flash kernel everywhere, diffusers' transformer blocks copying back to NCHW,
                            every bias added after its convolution (the code before the changes)
   choice, channels-last    the fastest flash kernel per shape (harness.models.kernels.choice: Triton, torch's
-                           FlashAttention-2, cuDNN's) and channels-last transformer blocks, biases unfolded
-                           (HARNESS_FOLD_BIAS=0)
+                           FlashAttention-2, cuDNN's) and channels-last transformer blocks (what the harness
+                           runs by default; HARNESS_FOLD_BIAS=0)
   ..., bias folds          and the convolutions' biases added inside kernels that run anyway
-                           (harness.models.kernels.epilogue: what the harness runs now)
+                           (harness.models.kernels.epilogue, HARNESS_FOLD_BIAS=1: not yet measured)
 
 then diffusers' UNet under torch.compile(mode="reduce-overhead") as the comparator, then the first
 configuration again (drift). Prints bench/gpu_table1.py's table with a row per configuration.

@@ -42,6 +42,7 @@ def test_only_pointwise_convs_are_gemms():
 
 
 def test_gemm_1x1_convs_binds_every_pointwise_conv_and_keeps_values_off_cuda(monkeypatch):
+    monkeypatch.setenv("HARNESS_FOLD_BIAS", "1")
     unet = build_unet("tiny", seed=0)
     inputs = example_inputs("tiny", seed=0)
     with torch.no_grad():
@@ -49,7 +50,7 @@ def test_gemm_1x1_convs_binds_every_pointwise_conv_and_keeps_values_off_cuda(mon
         pointwise = sum(type(m) is nn.Conv2d and gemm_eligible(m) for m in unet.modules())
         assert gemm_1x1_convs(unet) == pointwise > 0  # SD layout: proj_in/out and the 1x1 shortcuts
         torch.testing.assert_close(unet(*inputs).sample, expected, rtol=0, atol=0)  # the CPU keeps conv2d
-        monkeypatch.setenv("HARNESS_FOLD_BIAS", "0")
+        monkeypatch.delenv("HARNESS_FOLD_BIAS")  # off by default (not yet measured on a GPU)
         assert gemm_1x1_convs(build_unet("tiny", seed=0)) == 0
 
 

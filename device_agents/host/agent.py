@@ -66,6 +66,9 @@ def versions() -> dict[str, str]:
             pass
     if torch.cuda.is_available():
         out["cuda"] = str(torch.version.cuda)
+    from harness.allocator import describe
+
+    out["cpu_allocator"] = describe()
     return out
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import psutil
 
-from harness.devices.base import Device, DeviceContext, DeviceInfo, DeviceKind, ProgressFn
+from harness.allocator import AllocatorError, job_env
+from harness.devices.base import Device, DeviceContext, DeviceUnavailableError, DeviceInfo, DeviceKind, ProgressFn
 from harness.resources import agent_path
 from harness.protocol import JobResult, JobSpec, ProtocolError, error_tail, parse_result, write_json_atomic
 
@@ -69,6 +70,10 @@ class HostDevice(Device):
     def __init__(self, info: DeviceInfo, ctx: DeviceContext):
         super().__init__(info, ctx)
         self._proc: subprocess.Popen | None = None
+        try:
+            job_env(dict(os.environ))  # a bad HARNESS_CPU_ALLOCATOR stops here, before any job
+        except AllocatorError as exc:
+            raise DeviceUnavailableError(f"host: {exc}") from None
 
     def run_job(self, spec: JobSpec, workdir: Path, progress: ProgressFn | None = None) -> JobResult:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +85,7 @@ class HostDevice(Device):
                 progress("cooldown", 0, 1)
             time.sleep(spec.measure.cooldown_seconds)
         cmd = [sys.executable, str(AGENT), str(job_path), str(result_path)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = job_env(dict(os.environ, PYTHONUNBUFFERED="1"))  # the allocator (harness.allocator)
         if self.ctx.cache_dir:
             env["HARNESS_CACHE"] = str(self.ctx.cache_dir)
         stderr_tail: deque[str] = deque(maxlen=40)
