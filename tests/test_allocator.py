@@ -24,9 +24,10 @@ def no_jemalloc(monkeypatch, tmp_path):
 def test_default_is_pytorch_with_huge_pages(no_jemalloc):
     env = job_env({"PATH": "/bin"})
     assert env["THP_MEM_ALLOC_ENABLE"] == "1" and "LD_PRELOAD" not in env and env["PATH"] == "/bin"
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(64 << 20) and env["MALLOC_TRIM_THRESHOLD_"] == str(256 << 20)
     assert job_env({"THP_MEM_ALLOC_ENABLE": "0"})["THP_MEM_ALLOC_ENABLE"] == "0"  # the user's own setting stays
     system = job_env({"HARNESS_CPU_ALLOCATOR": "system"})
-    assert "LD_PRELOAD" not in system and "THP_MEM_ALLOC_ENABLE" not in system
+    assert not {"LD_PRELOAD", "THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_"} & set(system)
 
 
 def test_jemalloc_is_preloaded_ahead_of_an_existing_preload(monkeypatch, tmp_path):
@@ -60,9 +61,12 @@ def _describe_in(env: dict[str, str]) -> str:
 def test_describe_reads_the_process_itself(no_jemalloc):
     import os
 
-    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "THP_MEM_ALLOC_ENABLE")}
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("LD_PRELOAD", "THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
     assert _describe_in(base) == "glibc malloc (system)"
-    assert "THP_MEM_ALLOC_ENABLE=1" in _describe_in(job_env({**base, "HARNESS_CPU_ALLOCATOR": "thp"}))
+    thp = _describe_in(job_env({**base, "HARNESS_CPU_ALLOCATOR": "thp"}))
+    assert thp.startswith("glibc malloc (MALLOC_MMAP_THRESHOLD_=67108864, MALLOC_TRIM_THRESHOLD_=268435456), ")
+    assert "THP_MEM_ALLOC_ENABLE=1" in thp
     if REAL_JEMALLOC:  # where the machine has jemalloc (apt install libjemalloc2), a preloaded process says so
         assert _describe_in({**base, "LD_PRELOAD": REAL_JEMALLOC}) == f"jemalloc ({REAL_JEMALLOC})"
     assert describe()  # this process: some allocator, never empty
