@@ -11,7 +11,7 @@ instead. Measured on the 2-core CI-like machine, + optimized softmax, one job ea
     THP_MEM_ALLOC_ENABLE=1             iterations 26/29/29 s  wall 2:44  sys 119 s   0.8 M faults  RSS 7.6 GB
     + glibc mmap 64 MiB / trim 256 MiB iterations 24/24/23 s  wall 2:24  sys 104 s   0.4 M faults  RSS 7.6 GB (thp)
     + glibc mmap 512 MiB / trim 1 GiB  iterations 24/26/26 s  wall 2:37  sys 106 s   0.4 M faults  RSS 7.6 GB
-    jemalloc 5.3, its defaults         wall 4:07  sys 217 s  41.5 M faults  RSS 7.2 GB (returns pages sooner)
+    jemalloc 5.3, its defaults         iterations 41/38/43 s  wall 4:07  sys 217 s  41.5 M faults  RSS 7.2 GB
     glibc, no trim, 16 GiB mmap limit  iterations 16/16/16 s  wall 2:29  sys 84 s  RSS 21.5 GB (of 23 GiB: no)
 
 The memory columns (profiler-measured tensors, planned tensors, weights) are the same under each; the time
@@ -19,8 +19,9 @@ the OS spends handing memory back and forth changes, and the peak RSS. `thp` (th
 huge-page mode with glibc keeping blocks under 64 MiB in its heap (MALLOC_MMAP_THRESHOLD_) and the top
 256 MiB of it untrimmed (MALLOC_TRIM_THRESHOLD_), so most activations reuse memory instead of faulting it
 in again; `system` gives glibc's defaults; `jemalloc` preloads libjemalloc.so.2 (apt install libjemalloc2;
-tune it with MALLOC_CONF). A variable already set in the environment is left as it is. Every result records what its process ran on (`versions.cpu_allocator`, shown in the
-report's environment section), so rows measured under different allocators are told apart.
+tune it with MALLOC_CONF). A variable already set in the environment is left as it is. Every result
+records what its process ran on (`versions.cpu_allocator`, shown in the report's environment section), so
+rows measured under different allocators are told apart.
 """
 from __future__ import annotations
 

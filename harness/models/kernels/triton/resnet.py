@@ -65,7 +65,8 @@ def fused_resnet_forward(self: nn.Module, input_tensor: torch.Tensor, temb: torc
 
 def _unfolded_forward(self: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None,
                       group_norm) -> torch.Tensor:
-    """fused_resnet_forward with every bias added where the convolution puts it (the default; HARNESS_FOLD_BIAS=1 folds)."""
+    """fused_resnet_forward with every bias added where the convolution puts it (the default;
+    HARNESS_FOLD_BIAS=1 folds them)."""
     n1, n2 = self.norm1, self.norm2
     hidden = group_norm(input_tensor, n1.num_groups, n1.weight, n1.bias, n1.eps, silu=True)
     hidden = self.conv1(hidden)
