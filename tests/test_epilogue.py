@@ -95,19 +95,19 @@ def _reference_group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=
     return F.silu(y) if silu else y
 
 
-@pytest.mark.parametrize("fold", ["1", "0"])
+@pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("shortcut", [True, False])
 def test_fused_resnet_forward_folds_the_biases_with_diffusers_values(shortcut, fold, monkeypatch):
-    """The resnet forward of the S-GN/GELU rows on CUDA, with PyTorch's GroupNorm standing in for the
-    Triton kernel (the CPU has no Triton): conv1's bias folded into the time projection, conv2's into
-    the 1x1 shortcut, SiLU(temb) shared, against diffusers' own ResnetBlock2D.forward."""
+    """The resnet forwards of the S-GN/GELU rows on CUDA, with PyTorch's GroupNorm standing in for the
+    Triton kernel (the CPU has no Triton): folded (conv1's bias in the time projection, conv2's in the 1x1
+    shortcut, SiLU(temb) shared) and not, against diffusers' own ResnetBlock2D.forward."""
     import harness.models.kernels.triton.resnet as resnet
 
     stand_in = types.ModuleType("harness.models.kernels.triton.groupnorm")
     stand_in.group_norm = _reference_group_norm
     monkeypatch.setitem(sys.modules, "harness.models.kernels.triton.groupnorm", stand_in)
     monkeypatch.setattr(resnet, "enabled", lambda t: True)
-    monkeypatch.setenv("HARNESS_FOLD_BIAS", fold)
+    forward = resnet.folded_resnet_forward if fold else resnet.fused_resnet_forward
     torch.manual_seed(0)
     block = ResnetBlock2D(in_channels=16, out_channels=24 if shortcut else 16, temb_channels=12, groups=4).eval()
     for p in block.parameters():  # diffusers zero-inits nothing here, but make every bias count
@@ -116,11 +116,24 @@ def test_fused_resnet_forward_folds_the_biases_with_diffusers_values(shortcut, f
     x, temb = _cl(2, 16, 6, 6), torch.randn(2, 12)
     with torch.no_grad():
         expected = ResnetBlock2D.forward(block, x, temb)
-        got = resnet.fused_resnet_forward(block, x, temb)
+        got = forward(block, x, temb)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
         calls, silu = [], F.silu
         monkeypatch.setattr(epilogue, "_silu_memo", None)
         monkeypatch.setattr(epilogue.F, "silu", lambda t, **kw: calls.append(t is temb) or silu(t, **kw))
-        resnet.fused_resnet_forward(block, x, temb)
-        resnet.fused_resnet_forward(block, x, temb)  # the same temb: SiLU once
-        assert calls.count(True) == (1 if fold == "1" else 2)  # unfolded: the block's own SiLU, each call
+        forward(block, x, temb)
+        forward(block, x, temb)  # the same temb: SiLU once when folded
+        assert calls.count(True) == (1 if fold else 2)  # unfolded: the block's own SiLU, each call
+
+
+@pytest.mark.parametrize("fold", ["1", "0"])
+def test_apply_flags_binds_the_folded_forward_only_when_asked(fold, monkeypatch):
+    import harness.models.kernels.triton.resnet as resnet
+    from harness.models.patch import apply_flags
+    from harness.variants import ladder_flags
+
+    monkeypatch.setenv("HARNESS_FOLD_BIAS", fold)
+    unet = build_unet("tiny", seed=0)
+    apply_flags(unet, ladder_flags("+sgn_gelu"))
+    bound = {m.forward.__func__ for m in unet.modules() if type(m) is ResnetBlock2D}
+    assert bound == {resnet.folded_resnet_forward if fold == "1" else resnet.fused_resnet_forward}

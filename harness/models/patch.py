@@ -26,7 +26,8 @@ from torch import nn
 from harness.models.kernels.attention import KernelAttnProcessor
 from harness.models.kernels.gelu import GEGLU, GELU, TorchGELU
 from harness.models.kernels.groupnorm import GroupNorm
-from harness.models.kernels.triton.resnet import fused_resnet_forward
+from harness.models.kernels.epilogue import folding_enabled
+from harness.models.kernels.triton.resnet import folded_resnet_forward, fused_resnet_forward
 from harness.models.kernels.winograd import Conv3x3, winograd_eligible
 from harness.variants import Flags
 
@@ -142,10 +143,12 @@ def apply_flags(unet: nn.Module, flags: Flags) -> dict[str, int]:
 def _bind_resnet_forwards(unet: nn.Module, flags: Flags) -> None:
     """With fused GroupNorm, resnet blocks run `fused_resnet_forward` (GroupNorm+SiLU as one Triton kernel
     on CUDA fp16/bf16; the class's own forward everywhere else); otherwise their class forward."""
+    fold = folding_enabled()  # decided once, here, not per call (HARNESS_FOLD_BIAS)
     for module in unet.modules():
         if type(module) is ResnetBlock2D:
             if flags.groupnorm_gelu == "fused":
-                module.forward = fused_resnet_forward.__get__(module)
+                forward = folded_resnet_forward if fold else fused_resnet_forward
+                module.forward = forward.__get__(module)
             else:
                 module.__dict__.pop("forward", None)
 

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models.kernels.winograd import Conv3x3
+
 
 def folding_enabled() -> bool:
     """True when HARNESS_FOLD_BIAS=1; otherwise convolutions add their biases as PyTorch does."""
@@ -79,8 +81,6 @@ def gemm_1x1_convs(model: nn.Module) -> int:
 
 def conv_without_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """`conv(x)` less its bias (the caller adds the bias where it costs nothing)."""
-    from harness.models.kernels.winograd import Conv3x3
-
     if isinstance(conv, Conv3x3):
         return conv(x, with_bias=False)
     if gemm_eligible(conv) and x.is_cuda and channels_last_4d(x):

@@ -1,7 +1,8 @@
 """A diffusers ResnetBlock2D forward that fuses GroupNorm + SiLU (and the time-embedding add before
 norm2) into the Triton GroupNorm kernels, for CUDA fp16/bf16 inputs.
 
-`patch.apply_flags` binds `fused_resnet_forward` to SD's resnet blocks when the S-GN/GELU flag is on.
+`patch.apply_flags` binds `fused_resnet_forward` to SD's resnet blocks when the S-GN/GELU flag is on
+(`folded_resnet_forward`, which also folds the convolutions' biases, with HARNESS_FOLD_BIAS=1).
 Anything it does not cover (CPU tensors, fp32, up/down-sampling resnets, scale_shift time embedding,
 other nonlinearities, a GroupNorm not in fused mode) runs the class's own forward unchanged.
 """
@@ -11,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models.kernels.epilogue import (channels_last_4d, conv1x1_gemm, conv_without_bias, gemm_eligible,
+                                             silu_shared, summed_bias)
 from harness.models.kernels.triton import enabled
 
 
@@ -22,19 +25,48 @@ def resnet_fusable(block: nn.Module) -> bool:
             and getattr(block.norm2, "impl", "fused") == "fused" and block.norm1.affine and block.norm2.affine)
 
 
-def fused_resnet_forward(self: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None,
-                         *args, **kwargs) -> torch.Tensor:
-    """ResnetBlock2D.forward with norm1+SiLU and (h + temb)->norm2->SiLU as fused Triton kernels, and the
-    convolutions' biases added inside kernels that run anyway (harness.models.kernels.epilogue)."""
+def _fallback(self: nn.Module, input_tensor: torch.Tensor, temb, args, kwargs) -> torch.Tensor | None:
+    """The class's own forward where the fused ones do not apply (CPU, fp32, other block shapes), else None."""
     if not (enabled(input_tensor) and resnet_fusable(self)) or args or kwargs:
         return type(self).forward(self, input_tensor, temb, *args, **kwargs)
-    from harness.models.kernels.epilogue import (channels_last_4d, conv1x1_gemm, conv_without_bias, folding_enabled,
-                                                 gemm_eligible, silu_shared, summed_bias)
+    return None
+
+
+def fused_resnet_forward(self: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None,
+                         *args, **kwargs) -> torch.Tensor:
+    """ResnetBlock2D.forward with norm1+SiLU and (h + temb)->norm2->SiLU as fused Triton kernels."""
+    out = _fallback(self, input_tensor, temb, args, kwargs)
+    if out is not None:
+        return out
     from harness.models.kernels.triton.groupnorm import group_norm
 
     n1, n2 = self.norm1, self.norm2
-    if not folding_enabled():
-        return _unfolded_forward(self, input_tensor, temb, group_norm)
+    hidden = group_norm(input_tensor, n1.num_groups, n1.weight, n1.bias, n1.eps, silu=True)
+    hidden = self.conv1(hidden)
+    add = None
+    if self.time_emb_proj is not None and temb is not None:
+        if not self.skip_time_act:
+            temb = self.nonlinearity(temb)
+        add = self.time_emb_proj(temb)
+    hidden = group_norm(hidden, n2.num_groups, n2.weight, n2.bias, n2.eps, silu=True, add=add)
+    hidden = self.conv2(self.dropout(hidden))
+    shortcut = self.conv_shortcut(input_tensor) if self.conv_shortcut is not None else input_tensor
+    out = shortcut + hidden
+    if self.output_scale_factor != 1.0:
+        out = out / self.output_scale_factor
+    return out
+
+
+def folded_resnet_forward(self: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None,
+                          *args, **kwargs) -> torch.Tensor:
+    """fused_resnet_forward with the convolutions' biases added inside kernels that run anyway
+    (harness.models.kernels.epilogue; `patch.apply_flags` binds it when HARNESS_FOLD_BIAS=1)."""
+    out = _fallback(self, input_tensor, temb, args, kwargs)
+    if out is not None:
+        return out
+    from harness.models.kernels.triton.groupnorm import group_norm
+
+    n1, n2 = self.norm1, self.norm2
     hidden = group_norm(input_tensor, n1.num_groups, n1.weight, n1.bias, n1.eps, silu=True)
     # conv1's bias joins the add before norm2 (norm2 sees conv1(h) + b1 + temb), inside the GroupNorm kernel
     hidden = conv_without_bias(self.conv1, hidden)
@@ -57,27 +89,6 @@ def fused_resnet_forward(self: nn.Module, input_tensor: torch.Tensor, temb: torc
     else:
         hidden = self.conv2(hidden)
         shortcut = short(input_tensor) if short is not None else input_tensor
-    out = shortcut + hidden
-    if self.output_scale_factor != 1.0:
-        out = out / self.output_scale_factor
-    return out
-
-
-def _unfolded_forward(self: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None,
-                      group_norm) -> torch.Tensor:
-    """fused_resnet_forward with every bias added where the convolution puts it (the default;
-    HARNESS_FOLD_BIAS=1 folds them)."""
-    n1, n2 = self.norm1, self.norm2
-    hidden = group_norm(input_tensor, n1.num_groups, n1.weight, n1.bias, n1.eps, silu=True)
-    hidden = self.conv1(hidden)
-    add = None
-    if self.time_emb_proj is not None and temb is not None:
-        if not self.skip_time_act:
-            temb = self.nonlinearity(temb)
-        add = self.time_emb_proj(temb)
-    hidden = group_norm(hidden, n2.num_groups, n2.weight, n2.bias, n2.eps, silu=True, add=add)
-    hidden = self.conv2(self.dropout(hidden))
-    shortcut = self.conv_shortcut(input_tensor) if self.conv_shortcut is not None else input_tensor
     out = shortcut + hidden
     if self.output_scale_factor != 1.0:
         out = out / self.output_scale_factor
