@@ -238,11 +238,13 @@ def test_bytes_pushed_counters(dev: adbutils.AdbDevice, server: FakeAdbServer) -
 def test_drop_mid_push(dev: adbutils.AdbDevice, server: FakeAdbServer) -> None:
     fake = server.device("R5CW30ABCDE")
     fake.drop_push_after_bytes = 64 * 1024
-    # A small file is already in the socket buffers when the connection drops: adbutils then
-    # reads an empty status and raises AdbError('') ...
-    with pytest.raises(AdbError) as small:
+    # A small file is usually in the socket buffers already when the connection drops: adbutils
+    # then reads an empty status and raises AdbError(''). On a loaded machine the client may still
+    # be sending when the drop comes, and the socket error escapes instead (CI saw BrokenPipeError),
+    # so callers must handle both ...
+    with pytest.raises((AdbError, OSError)) as small:
         dev.sync.push(os.urandom(100_000), "/data/local/tmp/small.bin")
-    assert str(small.value) == ""
+    assert (str(small.value) == "") if isinstance(small.value, AdbError) else small.value.errno
     # ... a large one is still being sent: the socket error escapes as a plain OSError
     # (BrokenPipeError / ConnectionResetError), not as an AdbError.
     with pytest.raises(OSError) as large:
