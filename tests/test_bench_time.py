@@ -86,6 +86,44 @@ def test_passes_run_only_when_asked(tmp_path, monkeypatch, capfd):
     assert MeasurePolicy().passes == ["memory", "op_times"]  # a suite that says nothing keeps both
 
 
+def test_memory_pass_as_first_call_measures_what_a_warm_call_does(tmp_path, monkeypatch, capfd):
+    """On the CPU the memory pass is the row's first call and serves the reference check: nothing is
+    built lazily in a first call any more (Winograd's filters are transformed at patch time), so its
+    figures equal those of a pass after a warm call, for every rung of the ladder."""
+    from harness.models.patch import apply_flags, precompute_weights
+    from harness.variants import Flags
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    for variant in ("baseline", "+opt_softmax", "+sgn_gelu", "+flash_attention", "+winograd"):
+        row = _run(_spec(variant, passes=["memory"]))
+        phases = [line.split()[1] for line in capfd.readouterr().out.splitlines() if line.startswith("@@progress")]
+        assert "first_run" not in phases and phases.count("memory") == 2
+        assert "first_run_ms" not in row  # n/a: the traced call is no cold-start timing
+        assert row["extra"]["first_call"] == "memory_pass" and row["extra"]["memory_pass_ms"] > 0
+        assert row["check"].passed and row["samples_ms"]
+
+        unet, (sample, timestep, context) = build_unet("tiny"), example_inputs("tiny")
+        apply_flags(unet, Flags.from_dict(ladder_flags(variant).to_dict()))
+        assert precompute_weights(unet) == (0 if variant != "+winograd" else
+                                            sum(1 for m in unet.modules() if getattr(m, "is_winograd", False)))
+
+        def call():
+            return unet(sample, timestep, encoder_hidden_states=context).sample
+
+        with torch.no_grad():
+            call()
+            warm = memory.measure_and_plan_tensor_bytes(call, device="cpu")
+        mem = row["memory"]
+        assert (mem.tensor_bytes_measured, mem.tensor_measure_method, mem.tensor_bytes_planned) == warm, variant
+    assert row["extra"]["winograd_ran"]["winograd"] > 0  # the +winograd row ran Winograd in its traced call
+
+
+def test_without_the_memory_pass_the_first_call_is_timed(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    row = _run(_spec("+winograd", passes=[]))
+    assert row["first_run_ms"] > 0 and "first_call" not in row["extra"] and row["check"].passed
+
+
 def test_bad_pass_name_is_refused(tmp_path):
     import pytest
 

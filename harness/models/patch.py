@@ -177,6 +177,20 @@ def describe_patch(unet: nn.Module) -> dict[str, dict[str, int]]:
     return out
 
 
+def precompute_weights(unet: nn.Module) -> int:
+    """Compute now what the patched model would otherwise derive from its weights in its first call:
+    the Winograd filter transforms (cached on each Conv3x3 until its weight changes). Call it last, after
+    the model is on its device in its final memory format and dtype. Then the first call builds nothing
+    lazily, and a memory pass may be that call (harness.workloads.unet_iteration). Returns how many
+    convolutions were prepared."""
+    n = 0
+    for module in unet.modules():
+        if isinstance(module, Conv3x3) and module.is_winograd:
+            module.transformed_weight()
+            n += 1
+    return n
+
+
 @torch.no_grad()
 def state_dicts_equal(a: nn.Module, b: nn.Module) -> bool:
     """True when both modules have the same state_dict keys and bit-identical values."""

