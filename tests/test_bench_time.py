@@ -137,7 +137,7 @@ def test_quick_sets_what_its_help_says_and_set_still_wins():
     args = build_parser().parse_args(["run", "suites/table1.yaml", "--quick"])
     suite = load_suite(args.suite, run_overrides(args))
     assert (suite.measure.warmup_runs, suite.measure.iterations, suite.measure.passes) == (0, 2, ["memory"])
-    assert suite.check.enabled  # the check stays: it rides on the untimed first run
+    assert suite.check.enabled  # the check stays: it rides on the untimed first call
     help_text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
     assert "--quick" in help_text and "op-time" in help_text and "2 timed" in help_text
     args = build_parser().parse_args(["run", "suites/table1.yaml", "--quick", "--set", "iterations=4"])

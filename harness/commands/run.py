@@ -18,7 +18,8 @@ from harness.suite import SuiteError, load_suite
 # `harness run --quick`: the suite overrides it applies (before the user's --set), and what it skips.
 QUICK_OVERRIDES: tuple[str, ...] = ("measure.warmup_runs=0", "measure.iterations=2", "measure.min_seconds=0",
                                     "measure.passes=[memory]")
-QUICK_HELP = ("no warmup runs (the untimed first run, which is also the reference check, still goes first), "
+QUICK_HELP = ("no warmup runs (the untimed first call, which is also the reference check, still goes first; on "
+              "the host CPU that call is the memory pass), "
               "2 timed iterations (min_seconds 0), no op-time pass; the memory columns stay")
 
 
