@@ -124,6 +124,42 @@ def test_without_the_memory_pass_the_first_call_is_timed(tmp_path, monkeypatch):
     assert row["first_run_ms"] > 0 and "first_call" not in row["extra"] and row["check"].passed
 
 
+def test_random_weights_are_built_once_and_loaded_after(tmp_path, monkeypatch):
+    """The seeded random weights of a config are kept in the cache after the first build: a later build
+    loads the same tensors bit for bit (so the same outputs and weight bytes), a corrupt entry is rebuilt,
+    another seed is another entry; a row on a warm cache measures what a row on a cold one does."""
+    from harness.models.configs import get_model_config
+    from harness.models.unet import seeded_unet
+
+    cfg = get_model_config("tiny").unet
+    fresh = build_unet("tiny", seed=3)
+    first = seeded_unet(cfg, 3, tmp_path)
+    entries = list(tmp_path.glob("unet-random-*.safetensors"))
+    assert len(entries) == 1
+    again = seeded_unet(cfg, 3, tmp_path)
+    for model in (first, again):
+        assert set(model.state_dict()) == set(fresh.state_dict())
+        assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in model.state_dict().items())
+        assert memory.weight_bytes(model) == memory.weight_bytes(fresh)
+    inputs = example_inputs("tiny")
+    with torch.no_grad():
+        assert torch.equal(again.eval()(*inputs[:2], encoder_hidden_states=inputs[2]).sample,
+                           fresh(*inputs[:2], encoder_hidden_states=inputs[2]).sample)
+    entries[0].write_bytes(b"not safetensors")
+    rebuilt = seeded_unet(cfg, 3, tmp_path)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in rebuilt.state_dict().items())
+    assert entries[0].stat().st_size > 1000  # written again
+    seeded_unet(cfg, 4, tmp_path)
+    assert len(list(tmp_path.glob("unet-random-*.safetensors"))) == 2
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "rows"))
+    cold = _run(_spec("+sgn_gelu", passes=["memory"]))
+    assert len(list((tmp_path / "rows" / "weights").glob("*.safetensors"))) == 1
+    warm = _run(_spec("+sgn_gelu", passes=["memory"]))
+    assert warm["check"] == cold["check"] and warm["check"].passed
+    assert warm["memory"] == cold["memory"]
+
+
 def test_bad_pass_name_is_refused(tmp_path):
     import pytest
 

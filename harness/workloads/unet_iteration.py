@@ -59,7 +59,7 @@ def reference_output(spec: JobSpec, device: str, inputs, attention: str = "stand
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
             path.unlink(missing_ok=True)
     ref = model if model is not None else build_unet(spec.model, spec.model.weights, spec.model.seed,
-                                                     spec.options.dtype)
+                                                     spec.options.dtype, random_weights_cache=cache_dir() / "weights")
     ref = ref.to(device)
     if attention == "relu":
         from diffusers.models.attention_processor import Attention
@@ -123,7 +123,8 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     emit("build", 0, 1)
     t0 = time.perf_counter_ns()
     try:
-        unet = build_unet(spec.model, spec.model.weights, spec.model.seed, run_dtype)
+        unet = build_unet(spec.model, spec.model.weights, spec.model.seed, run_dtype,
+                          random_weights_cache=cache_dir() / "weights")
     except (WeightsError, ModelLoadError) as exc:
         raise InputError(str(exc)) from exc
     build_ns = time.perf_counter_ns() - t0
