@@ -45,7 +45,8 @@ def add_format(p: argparse.ArgumentParser, choices: tuple[str, ...] = OUTPUT_FOR
 
 
 def add_device_ctx(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache", metavar="DIR", type=Path, help="artifact and reference cache (default ~/.cache/harness)")
+    p.add_argument("--cache", metavar="DIR", type=Path,
+                   help="artifact, reference-output and random-weights cache (default $HARNESS_CACHE or ~/.cache/harness)")
     p.add_argument("--adb", action="append", default=[], metavar="HOST:PORT", type=adb_server,
                    help="an adb server to find Android devices on; repeatable (default: $ANDROID_ADB_SERVER_HOST/"
                         "PORT, else 127.0.0.1:5037)")
