@@ -10,6 +10,18 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist runs one test file per worker at once: give each worker, and the harness jobs, converters and
+# scripts it starts (they inherit the environment), its share of the cores. With every process taking all
+# cores, OpenMP threads spinning on an oversubscribed machine made torch-heavy tests several times slower
+# (tests/test_e2e.py measured 10x on its small models; the CLI's smoke run took 180 s beside a conversion,
+# 43 s alone). A value you set yourself wins.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    if "torch" in sys.modules:  # imported before this file (by a plugin): OpenMP has read the variable already
+        sys.modules["torch"].set_num_threads(_THREADS)
+
 try:
     from tests.fakes.tiny_block import BLOCK_SRC as _BLOCK_SRC
     from tests.fakes.tiny_block import BROADCAST_SRC as _BROADCAST_SRC
