@@ -177,7 +177,8 @@ def winograd_filter_transform(weight: torch.Tensor, m: int) -> torch.Tensor:
     Computed in fp32 (or fp64 for fp64 weights) and cast to the weight dtype; done once per weight.
     One GEMM: U[(i j), (c o)] = sum over (k l) of (G kron G)[(i j), (k l)] g[o, c, k, l], written straight
     into the [(m+2)^2, C_in, C_out] layout (the einsum G g G^T it replaces wrote [n, n, C_in, C_out]
-    and copied it: SD 1.4's 49 Winograd filters took 10-22 s on a 2-core CPU, this takes 2.5 s).
+    and copied it: SD 1.4's 49 Winograd filters took 10-22 s on a 2-core CPU, this takes 2.3 s on memory
+    touched before, ~15 s in a fresh process where the kernel first hands out the 7.8 GiB).
     """
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"Winograd F(m x m, 3 x 3) needs 3x3 filters, got {tuple(weight.shape)}")
