@@ -93,7 +93,7 @@ def seeded_unet(unet_config: dict, seed: int, cache: Path) -> torch.nn.Module:
     try:
         save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp))
         os.replace(tmp, path)
-    except OSError:  # a full or read-only cache: the model is built all the same
+    except Exception:  # noqa: BLE001 - a full or read-only cache: the model is built all the same
         tmp.unlink(missing_ok=True)
     return unet
 
