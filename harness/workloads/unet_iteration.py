@@ -165,7 +165,6 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
 
     passes = spec.measure.passes
     mem = MemoryFigures(weight_bytes=memory.weight_bytes(unet))
-    first_call: dict[str, Any] = {}
 
     def memory_pass(fn) -> None:  # measured and planned tensor memory from one traced call
         emit("memory", 0, 1)
@@ -185,6 +184,8 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     timer = Timer(device)
     execution(result)["timing_method"] = timer.method
     if memory_first:
+        first_call: dict[str, Any] = {}
+
         def traced_first_call():
             first_call["out"] = step()
             return first_call["out"]
