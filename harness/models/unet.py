@@ -1,6 +1,9 @@
 """Build the UNet of a named config with random or user-supplied weights, and its example inputs."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import torch
@@ -65,10 +68,6 @@ def seeded_unet(unet_config: dict, seed: int, cache: Path) -> torch.nn.Module:
     tensors bit for bit, kept in `cache` as safetensors keyed by the config, the seed and the torch and
     diffusers versions (whose init code decides the values). A hit builds the module on the meta device
     and takes the stored tensors as its parameters; an unreadable entry is built again."""
-    import hashlib
-    import json
-    import os
-
     import diffusers
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file, save_file

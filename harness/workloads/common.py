@@ -29,6 +29,11 @@ def cache_dir() -> Path:
     return root
 
 
+def random_weights_dir() -> Path:
+    """Where built models keep their seeded random weights (harness.models.unet.seeded_unet)."""
+    return cache_dir() / "weights"
+
+
 # ------------------------------------------------------------------------------------ timing
 
 class Timer:

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.protocol import JobSpec, MemoryFigures
-from harness.workloads.common import InputError, cache_dir, emit, execution, measure_loop, pick_device, record_check
+from harness.workloads.common import (InputError, cache_dir, emit, execution, measure_loop, pick_device, random_weights_dir,
+                                      record_check)
 
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
 IMAGE_NAME = "image.png"
@@ -269,7 +270,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
         text_encoder = build_text_encoder(cfg, weights, seed, dtype).to(device)
         emit("build", 1, 3)
         # the UNet's random weights (860M of SD 1.4's 1.07B) come from the cache after the first job
-        unet = build_unet(cfg, weights, seed, dtype, random_weights_cache=cache_dir() / "weights").to(device)
+        unet = build_unet(cfg, weights, seed, dtype, random_weights_cache=random_weights_dir()).to(device)
         emit("build", 2, 3)
         decoder = build_vae_decoder(cfg, weights, seed, dtype).to(device)
         tokenizer = build_tokenizer(weights) if weights else None

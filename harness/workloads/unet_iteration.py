@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.protocol import JobSpec, MemoryFigures
 from harness.workloads.common import (InputError, execution, record_check, Timer, cache_dir, cuda_graph_replay_ms, emit, measure_loop,
-                                      op_times, pick_device)
+                                      op_times, pick_device, random_weights_dir)
 
 # On CUDA the reported samples are CUDA-graph replays (eager PyTorch is launch-bound); at least this many.
 MIN_GRAPH_REPLAYS = 30
@@ -59,7 +59,7 @@ def reference_output(spec: JobSpec, device: str, inputs, attention: str = "stand
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
             path.unlink(missing_ok=True)
     ref = model if model is not None else build_unet(spec.model, spec.model.weights, spec.model.seed,
-                                                     spec.options.dtype, random_weights_cache=cache_dir() / "weights")
+                                                     spec.options.dtype, random_weights_cache=random_weights_dir())
     ref = ref.to(device)
     if attention == "relu":
         from diffusers.models.attention_processor import Attention
@@ -124,7 +124,7 @@ def run_torch(spec: JobSpec, result: dict[str, Any]) -> None:
     t0 = time.perf_counter_ns()
     try:
         unet = build_unet(spec.model, spec.model.weights, spec.model.seed, run_dtype,
-                          random_weights_cache=cache_dir() / "weights")
+                          random_weights_cache=random_weights_dir())
     except (WeightsError, ModelLoadError) as exc:
         raise InputError(str(exc)) from exc
     build_ns = time.perf_counter_ns() - t0
